@@ -1,0 +1,43 @@
+"""Model registry: `build(name, **kwargs)` returns a Flax Linen module chosen by name.
+
+Each entry points at `module:factory`; modules are imported lazily so that building one model never imports the
+others. Backbone names follow torchvision so that `build(name, num_classes=1000)` matches its parameter count.
+"""
+from __future__ import annotations
+
+import importlib
+
+import flax.linen as nn
+
+_REGISTRY: dict[str, str] = {
+    # 3D segmentation (SAN+AAB, BraTS)
+    "equiunet": "gazejax.models.unet3d:EquiUnet",
+    "gaze_segmenter": "gazejax.models.segmenter:GazeSegmenter",
+    # 2D backbones (torchvision-compatible)
+    "resnet18": "gazejax.models.resnet:resnet18",
+    "resnet50": "gazejax.models.resnet:resnet50",
+    "densenet201": "gazejax.models.densenet:densenet201",
+    "efficientnet_b0": "gazejax.models.efficientnet:efficientnet_b0",
+    "efficientnet_v2_s": "gazejax.models.efficientnet:efficientnet_v2_s",
+    "mobilenet_v2": "gazejax.models.mobilenet:mobilenet_v2",
+    "vit_b_16": "gazejax.models.vit:vit_b_16",
+}
+
+
+def names() -> list[str]:
+    """All registered model names."""
+    return sorted(_REGISTRY)
+
+
+def register(name: str, target: str) -> None:
+    """Registers `module:factory` under `name` (used by methods that add models)."""
+    _REGISTRY[name] = target
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Builds the model registered as `name` with constructor keyword arguments `kwargs`."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}")
+    module_name, attr = _REGISTRY[name].split(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(**kwargs)
