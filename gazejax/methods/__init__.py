@@ -1,1 +1,17 @@
-"""gazejax.methods."""
+"""Method registry: `get(name)` returns the declarative `Method` that the trainer runs."""
+from __future__ import annotations
+
+import importlib
+
+from gazejax.methods.base import DataBundle, Method, Stage  # noqa: F401  (re-exported)
+
+_METHODS = {
+    "san_aab": "gazejax.methods.san_aab:METHOD",
+}
+
+
+def get(name: str) -> Method:
+    if name not in _METHODS:
+        raise ValueError(f"unknown method family {name!r}; known: {', '.join(sorted(_METHODS))}")
+    module_name, attr = _METHODS[name].split(":")
+    return getattr(importlib.import_module(module_name), attr)

@@ -1,0 +1,1 @@
+"""Experiment configurations (ml_collections); each file's docstring gives its run command."""

@@ -1,0 +1,120 @@
+r"""SAN + AAB on BraTS 2020 (Huang et al., BMVC 2021, Section 4.1).
+
+Demo (synthetic BraTS-format data generated on first use; a few minutes on a 2-core CPU):
+  python -m gazejax.main --config=configs/brats.py
+Real data with the paper's settings:
+  python -m gazejax.main --config=configs/brats.py:preset=paper,method=ours,ratio=0.2,fold=0 \
+      --config.data.root=/path/to/MICCAI_BraTS2020_TrainingData
+
+Arguments (`configs/brats.py:key=val,...`): preset=demo|paper, method=backbone|ours|gaze_star|san_star|
+ours_no_gaze|ours_surv, ratio (share of training cases: 0.2/0.3/0.5/0.7 in the paper), fold (0-4), gaze=expert|
+non_expert|all, seed.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from gazejax.config_args import parse_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = parse_arg(arg, preset="demo", method="ours", ratio=None, fold=0, gaze="expert", seed=0)
+    c = ml_collections.ConfigDict()
+    c.preset = args["preset"]
+    c.method_family = "san_aab"             # gazejax.methods.<family>
+    c.method = args["method"]               # Section 4.1 variant
+    c.seed = int(args["seed"])              # parameter init / shuffling / augmentation seed
+
+    c.data = d = ml_collections.ConfigDict()
+    d.root = ""                             # MICCAI_BraTS2020_TrainingData folder; "" = built-in synthetic set
+    d.gaze_dir = ""                         # folder of <case_id>_fixations.csv; "" = <root>/gaze
+    d.cache_dir = ""                        # decoded-volume cache; "" = ~/.cache/gazejax/brats_<hash of root>
+    d.gaze_readers = args["gaze"]           # whose fixations supervise SAN: expert | non_expert | all (Table 2)
+    d.gaze_sigma = 10.0                     # Gaussian width per fixation, voxels of the original image ("kernel 10")
+    d.num_folds = 5                         # 5-fold cross-validation, as the paper
+    d.fold = int(args["fold"])              # which fold is the test set
+    d.split_seed = 0                        # fixed across methods so every method sees identical splits
+    d.val_fraction = 0.1                    # share of non-test cases held out for model selection
+    d.ratio = 1.0                           # share of the training cases used (paper: 0.2 / 0.3 / 0.5 / 0.7)
+    d.ratio_pool = "all"                    # draw the ratio from all cases or only the gaze-annotated ("preferred")
+    d.crop_size = (128, 128, 128)           # random pad/crop size (open_brats2020)
+    d.augment_p = 0.5                       # probability of each augmentation (open_brats2020)
+    d.num_threads = 2                       # Grain reader threads
+    d.prefetch = 4                          # Grain prefetch buffer (batches)
+    d.synthetic = s = ml_collections.ConfigDict()
+    s.dir = ""                              # where the synthetic set is generated; "" = ~/.cache/gazejax
+    s.cases = 369                           # as many cases as the real training set
+    s.seed = 0
+    s.shape = (240, 240, 155)               # the real volume shape
+    s.gaze_share = 180 / 369                # cases with gaze: 180 of 369 in the paper
+
+    c.model = m = ml_collections.ConfigDict()
+    m.width = 48                            # EquiUnet base width (48/96/192/384)
+    m.deep_supervision = False              # open_brats2020 option
+    m.san_width = 32                        # SAN conv-group widths: san_width, 2 * san_width
+    m.aab_heads = 4                         # AAB attention heads
+    m.aab_head_dim = 64                     # c_h, channels per head
+    m.dtype = "float32"                     # compute dtype (params stay float32)
+    m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.seg = 1.0                        # w1
+    c.loss.gaze = 0.5                       # w2
+    c.loss.survival = 1.0                   # weight of the survival cross-entropy (ours_surv)
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "ranger"                       # RAdam + Lookahead(k=6, alpha=0.5) + gradient centralisation
+    o.lr = 1e-4                             # initial learning rate
+    o.decay_start_epoch = 100               # cosine decay after epoch 100
+    o.weight_decay = 0.0
+
+    c.batch_size = 1                        # global batch size
+    c.epochs = 210
+    c.eval_every_epochs = 10                # validation (and best-checkpoint selection) period
+    c.monitor = "val/dice_mean"             # mean of ET/TC/WT Dice on the validation split
+    c.log_every_steps = 10
+    c.num_devices = 0                       # 0 = all visible devices
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.window = ()                           # sliding-window size; () = data.crop_size
+    e.overlap = 0.5                         # window overlap
+    e.batch = 2                             # windows per inference call
+    e.save_predictions = True               # test-split label maps as NIfTI in the original geometry
+    e.figure_cases = 2                      # cases kept in memory for report figures
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.keep = 2                   # last N checkpoints (plus the best)
+    c.checkpoint.every_steps = 0            # 0 = at every validation
+    c.checkpoint.async_save = True
+
+    c.profile = ml_collections.ConfigDict()
+    c.profile.enabled = False               # jax.profiler trace of a window of steps
+    c.profile.start_step = 5
+    c.profile.num_steps = 3
+
+    if c.preset == "demo":
+        _demo(c)
+    elif c.preset != "paper":
+        raise ValueError(f"unknown preset {c.preset!r} (demo | paper)")
+    if args["ratio"] is not None:
+        d.ratio = float(args["ratio"])
+    return c
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+    """Small synthetic volumes and a narrow network: minutes on a 2-core CPU."""
+    c.data.synthetic.cases = 40
+    c.data.synthetic.shape = (96, 96, 64)
+    c.data.crop_size = (64, 64, 48)
+    c.data.num_folds = 5
+    c.data.val_fraction = 0.1
+    c.data.gaze_sigma = 4.0
+    c.model.width = 8
+    c.model.san_width = 8
+    c.model.aab_heads = 2
+    c.model.aab_head_dim = 16
+    c.optim.lr = 3e-3
+    c.optim.decay_start_epoch = 6
+    c.epochs = 12
+    c.eval_every_epochs = 3
+    c.eval.overlap = 0.25

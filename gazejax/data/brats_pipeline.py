@@ -1,0 +1,182 @@
+"""BraTS data for training and evaluation: a decoded-volume cache, seeded folds/ratios and per-example transforms.
+
+Each case is read once (NIfTI decoding is the slow part), cropped to its non-zero box and intensity-normalised as in
+open_brats2020, and stored as .npy files under the cache folder; training examples memory-map those files. Gaze
+fixations are kept as points in the cropped frame and rendered analytically at the SAN output grid (1/16 of the
+crop) after every geometric augmentation, so the gaze target always matches the image it supervises.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from gazejax import gaze as gaze_lib
+from gazejax.data import brats, splits, transforms3d
+
+SAN_STRIDE = 16  # SAN output grid = 1/16 of the input (4x down-sampling, then two 2x max-pools)
+
+
+@dataclasses.dataclass
+class CaseRecord:
+    """A cached, preprocessed case. Arrays live in `cache_dir` as <case_id>_{image,seg}.npy."""
+
+    case_id: str
+    cache_dir: str
+    bbox: tuple            # ((x0,x1),(y0,y1),(z0,z1)) of the crop in the original array
+    shape: tuple           # original array shape (X, Y, Z)
+    affine: np.ndarray
+    spacing: tuple
+    has_seg: bool
+    points: np.ndarray     # [N, 3] fixations in the cropped frame (selected readers)
+    weights: np.ndarray    # [N] fixation durations
+    gaze_norm: float       # max of the full-case gaze map at the SAN scale (0 when no gaze)
+    survival_class: int    # -1 unknown
+
+    @property
+    def has_gaze(self) -> bool:
+        return len(self.points) > 0
+
+    def image(self) -> np.ndarray:
+        return np.load(os.path.join(self.cache_dir, f"{self.case_id}_image.npy"), mmap_mode="r")
+
+    def seg(self) -> np.ndarray | None:
+        return np.load(os.path.join(self.cache_dir, f"{self.case_id}_seg.npy"), mmap_mode="r") if self.has_seg \
+            else None
+
+    def full_seg(self) -> np.ndarray | None:
+        """The segmentation in the original geometry (zeros outside the crop, which holds every label)."""
+        if not self.has_seg:
+            return None
+        out = np.zeros(self.shape, np.uint8)
+        out[tuple(slice(a, b) for a, b in self.bbox)] = self.seg()
+        return out
+
+
+def _cache_key(root: str, case_dir: str, gaze_file: str | None) -> str:
+    stats = []
+    for path in sorted(os.listdir(case_dir)) + ([gaze_file] if gaze_file else []):
+        full = path if os.path.isabs(path) else os.path.join(case_dir, path)
+        st = os.stat(full)
+        stats.append(f"{os.path.basename(full)}:{st.st_size}:{int(st.st_mtime)}")
+    return hashlib.sha1("|".join(stats).encode()).hexdigest()[:16]
+
+
+def _gaze_norm(points, weights, crop_shape, sigma) -> float:
+    if len(points) == 0:
+        return 0.0
+    grid = tuple(max(1, int(np.ceil(s / SAN_STRIDE))) for s in crop_shape)
+    full = gaze_lib.render_gaussians(points, weights, sigma, crop_shape, tuple(g * SAN_STRIDE // SAN_STRIDE
+                                                                               for g in grid), normalize=None)
+    return float(full.max())
+
+
+def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: str, sigma: float,
+                 survival: dict) -> CaseRecord:
+    """Reads, crops, normalises and caches one case (reusing the cache when the source files are unchanged)."""
+    case_id = os.path.basename(os.path.normpath(case_dir))
+    gaze_file = brats.gaze_path(gaze_dir, case_id) if gaze_dir else None
+    cache_dir = os.path.join(cache_root, "cases")
+    os.makedirs(cache_dir, exist_ok=True)
+    meta_path = os.path.join(cache_dir, f"{case_id}.json")
+    key = _cache_key(cache_root, case_dir, gaze_file)
+    meta = None
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("key") != key:
+            meta = None
+    if meta is None:
+        case = brats.read_case(case_dir)
+        image, seg, bbox = transforms3d.crop_to_nonzero(case["image"], case["seg"])
+        if case["seg"] is not None and int((case["seg"] > 0).sum()) != int((seg > 0).sum()):
+            raise brats.DataError(f"{case_id}: tumour labels lie outside the non-zero brain box")
+        image = transforms3d.normalize_intensity(image).astype(np.float32)
+        _atomic_save(os.path.join(cache_dir, f"{case_id}_image.npy"), image)
+        if seg is not None:
+            _atomic_save(os.path.join(cache_dir, f"{case_id}_seg.npy"), seg.astype(np.uint8))
+        meta = {"key": key, "bbox": [list(map(int, b)) for b in bbox], "shape": list(case["image"].shape[:3]),
+                "affine": np.asarray(case["affine"]).tolist(), "spacing": list(map(float, case["spacing"])),
+                "has_seg": seg is not None, "crop_shape": list(image.shape[:3])}
+        tmp = meta_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(meta, f)
+        os.replace(tmp, meta_path)
+    points, weights = np.zeros((0, 3)), np.zeros((0,))
+    if gaze_file:
+        fix = brats.select_readers(brats.read_fixations(gaze_file), readers)
+        start = np.array([b[0] for b in meta["bbox"]], np.float64)
+        points, weights = fix.points - start, np.asarray(fix.duration_s, np.float64)
+    info = survival.get(case_id, {})
+    return CaseRecord(case_id=case_id, cache_dir=cache_dir, bbox=tuple(tuple(b) for b in meta["bbox"]),
+                      shape=tuple(meta["shape"]), affine=np.asarray(meta["affine"]), spacing=tuple(meta["spacing"]),
+                      has_seg=meta["has_seg"], points=points, weights=weights,
+                      gaze_norm=_gaze_norm(points, weights, tuple(meta["crop_shape"]), sigma),
+                      survival_class=int(info.get("survival_class", -1)))
+
+
+def _atomic_save(path: str, array: np.ndarray) -> None:
+    tmp = path + ".tmp.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def regions_onehot(seg: np.ndarray) -> np.ndarray:
+    """uint8 labels -> float32 [..., 3] targets in channel order [ET, TC, WT] (ET={4}, TC={1,4}, WT={1,2,4})."""
+    et = seg == 4
+    tc = et | (seg == 1)
+    wt = tc | (seg == 2)
+    return np.stack([et, tc, wt], axis=-1).astype(np.float32)
+
+
+def render_gaze(points: np.ndarray, weights: np.ndarray, crop: tuple, sigma: float, norm: float) -> np.ndarray:
+    """Gaze target [d, h, w, 1] at the SAN grid of a `crop`-shaped window, scaled by the case's full-map max."""
+    grid = tuple(s // SAN_STRIDE for s in crop)
+    if len(points) == 0 or norm <= 0:
+        return np.zeros(grid + (1,), np.float32)
+    m = gaze_lib.render_gaussians(points, weights, sigma, crop, grid, normalize=None)
+    return np.clip(m / norm, 0.0, 1.0).astype(np.float32)[..., None]
+
+
+def wt_lowres(seg: np.ndarray) -> np.ndarray:
+    """Whole-tumour share of each SAN-grid cell [d, h, w, 1] (the target of `ours_no_gaze`)."""
+    wt = (seg > 0).astype(np.float32)
+    s = SAN_STRIDE
+    d, h, w = (n // s for n in seg.shape)
+    return wt[:d * s, :h * s, :w * s].reshape(d, s, h, s, w, s).mean(axis=(1, 3, 5))[..., None]
+
+
+def make_train_example(record: CaseRecord, crop: tuple, sigma: float, rng: np.random.Generator,
+                       augment_p: float = 0.5) -> dict[str, np.ndarray]:
+    """Random pad/crop + augmentation of one cached case, gaze rendered after the geometric transforms."""
+    image, seg = np.asarray(record.image()), np.asarray(record.seg())
+    (image, seg), offset = transforms3d.random_pad_crop([image, seg], crop, rng)
+    points = record.points - np.asarray(offset, np.float64)
+    if augment_p > 0:
+        image, seg, points = transforms3d.augment(image, seg, points, rng, p=augment_p)
+    return {
+        "image": np.ascontiguousarray(image, np.float32),
+        "target": regions_onehot(seg),
+        "gaze": render_gaze(points, record.weights, crop, sigma, record.gaze_norm),
+        "has_gaze": np.asarray(record.has_gaze),
+        "wt_lowres": wt_lowres(seg),
+        "survival": np.asarray(record.survival_class, np.int32),
+    }
+
+
+def build_splits(records: list[CaseRecord], cfg: Any) -> dict[str, list[CaseRecord]]:
+    """train / val / test records: fold `cfg.fold` of a seeded K-fold is the test set; a seeded share of the rest
+    is the validation set (model selection only); the training set is `cfg.ratio` of what remains."""
+    labelled = [r for r in records if r.has_seg]
+    ids = [r.case_id for r in labelled]
+    rest, test = splits.kfold(ids, cfg.num_folds, cfg.fold, seed=cfg.split_seed)
+    train_pool, val = splits.holdout(rest, cfg.val_fraction, seed=cfg.split_seed)
+    with_gaze = [r.case_id for r in labelled if r.has_gaze]
+    train = splits.ratio_subset(train_pool, cfg.ratio, seed=cfg.split_seed, prefer=with_gaze,
+                                pool=cfg.get("ratio_pool", "all"))
+    by_id = {r.case_id: r for r in labelled}
+    return {"train": [by_id[i] for i in train], "val": [by_id[i] for i in val], "test": [by_id[i] for i in test]}

@@ -1,0 +1,119 @@
+"""Run logs: TensorBoard event files (tensorboardX, no TensorFlow), a JSON-lines metrics file, a progress bar.
+
+Only process 0 writes; other processes get no-op writers so call sites need no `if process_index == 0`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+import jax
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+class MetricWriter:
+    """Writes scalars to `<workdir>/tensorboard` and one JSON object per call to `<workdir>/metrics.jsonl`."""
+
+    def __init__(self, workdir: str, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            os.makedirs(workdir, exist_ok=True)
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "time": time.time()}
+        for key, value in scalars.items():
+            val = _to_float(value)
+            row[key] = val if math.isfinite(val) else str(val)
+            if math.isfinite(val):  # TensorBoard gets finite values only (e.g. no std of a single case)
+                self._tb.add_scalar(key, val, int(step))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All rows of `<workdir>/metrics.jsonl` (a resumed run appends; later rows of a step win in plots)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a kill: skip it, keep the rest
+                    continue
+    return rows
+
+
+class ProgressBar:
+    """A one-line terminal progress bar with step rate and ETA (stderr; silent when not process 0)."""
+
+    def __init__(self, total: int, start: int = 0, desc: str = "train", enabled: bool | None = None,
+                 stream=None):
+        self.total, self.count, self.desc = total, start, desc
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.stream = stream or sys.stderr
+        self._t0, self._n0 = time.perf_counter(), start
+        self._last_print = 0.0
+        self._is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        self.count += n
+        now = time.perf_counter()
+        if not self.enabled:
+            return
+        interval = 0.2 if self._is_tty else 10.0
+        if now - self._last_print < interval and self.count < self.total:
+            return
+        self._last_print = now
+        done = self.count - self._n0
+        rate = done / max(now - self._t0, 1e-9)
+        eta = (self.total - self.count) / rate if rate > 0 else float("inf")
+        frac = self.count / max(self.total, 1)
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        extras = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
+        line = (f"{self.desc} [{bar}] {self.count}/{self.total} {rate:.2f} it/s "
+                f"ETA {_fmt_seconds(eta)} {extras}")
+        end = "\r" if self._is_tty and self.count < self.total else "\n"
+        self.stream.write(line + end)
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._is_tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt_seconds(sec: float) -> str:
+    if not math.isfinite(sec):
+        return "?"
+    sec = int(sec)
+    return f"{sec // 3600:d}:{sec % 3600 // 60:02d}:{sec % 60:02d}"

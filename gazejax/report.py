@@ -1,0 +1,107 @@
+"""report.md and PNG figures from an evaluation: paper-style tables (mean (std) over cases), loss curves, slices."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from gazejax.logs import read_metrics
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def fmt_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    """Paper style: "74.69 (0.022)" = mean in percent with the std as a fraction (Huang et al. Table 1)."""
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    s = f"{mean * scale:.{digits}f}"
+    return s + (f" ({std:.3f})" if std is not None and np.isfinite(std) else "")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def loss_curve(workdir: str, path: str, keys: Sequence[str] = ("train/loss",)) -> str | None:
+    """Plots training losses (and validation metrics if present) from metrics.jsonl; returns the PNG path."""
+    rows = read_metrics(workdir)
+    if not rows:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key in list(keys) + sorted({k for r in rows for k in r if k.startswith("train/loss_")}):
+        pts = {r["step"]: r[key] for r in rows if isinstance(r.get(key), (int, float))}
+        if pts:
+            steps = sorted(pts)
+            axes[0].plot(steps, [pts[s] for s in steps], label=key.replace("train/", ""))
+    axes[0].set_xlabel("step"), axes[0].set_ylabel("loss"), axes[0].legend(fontsize=7)
+    val_keys = sorted({k for r in rows for k in r if k.startswith("val/") and not k.endswith("_std")
+                       and ("dice" in k or "auroc" in k or "cc" in k)})
+    for key in val_keys:
+        pts = {r["step"]: r[key] for r in rows if isinstance(r.get(key), (int, float))}
+        if pts:
+            steps = sorted(pts)
+            axes[1].plot(steps, [pts[s] for s in steps], marker="o", label=key.replace("val/", ""))
+    axes[1].set_xlabel("step"), axes[1].set_ylabel("validation"), axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _overlay(ax, base: np.ndarray, labels: np.ndarray, title: str) -> None:
+    colors = {1: (1.0, 0.1, 0.1), 2: (0.1, 0.9, 0.1), 4: (1.0, 0.9, 0.0)}
+    ax.imshow(base.T, cmap="gray", origin="lower")
+    rgba = np.zeros(labels.T.shape + (4,))
+    for value, color in colors.items():
+        rgba[labels.T == value] = color + (0.45,)
+    ax.imshow(rgba, origin="lower")
+    ax.set_title(title, fontsize=8), ax.axis("off")
+
+
+def brats_case_figure(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, path: str, case_id: str) -> str:
+    """FLAIR/T1ce axial slice through the tumour with ground truth and prediction overlays."""
+    plt = _plt()
+    ref = gt if gt is not None and gt.any() else pred
+    z = int(np.argmax((ref > 0).sum(axis=(0, 1)))) if ref.any() else image.shape[2] // 2
+    fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
+    axes[0].imshow(image[:, :, z, 0].T, cmap="gray", origin="lower"), axes[0].set_title("FLAIR", fontsize=8)
+    axes[1].imshow(image[:, :, z, 2].T, cmap="gray", origin="lower"), axes[1].set_title("T1ce", fontsize=8)
+    axes[0].axis("off"), axes[1].axis("off")
+    _overlay(axes[2], image[:, :, z, 0], gt if gt is not None else np.zeros_like(pred), "ground truth")
+    _overlay(axes[3], image[:, :, z, 0], pred, "prediction (red NCR, green ED, yellow ET)")
+    fig.suptitle(f"{case_id}, axial slice {z}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def gaze_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str, title: str) -> str:
+    """Image slice, readers' gaze map and predicted gaze map (maps up-sampled to the image for display)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    axes[0].imshow(image.T, cmap="gray", origin="lower"), axes[0].set_title("image", fontsize=8)
+    extent = (0, image.shape[0], 0, image.shape[1])
+    for ax, m, name in ((axes[1], truth, "expert gaze"), (axes[2], pred, "predicted gaze")):
+        ax.imshow(image.T, cmap="gray", origin="lower", extent=extent)
+        ax.imshow(m.T, cmap="jet", alpha=0.5, origin="lower", extent=extent, interpolation="bilinear")
+        ax.set_title(name, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

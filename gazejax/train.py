@@ -1,0 +1,344 @@
+"""The one trainer: state init, sharded train/eval steps, stages, checkpoints, logs and the final evaluation.
+
+`train_and_evaluate(config, workdir)` runs a method (see `gazejax.methods.base.Method`) end to end. Every method
+uses this loop; what differs between methods is data (the DataBundle), the model, the loss and the stage list.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gazejax import optim, parallel, profiling
+from gazejax import methods as methods_lib
+from gazejax.checkpoint import Checkpointer, PreemptionFlag, abstract_like
+from gazejax.logs import MetricWriter, ProgressBar
+from gazejax.pretrained import load_pretrained_into
+
+log = logging.getLogger("gazejax")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN/Inf; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+    """Raised after SIGTERM once a checkpoint has been written."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training. Collections holds non-param variables (e.g. batch_stats)."""
+
+    step: jax.Array
+    params: Any
+    collections: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def _stage_tx(config, stage, steps_per_epoch: int, params) -> optax.GradientTransformation:
+    """The stage's optimiser: config.optim overridden by the stage, frozen parameters zeroed."""
+    opt = dict(config.optim.to_dict() if hasattr(config.optim, "to_dict") else config.optim)
+    opt.update(dict(stage.optimizer))
+    total = max(1, stage.epochs * steps_per_epoch)
+    decay_epoch = opt.pop("decay_start_epoch", None)
+    decay_start = total if decay_epoch is None else int(decay_epoch) * steps_per_epoch
+    schedule = optim.warmup_cosine_after(opt.pop("lr"), total, min(decay_start, total),
+                                         final_lr=opt.pop("final_lr", 0.0))
+    tx = optim.make_optimizer(opt.pop("name"), schedule, **opt)
+    if tuple(stage.trainable) != ("*",):
+        tx = optim.freeze(tx, optim.path_filter(list(stage.trainable)), params)
+    return tx
+
+
+class Trainer:
+    """Holds the mesh, model, jitted steps and checkpointing for one run."""
+
+    def __init__(self, config, workdir: str):
+        self.config, self.workdir = config, workdir
+        self.method = methods_lib.get(config.method_family)
+        self.mesh = parallel.make_mesh(config.get("num_devices") or None)
+        self.model = self.method.build_model(config)
+        self.stages = self.method.stages(config)
+        self.ckpt = Checkpointer(workdir, keep_last=config.checkpoint.keep,
+                                 async_save=config.checkpoint.get("async_save", True))
+        self.writer = MetricWriter(workdir)
+        self._predict_jit = jax.jit(lambda variables, *inputs: self.model.apply(variables, *inputs, train=False))
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def init_variables(self) -> dict:
+        batch = self.method.init_batch(self.config)
+        rng = jax.random.PRNGKey(self.config.seed)
+        init = jax.jit(lambda r, *x: self.model.init(r, *x, train=False),
+                       out_shardings=parallel.replicated(self.mesh))
+        variables = flax.core.unfreeze(init(rng, *self.method.model_inputs(batch)))
+        init_from = self.config.model.get("init_from", "")
+        if init_from:
+            variables = load_pretrained_into(variables, init_from)
+            variables = parallel.replicate(variables, self.mesh)
+        return variables
+
+    def new_state(self, variables: dict, tx) -> TrainState:
+        params = variables["params"]
+        collections = {k: v for k, v in variables.items() if k != "params"}
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=params, collections=collections,
+                           opt_state=tx.init(params), rng=jax.random.PRNGKey(self.config.seed + 1))
+        return parallel.replicate(state, self.mesh)
+
+    # ---- steps -------------------------------------------------------------------------------------------
+    def make_train_step(self, tx) -> Callable:
+        model, method, config = self.model, self.method, self.config
+
+        def train_step(state: TrainState, batch: dict):
+            rng, dropout_rng = jax.random.split(state.rng)
+            mutable = list(state.collections.keys())
+
+            def loss_of(params):
+                variables = {"params": params, **state.collections}
+                out = model.apply(variables, *method.model_inputs(batch), train=True,
+                                  mutable=mutable or False, rngs={"dropout": dropout_rng})
+                outputs, new_collections = out if mutable else (out, {})
+                loss, metrics = method.loss_fn(outputs, batch, params, config)
+                return loss, (metrics, new_collections)
+
+            (loss, (metrics, new_collections)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+            new_state = state.replace(step=state.step + 1, params=params, collections=new_collections,
+                                      opt_state=opt_state, rng=rng)
+            return new_state, metrics
+
+        replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+        return jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                       donate_argnums=(0,))
+
+    def predict_fn(self, state: TrainState) -> Callable:
+        """numpy inputs [B, ...] -> numpy outputs; pads B to a multiple of the device count and shards it."""
+        variables = {"params": state.params, **state.collections}
+        n_dev = self.mesh.devices.size
+
+        def predict(*inputs):
+            b = inputs[0].shape[0]
+            pad = (-b) % n_dev
+            if pad:
+                inputs = tuple(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in inputs)
+            sharded = tuple(jax.device_put(x, parallel.batch_sharded(self.mesh)) for x in inputs)
+            out = self._predict_jit(variables, *sharded)
+            return jax.tree.map(lambda y: np.asarray(y)[:b] if getattr(y, "ndim", 0) else np.asarray(y), out)
+
+        return predict
+
+    # ---- data --------------------------------------------------------------------------------------------
+    def train_iterator(self, data, stage, data_state: dict | None):
+        import grain
+
+        cfg = self.config
+        local_bs = parallel.local_batch_size(cfg.batch_size, self.mesh)
+        ds = data.train.shuffle(seed=cfg.seed).repeat(stage.epochs)
+        ds = ds[jax.process_index()::jax.process_count()]
+        if data.augment is not None:
+            ds = ds.seed(cfg.seed + 7).random_map(data.augment)
+        ds = ds.batch(local_bs, drop_remainder=True)
+        read = grain.ReadOptions(num_threads=cfg.data.get("num_threads", 2),
+                                 prefetch_buffer_size=cfg.data.get("prefetch", 2))
+        it = iter(ds.to_iter_dataset(read))
+        if data_state:
+            it.set_state(data_state)
+        return it
+
+    # ---- evaluation --------------------------------------------------------------------------------------
+    def evaluate_split(self, state: TrainState, data, split: str, out_dir: str | None = None) -> dict:
+        if split not in data.splits or data.splits[split] is None:
+            return {"metrics": {}}
+        return self.method.evaluate(self.predict_fn(state), data.splits[split], self.config, out_dir)
+
+    def _monitor(self, stage, metrics: dict) -> float | None:
+        key = stage.monitor or self.config.get("monitor", "")
+        if not key or key not in metrics or not np.isfinite(metrics[key]):
+            return None
+        return float(metrics[key]) if stage.monitor_mode == "max" else -float(metrics[key])
+
+    # ---- training ----------------------------------------------------------------------------------------
+    def run_stage(self, stage_idx: int, state: TrainState, tx, data, data_state: dict | None,
+                  meta: dict, preempt: PreemptionFlag) -> TrainState:
+        """Trains one stage from `meta["step_in_stage"]` to its end; saves, evaluates, early-stops."""
+        cfg, stage = self.config, self.stages[stage_idx]
+        steps_per_epoch = max(1, data.num_train // cfg.batch_size)
+        total = stage.epochs * steps_per_epoch
+        eval_every = max(1, int(cfg.get("eval_every_epochs", 1))) * steps_per_epoch
+        ckpt_every = int(cfg.checkpoint.get("every_steps", 0)) or eval_every
+        it = self.train_iterator(data, stage, data_state)
+        step_fn = self.make_train_step(tx)
+        start = int(meta.get("step_in_stage", 0))
+        bar = ProgressBar(total, start=start, desc=f"{stage.name}")
+        prof = profiling.StepProfiler(cfg.get("profile"), self.workdir, self.writer)
+        bad_evals = int(meta.get("bad_evals", 0))
+        best = meta.get("best_monitor")
+        for step_in_stage in range(start, total):
+            batch = parallel.to_global(next(it), self.mesh)
+            if step_in_stage == start:
+                step_fn = prof.compile(step_fn, state, batch)
+            prof.before_step(int(step_in_stage))
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, batch)
+            metrics = jax.device_get(metrics)
+            prof.after_step(int(step_in_stage), time.perf_counter() - t0)
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                self.ckpt.wait()
+                raise NonFiniteLossError(
+                    f"loss became {loss} at step {step_in_stage} of stage {stage.name!r}; stopped without saving "
+                    f"this step (last good checkpoint: {self.ckpt.latest_step()}). Lower the learning rate or "
+                    f"check the data.")
+            global_step = int(meta.get("global_offset", 0)) + step_in_stage + 1
+            if (step_in_stage + 1) % cfg.get("log_every_steps", 10) == 0 or step_in_stage == start:
+                self.writer.write(global_step, {f"train/{k}": v for k, v in metrics.items()})
+            bar.update(1, loss=loss)
+            done = step_in_stage + 1
+            meta = dict(meta, step_in_stage=done, epoch=done // steps_per_epoch, global_step=global_step)
+            monitor = None
+            if done % eval_every == 0 or done == total:
+                val = self.evaluate_split(state, data, "val")["metrics"]
+                self.writer.write(global_step, {f"val/{k}": v for k, v in val.items()})
+                monitor = self._monitor(stage, {f"val/{k}": v for k, v in val.items()})
+                if monitor is not None:
+                    if best is None or monitor > best:
+                        best, bad_evals = monitor, 0
+                    else:
+                        bad_evals += 1
+                meta.update(monitor=monitor, best_monitor=best, bad_evals=bad_evals, val_metrics=val)
+            stop_early = stage.early_stop_patience > 0 and bad_evals >= stage.early_stop_patience
+            finished = done == total or stop_early
+            if finished or monitor is not None or done % ckpt_every == 0 or preempt.raised:
+                meta["finished_stage"] = finished
+                self.ckpt.save(global_step, state, it.get_state(), meta, monitor=monitor, force=True)
+                if monitor is None:
+                    meta.pop("monitor", None)
+            if preempt.raised:
+                self.ckpt.wait()
+                raise Preempted(f"stopped by SIGTERM at step {global_step}; checkpoint saved, rerun to resume")
+            if stop_early:
+                log.info("early stop in stage %s after %d evaluations without progress", stage.name, bad_evals)
+                break
+        bar.close()
+        prof.finish()
+        self.writer.flush()
+        return state
+
+    def _resume_point(self) -> tuple[int, dict | None]:
+        latest = self.ckpt.latest_step()
+        if latest is None:
+            return 0, None
+        meta = self.ckpt.restore_meta(latest)
+        return latest, meta
+
+    def train(self, data) -> TrainState:
+        """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
+        latest, meta = self._resume_point()
+        variables = self.init_variables()
+        steps_per_epoch = max(1, data.num_train // self.config.batch_size)
+        state = None
+        preempt = PreemptionFlag().install()
+        try:
+            for idx, stage in enumerate(self.stages):
+                if meta is not None and (idx < meta["stage"] or (idx == meta["stage"] and meta["finished_stage"])):
+                    continue  # done before: nothing to run
+                tx = _stage_tx(self.config, stage, steps_per_epoch, variables["params"])
+                template = self.new_state(variables, tx)
+                if meta is not None and idx == meta["stage"]:
+                    state, data_state, stage_meta = self.ckpt.restore(latest, abstract_like(template))
+                    log.info("resuming stage %s at step %d", stage.name, stage_meta["step_in_stage"])
+                else:
+                    if idx > 0:  # start from the previous stage's best checkpoint
+                        template = self._from_best(idx - 1, template, tx)
+                    state, data_state = template, None
+                    offset = self.ckpt.latest_step() or 0
+                    stage_meta = {"stage": idx, "stage_name": stage.name, "step_in_stage": 0,
+                                  "global_offset": offset}
+                meta = None
+                state = self.run_stage(idx, state, tx, data, data_state, stage_meta, preempt)
+                variables = {"params": state.params, **state.collections}
+        finally:
+            preempt.uninstall()
+        self.ckpt.wait()
+        last = len(self.stages) - 1
+        tx = _stage_tx(self.config, self.stages[last], steps_per_epoch, variables["params"])
+        return self._from_best(last, self.new_state(variables, tx), tx)
+
+    def _from_best(self, stage_idx: int, template: TrainState, tx) -> TrainState:
+        """Params and collections of `stage_idx`'s best (else its last) checkpoint, fresh optimiser state."""
+        self.ckpt.wait()
+        step = self.ckpt.best_step(stage_idx)
+        if step is None:
+            steps = [s for s in self.ckpt.manager.all_steps() if self.ckpt.restore_meta(s).get("stage") == stage_idx]
+            if not steps:
+                return template
+            step = max(steps)
+        prev_tx = _stage_tx(self.config, self.stages[stage_idx], 1, template.params)
+        prev_template = template.replace(opt_state=prev_tx.init(template.params))
+        restored, _, _ = self.ckpt.restore(step, abstract_like(parallel.replicate(prev_template, self.mesh)))
+        log.info("stage %d: using checkpoint step %d", stage_idx, step)
+        state = template.replace(params=restored.params, collections=restored.collections,
+                                 opt_state=tx.init(restored.params), step=restored.step)
+        return parallel.replicate(state, self.mesh)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains (resuming if `workdir` has checkpoints), then evaluates the best model on the test split and
+    writes report.md. Returns the evaluation results by split."""
+    os.makedirs(workdir, exist_ok=True)
+    _save_config(config, workdir)
+    trainer = Trainer(config, workdir)
+    data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
+    try:
+        state = trainer.train(data)
+        return finish(trainer, state, data)
+    finally:
+        trainer.writer.close()
+        trainer.ckpt.close()
+
+
+def evaluate_only(config, workdir: str) -> dict:
+    """Evaluates the best (else newest) checkpoint of `workdir` on the test split and writes the report."""
+    trainer = Trainer(config, workdir)
+    if trainer.ckpt.latest_step() is None:
+        raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
+    data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
+    variables = trainer.init_variables()
+    last = len(trainer.stages) - 1
+    tx = _stage_tx(config, trainer.stages[last], 1, variables["params"])
+    try:
+        state = trainer._from_best(last, trainer.new_state(variables, tx), tx)
+        return finish(trainer, state, data)
+    finally:
+        trainer.writer.close()
+        trainer.ckpt.close()
+
+
+def finish(trainer: Trainer, state: TrainState, data) -> dict:
+    out_dir = os.path.join(trainer.workdir, "predictions")
+    results = {split: trainer.evaluate_split(state, data, split, out_dir if split == "test" else None)
+               for split in ("val", "test")}
+    results["data_info"] = data.info
+    if jax.process_index() == 0:
+        with open(os.path.join(trainer.workdir, "results.json"), "w") as f:
+            json.dump({s: r.get("metrics", {}) for s, r in results.items() if s != "data_info"}, f, indent=2)
+        path = trainer.method.report(results, trainer.config, trainer.workdir)
+        log.info("report written to %s", path)
+    return results
+
+
+def _save_config(config, workdir: str) -> None:
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
