@@ -1,0 +1,459 @@
+"""Synthetic EGD-CXR and REFLACX data sets in their real on-disk layouts, with phantom radiographs whose findings
+are visible in the pixels and scan paths that dwell on them.
+
+Phantom (display values in [0, 1]): dark lungs above domed hemidiaphragms, bright mediastinum, spine, heart,
+aortic knob and ribs. Findings: cardiomegaly (heart widened: cardiothoracic ratio ~0.43 -> ~0.58), edema
+(perihilar "bat-wing" haze), consolidation (focal smooth opacity, pneumonia), atelectasis (thin plate-like band),
+pleural effusion (fluid filling a costophrenic angle, meniscus rising laterally). Classes Normal / CHF (cardiomegaly
++ edema, often effusion) / pneumonia (consolidation) are balanced; CheXpert columns agree with the findings
+(sometimes -1 "uncertain" for a present finding, blank or 0 for absent ones). Some patients have several studies.
+
+`python -m gazejax.data.synthetic egd_cxr|reflacx --out DIR --images N --seed S [--size H W]`; the data set goes to
+DIR/<kind>/ atomically (temp dir + rename) and is reused when the same arguments were used before. Every root also
+holds `synthetic_truth.json` (class, findings and the fixations written, per image) for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
+from scipy.ndimage import gaussian_filter
+
+from gazejax.data import egd_cxr, reflacx
+from gazejax.data.cxr_labels import write_columns
+
+CLASSES = ("Normal", "CHF", "pneumonia")
+FINDINGS = ("cardiomegaly", "edema", "effusion", "consolidation", "atelectasis")
+_P_FINDING = {1: {"effusion": 0.7, "atelectasis": 0.2}, 2: {"effusion": 0.25, "atelectasis": 0.3,
+                                                            "cardiomegaly": 0.15}}
+_CHX = {"cardiomegaly": "cardiomegaly__chx", "edema": "edema__chx", "effusion": "pleural_effusion__chx",
+        "consolidation": "consolidation__chx", "atelectasis": "atelectasis__chx"}
+_EGD_FINDING = {"cardiomegaly": "enlarged_cardiac_silhouette", "edema": "pulmonary_edema__hazy_opacity",
+                "effusion": "pleural_effusion_or_thickening", "consolidation": "consolidation",
+                "atelectasis": "linear__patchy_atelectasis"}
+_REFLACX_LABEL = {"cardiomegaly": "Enlarged cardiac silhouette", "edema": "Pulmonary edema",
+                  "consolidation": "Consolidation", "atelectasis": "Atelectasis"}
+_WORDS = {"cardiomegaly": "the heart is enlarged", "edema": "there is pulmonary edema",
+          "effusion": "there is a pleural effusion", "consolidation": "there is a focal consolidation",
+          "atelectasis": "there is plate-like atelectasis"}
+
+
+def _cases(images: int, seed: int) -> list[dict]:
+    """Per image: class, findings, ids and a private random generator (independent of the image count)."""
+    root = np.random.default_rng(seed)
+    classes = root.permutation(np.arange(images) % 3)
+    n_patients = max(1, int(round(images * 0.75)))
+    patients = [str(v) for v in 10_000_000 + root.choice(9_000_000, n_patients, replace=False)]
+    owner = np.concatenate([np.arange(n_patients), root.integers(0, n_patients, images - n_patients)])
+    studies = 50_000_000 + root.choice(9_000_000, images, replace=False)
+    out = []
+    for i, seq in enumerate(np.random.SeedSequence(seed).spawn(images)):
+        rng = np.random.default_rng(seq)
+        c = int(classes[i])
+        found = {1: {"cardiomegaly", "edema"}, 2: {"consolidation"}}.get(c, set())
+        found |= {f for f, p in _P_FINDING.get(c, {}).items() if rng.random() < p}
+        pid = patients[owner[i]]
+        did = "-".join(f"{v:08x}" for v in rng.integers(0, 2**32, 5, dtype=np.uint64))
+        out.append({"class": c, "findings": sorted(found), "patient_id": pid, "study_id": str(studies[i]),
+                    "dicom_id": did, "rng": rng,
+                    "path": f"files/p{pid[:2]}/p{pid}/s{studies[i]}/{did}.dcm"})
+    return out
+
+
+def _anatomy(u: np.ndarray, v: np.ndarray, big_heart: bool, rng: np.random.Generator):
+    """Normal thorax on the unit grid (u = column, v = row fractions): image, masks, lung centres, heart x-radius."""
+    j = rng.normal(0.0, 0.01, 4)
+    ell = lambda cx, cy, rx, ry: ((u - cx) / rx) ** 2 + ((v - cy) / ry) ** 2  # noqa: E731
+    body = ell(0.5, 0.58, 0.47, 0.62) < 1
+    centres = (0.31 + j[0], 0.69 + j[1])
+    # hemidiaphragm domes peak medially of the lung centres, so the costophrenic angles are lateral and deep
+    dia = np.where(u < 0.5, 0.70 + j[2] + 0.1 * ((u - centres[0] - 0.04) / 0.15) ** 2,
+                   0.72 + j[2] + 0.1 * ((u - centres[1] + 0.04) / 0.15) ** 2)
+    lung_r = (ell(centres[0], 0.45, 0.15, 0.36) < 1) & (v < dia)  # patient's right = image left
+    lung_l = (ell(centres[1], 0.45, 0.15, 0.36) < 1) & (v < dia)
+    img = np.where(body, 0.55, 0.04).astype(np.float32)
+    img[body & (v >= dia)] = 0.68
+    img[lung_r | lung_l] = 0.2
+    img += np.where(lung_r | lung_l, 0.1, 0.04) * ((np.mod((v + 0.25 * np.abs(u - 0.5)) / 0.075, 1.0) < 0.3) & body)
+    med = (np.abs(u - 0.5) < 0.075) & (v > 0.08) & (v < 0.75) & body
+    img[med] = 0.72
+    img[(np.abs(u - 0.5) < 0.03) & body] = 0.8
+    hrx = 0.145 * (1.35 if big_heart else 1.0) + j[3]  # cardiothoracic ratio ~0.43, enlarged ~0.58
+    heart = (ell(0.54, 0.63, hrx, 0.12 * (1.1 if big_heart else 1.0)) < 1) & (v < dia + 0.03)
+    img[heart] = 0.7
+    lung_r, lung_l = lung_r & ~heart, lung_l & ~heart  # findings and lung masks stop at the heart border
+    knob = ell(0.565, 0.3, 0.035, 0.03) < 1
+    img[knob] = 0.74
+    masks = {"right_lung": lung_r, "left_lung": lung_l, "mediastanum": (med | heart) & ~(lung_r | lung_l),
+             "aortic_knob": knob}
+    return img, masks, centres, hrx
+
+
+def _lesions(img, u, v, masks, centres, findings, rng, aspect: float) -> dict:
+    """Draw the findings into img (in place); their regions (x, y, sx, sy) as unit-grid fractions."""
+    lungs, side = masks["right_lung"] | masks["left_lung"], int(rng.integers(0, 2))
+    cx, regions = centres[side], {}
+    if "edema" in findings:  # perihilar bat-wing haze
+        img += 0.22 * lungs * sum(np.exp(-((u - hx) ** 2 + (v - 0.5) ** 2) / (2 * 0.07**2)) for hx in (0.4, 0.6))
+        regions["edema"] = (0.5, 0.5, 0.12, 0.06)
+    if "consolidation" in findings:  # focal smooth opacity
+        px, py, r = cx + rng.uniform(-0.05, 0.05), rng.uniform(0.35, 0.58), rng.uniform(0.055, 0.075)
+        d = np.sqrt(((u - px) / r) ** 2 + ((v - py) / (r * aspect)) ** 2)
+        img += 0.45 / (1 + np.exp((d - 1) / 0.12)) * lungs
+        regions["consolidation"] = (px, py, r / 2, r * aspect / 2)
+    if "atelectasis" in findings:  # thin plate-like band in the other lung's lower zone
+        px, py = centres[1 - side] + rng.uniform(-0.03, 0.03), rng.uniform(0.55, 0.6)
+        img += 0.35 * ((np.abs(u - px) < 0.08) & (np.abs(v - py - 0.15 * (u - px)) < 0.012) & lungs)
+        regions["atelectasis"] = (px, py, 0.04, 0.01)
+    if "effusion" in findings:  # fluid fills the costophrenic angle; the meniscus climbs the chest wall
+        lung = masks["left_lung"] if side else masks["right_lung"]
+        lat = np.clip((np.abs(u - 0.5) - 0.16) / 0.15, 0.0, 1.0)  # 0 medially, 1 at the chest wall
+        lateral = lung & (np.abs(u - 0.5) > abs(cx - 0.5))
+        img[lung & (v > v[lateral].max() - 0.05 - 0.1 * lat)] = 0.66
+        regions["effusion"] = (cx + (0.09 if side else -0.09), 0.68, 0.03, 0.03)
+    return regions
+
+
+def _phantom(h: int, w: int, findings: list[str], rng: np.random.Generator):
+    """Image float32 [H, W] in [0, 1], organ masks (bool [H, W]) and target regions (x, y, sx, sy) in pixels."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    v, u = (v + 0.5) / h, (u + 0.5) / w
+    img, masks, (cr, cl), hrx = _anatomy(u, v, "cardiomegaly" in findings, rng)
+    tour = {"right upper": (cr, 0.3), "right mid": (cr, 0.45), "right lower": (cr, 0.6), "left upper": (cl, 0.3),
+            "left mid": (cl, 0.45), "left lower": (cl, 0.6), "mediastinum": (0.5, 0.25), "heart": (0.54, 0.63),
+            "right angle": (cr - 0.1, 0.72), "left angle": (cl + 0.1, 0.74)}
+    regions = {k: (x, y, 0.04, 0.04) for k, (x, y) in tour.items()}
+    if "cardiomegaly" in findings:  # readers check the heart borders
+        regions["cardiomegaly"] = (0.54 + 0.8 * hrx, 0.63, 0.03, 0.05)
+    regions.update(_lesions(img, u, v, masks, (cr, cl), findings, rng, w / h))
+    img = gaussian_filter(img + rng.normal(0.0, 0.012, img.shape).astype(np.float32), 0.8)
+    px_regions = {k: (x * w, y * h, sx * w, sy * h) for k, (x, y, sx, sy) in regions.items()}
+    return np.clip(img, 0.0, 1.0).astype(np.float32), masks, px_regions
+
+
+def _scanpath(regions: dict, findings: list[str], size: tuple[int, int], rng, focus: float = 1.0):
+    """Fixations (points float [N, 2] x, y px; durations [N] s): a tour of both lungs and the heart, then dwell
+    on each finding; a reader with focus < 1 dwells less and wanders over the image more."""
+    tour = [k for k in regions if k not in FINDINGS]
+    targets = [(k, 0.25) for k in tour for _ in range(int(rng.integers(1, 3)))]
+    for f in findings:
+        targets += [(f, 0.5)] * int(round(rng.integers(3, 6) * focus))
+    centre = np.array([[regions[k][0], regions[k][1]] for k, _ in targets])
+    spread = np.array([[regions[k][2], regions[k][3]] for k, _ in targets])
+    pts = centre + rng.normal(size=centre.shape) * spread
+    dur = rng.gamma(4.0, np.array([d for _, d in targets]) / 4.0)
+    n_wander = int(round((1.0 - focus) * 2 * len(targets)))
+    pts = np.concatenate([pts, rng.uniform(0.1, 0.9, (n_wander, 2)) * [size[1], size[0]]])
+    dur = np.concatenate([dur, rng.gamma(4.0, 0.05, n_wander)])
+    order = rng.permutation(len(pts)) if n_wander else np.arange(len(pts))
+    pts = np.clip(pts[order], 1.0, [size[1] - 2.0, size[0] - 2.0])
+    return pts, np.maximum(dur[order], 0.08)
+
+
+def _uid(rng) -> str:
+    return "2.25." + str(int.from_bytes(rng.bytes(15), "big"))
+
+
+def _write_dicom(path: str, image: np.ndarray, case: dict, monochrome1: bool) -> None:
+    """12-bit DICOM whose window (2048/4096, LINEAR) maps stored values s to display s / 4095."""
+    stored = np.round(image * 4095).astype(np.uint16)
+    rng = case["rng"]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    meta.MediaStorageSOPInstanceUID = _uid(rng)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = _uid(rng), _uid(rng)
+    ds.PatientID, ds.StudyID, ds.Modality, ds.ViewPosition = case["patient_id"], case["study_id"], "DX", "PA"
+    ds.Rows, ds.Columns = image.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.ImagerPixelSpacing = [0.139 * 3056 / image.shape[0]] * 2
+    ds.PixelData = (4095 - stored if monochrome1 else stored).tobytes()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _render(case: dict, size: tuple[int, int], mimic: str, index: int):
+    img, masks, regions = _phantom(size[0], size[1], case["findings"], case["rng"])
+    _write_dicom(os.path.join(mimic, case["path"]), img, case, monochrome1=index % 5 == 4)
+    return masks, regions
+
+
+def _box(mask: np.ndarray) -> list[float]:
+    rows, cols = np.nonzero(mask)
+    return [float(cols.min()), float(rows.min()), float(cols.max()), float(rows.max())]
+
+
+def _egd_master_row(case: dict, pads: tuple[int, ...]) -> dict:
+    rng, found, cls = case["rng"], set(case["findings"]), case["class"]
+    row = {"dicom_id": case["dicom_id"], "path": case["path"], "study_id": case["study_id"],
+           "patient_id": case["patient_id"], "stay_id": str(30_000_000 + int(rng.integers(9_000_000))),
+           "gender": "FM"[int(rng.integers(2))], "anchor_age": "50 - 60", "normal_reports": str(int(cls == 0)),
+           "cxr_exam_indication": f"___ with {CLASSES[cls]}, shortness of breath"}
+    row.update(zip(egd_cxr.PAD_COLUMNS, map(str, pads)))
+    row.update({c: str(int(i == cls)) for i, c in enumerate(CLASSES)})
+    row.update({c: "0" for c in egd_cxr.FINDING_COLUMNS})
+    row.update({_EGD_FINDING[f]: "1" for f in found})
+    row["normal_anatomically"] = str(int(cls == 0))
+    for f, c in _CHX.items():
+        row[c] = ("1" if rng.random() < 0.8 else "-1") if f in found else ("0" if rng.random() < 0.3 else "")
+    row["no_finding__chx"] = "1" if cls == 0 else ""
+    row["pneumonia__chx"] = ("1" if rng.random() < 0.6 else "-1") if cls == 2 else ""
+    return row
+
+
+def _egd_gaze(case: dict, pts: np.ndarray, dur: np.ndarray, pads, size, t0: float) -> dict:
+    """Fixation-table columns for one image: FPOG screen fractions and X/Y_ORIGINAL by the data set's mapping."""
+    (top, bottom, left, right), (h, w), (sw, sh) = pads, size, egd_cxr.SCREEN
+    rw, rh = sw - left - right, sh - top - bottom
+    n_off = 2
+    fx = np.concatenate([left + pts[:, 0] * rw / w, [left * 0.5] * n_off]) / sw
+    fy = np.concatenate([top + pts[:, 1] * rh / h, [sh * 0.5] * n_off]) / sh
+    fx, fy = (np.round(a, 10) for a in (fx, fy))
+    inside = np.arange(len(fx)) < len(pts)
+    xo = np.where(inside, fx * sw - left, -1.0) * (w / rw)
+    yo = np.where(inside, fy * sh - top, -1.0) * (h / rh)
+    d = np.concatenate([dur, [0.2] * n_off])
+    start = t0 + np.cumsum(np.concatenate([[0.0], d[:-1] + 0.03]))
+    return {"DICOM_ID": case["dicom_id"], "FPOGX": fx, "FPOGY": fy, "FPOGS": start, "FPOGD": d,
+            "X_ORIGINAL": np.trunc(xo).astype(int), "Y_ORIGINAL": np.trunc(yo).astype(int)}
+
+
+def _calibration(case: dict, t0: float) -> dict:
+    """Gaze on a calibration screen, named after the image minus 5 characters; X/Y_ORIGINAL in screen pixels."""
+    fx, fy = 0.5 + case["rng"].normal(0, 0.01, 3), 0.5 + case["rng"].normal(0, 0.01, 3)
+    d = np.full(3, 0.3)
+    return {"DICOM_ID": case["dicom_id"][:-5], "FPOGX": np.round(fx, 10), "FPOGY": np.round(fy, 10),
+            "FPOGS": t0 + np.arange(3) * 0.33, "FPOGD": d, "X_ORIGINAL": (fx * 1920).astype(int),
+            "Y_ORIGINAL": (fy * 1080).astype(int)}
+
+
+def _egd_tables(blocks: list[dict], root: str) -> None:
+    """fixations.csv (one row per fixation) and eye_gaze.csv (60 Hz samples) from per-image gaze blocks."""
+    cols = {k: np.concatenate([np.broadcast_to(b[k], len(b["FPOGX"])) for b in blocks]) for k in blocks[0]}
+    n = len(cols["FPOGX"])
+    cols["Time (in secs)"] = cols["FPOGS"] + cols["FPOGD"]
+    cols.update({"CNT": np.round(cols["Time (in secs)"] * 60).astype(int), "FPOGID": np.arange(n) + 1,
+                 "TIMETICK(f=10000000)": np.round(cols["Time (in secs)"] * 1e7).astype(np.int64),
+                 "BPOGX": cols["FPOGX"], "BPOGY": cols["FPOGY"], "FPOGV": "1", "BPOGV": "1", "LPV": "1",
+                 "RPV": "1", "LPD": "18.0", "RPD": "18.0", "BKPMIN": "20"})
+    fmt = {c: "%.5f" for c in ("Time (in secs)", "FPOGS", "FPOGD")}
+    fmt.update({c: "%.10f" for c in ("FPOGX", "FPOGY", "BPOGX", "BPOGY")}, DICOM_ID="%s")
+    write_columns(os.path.join(root, "fixations.csv"), egd_cxr.GAZE_COLUMNS, cols, n, fmt)
+    reps = np.maximum(np.floor(cols["FPOGD"] * 60).astype(int), 1)
+    k = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+    samples = {c: (np.repeat(a, reps) if isinstance(a, np.ndarray) else a) for c, a in cols.items()}
+    samples["FPOGD"] = k / 60.0
+    samples["Time (in secs)"] = samples["FPOGS"] + samples["FPOGD"]
+    write_columns(os.path.join(root, "eye_gaze.csv"), egd_cxr.GAZE_COLUMNS, samples, int(reps.sum()), fmt)
+
+
+def _build_egd(tmp: str, images: int, seed: int, size: tuple[int, int]) -> dict:
+    root, mimic = os.path.join(tmp, "egd-cxr"), os.path.join(tmp, "mimic-cxr")
+    pads, master, blocks, boxes, truth, t = egd_cxr.display_pads(*size), [], [], [], {}, 0.0
+    for i, case in enumerate(_cases(images, seed)):
+        masks, regions = _render(case, size, mimic, i)
+        seg = os.path.join(root, "audio_segmentation_transcripts", case["dicom_id"])
+        os.makedirs(seg)
+        for name, m in masks.items():
+            Image.fromarray(m.astype(np.uint8) * 255).save(os.path.join(seg, f"{name}.png"))
+            x1, y1, x2, y2 = _box(m)
+            boxes.append([case["dicom_id"], name.replace("_", " "), x1, x2, y1, y2])
+        master.append(_egd_master_row(case, pads))
+        pts, dur = _scanpath(regions, case["findings"], size, case["rng"])
+        session = {"SESSION_ID": np.array(i // 30 + 1), "MEDIA_ID": np.array(i % 30)}
+        t = 0.0 if i % 30 == 0 else t
+        if i % 20 == 0:
+            blocks.append({**_calibration(case, t), **session})
+            t += 1.5
+        blocks.append({**_egd_gaze(case, pts, dur, pads, size, t), **session})
+        t = float(blocks[-1]["FPOGS"][-1] + blocks[-1]["FPOGD"][-1] + 1.0)
+        truth[case["dicom_id"]] = {"class": CLASSES[case["class"]], "findings": case["findings"],
+                                   "points": pts.tolist(), "durations": blocks[-1]["FPOGD"][:len(pts)].tolist()}
+    with open(os.path.join(root, "master_sheet.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, egd_cxr.MASTER_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(master)
+    with open(os.path.join(root, "bounding_boxes.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([egd_cxr.BOX_COLUMNS] + boxes)
+    _egd_tables(blocks, root)
+    return truth
+
+
+def _reflacx_names(phase: int) -> dict[str, str]:
+    """Finding -> REFLACX label column of that phase (effusion is "Pleural abnormality" from phase 2 on)."""
+    return dict(_REFLACX_LABEL, effusion="Pleural effusion" if phase == 1 else "Pleural abnormality")
+
+
+def _reflacx_labels(phase: int, findings: list[str], rng, focus: float) -> dict[str, str]:
+    present = {_reflacx_names(phase)[f] for f in findings}
+    sure = [4, 5] if focus >= 0.6 else [3, 4]
+    out = {n: str(int(rng.choice(sure))) if n in present else str(int(rng.choice([0, 0, 0, 1, 2])))
+           for n in reflacx.PHASE_LABELS[phase]}
+    out.update({n: "False" for n in ("Support devices", "Quality issue") if n in out})
+    return out
+
+
+def _reflacx_reading(folder: str, case: dict, regions: dict, size, phase: int, focus: float) -> dict:
+    """One reading's files; returns its truth (kept fixations, sigma, labels)."""
+    (h, w), rng = size, case["rng"]
+    pts, dur = _scanpath(regions, case["findings"], size, rng, focus)
+    pts = np.round(pts)
+    rects = np.tile([0.0, 0.0, w, h], (len(pts), 1))
+    if rng.random() < 0.3:  # zoomed in for the last third: shown rectangle = box around those fixations
+        tail = slice(2 * len(pts) // 3, None)
+        lo, hi = np.maximum(pts[tail].min(0) - 20, 0), np.minimum(pts[tail].max(0) + 20, [w, h])
+        rects[tail] = np.round(np.concatenate([lo, hi]))
+    off = np.array([[-40.0, h / 2], [w / 2, h + 30.0]])  # gaze on the interface buttons, off the image
+    pts, rects = np.concatenate([pts, off]), np.concatenate([rects, np.tile([0.0, 0.0, w, h], (2, 1))])
+    start = np.round(1.0 + np.cumsum(np.concatenate([[0.0], dur[:-1] + 0.03])), 3)
+    start = np.concatenate([start, start[-1] + dur[-1] + [0.1, 0.5]])
+    end = np.round(start + np.concatenate([dur, [0.2, 0.2]]), 3)
+    dest = np.array([650.0, 0.0, 650.0 + round(1080 * w / h), 1080.0])
+    ppd = np.round(45.0 * (rects[:, 2:] - rects[:, :2]) / (dest[2:] - dest[:2]))
+    cols = dict(zip(reflacx.FIXATION_COLUMNS, [start, end, pts[:, 0], pts[:, 1], "0.95", ppd[:, 0], ppd[:, 1],
+                                                 "1.0", "0.5", *rects.T, *np.tile(dest, (len(pts), 1)).T]))
+    os.makedirs(folder)
+    fmt = {"timestamp_start_fixation": "%.3f", "timestamp_end_fixation": "%.3f"}
+    write_columns(os.path.join(folder, "fixations.csv"), reflacx.FIXATION_COLUMNS, cols, len(pts), fmt)
+    labels = _reflacx_labels(phase, case["findings"], rng, focus)
+    chest = np.round(np.array([0.14 * w, 0.1 * h, 0.86 * w, 0.78 * h]) + rng.normal(0, 3, 4))
+    with open(os.path.join(folder, "chest_bounding_box.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([reflacx.BOX_COLUMNS, chest.astype(int).tolist()])
+    names = sorted(labels)
+    rows = [list(reflacx.BOX_COLUMNS) + ["certainty"] + names]
+    for f_name, label in _reflacx_names(phase).items():
+        if f_name in case["findings"] and int(labels[label]) >= 3:
+            x, y, sx, sy = regions[f_name]
+            box = [int(round(x - 2 * sx)), int(round(y - 2 * sy)), int(round(x + 2 * sx)), int(round(y + 2 * sy))]
+            rows.append(box + [labels[label]] + [str(n == label) for n in names])
+    with open(os.path.join(folder, "anomaly_location_ellipses.csv"), "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    words = " . ".join(_WORDS[f] for f in case["findings"]) or "no acute cardiopulmonary process"
+    with open(os.path.join(folder, "transcription.txt"), "w") as f:
+        f.write(words + " .")
+    n = len(pts) - 2
+    return {"points": pts[:n].tolist(), "durations": (end - start)[:n].tolist(), "sigma": ppd[:n].tolist(),
+            "labels": labels}
+
+
+def _reading_id(phase: int, trial: int, rng, taken: set) -> str:
+    """REFLACX reading id: P<phase><trial:02>R<6 random digits> (phase 3: P300R...), unique."""
+    while (rid := f"P{phase}{trial:02}R{int(rng.integers(10**6)):06}") in taken:
+        pass
+    taken.add(rid)
+    return rid
+
+
+_FOCUS = (1.0, 0.9, 0.5, 0.8, 0.4)  # the five synthetic readers: experts dwell on findings, novices wander
+
+
+def _build_reflacx(tmp: str, images: int, seed: int, size: tuple[int, int]) -> dict:
+    main, mimic = os.path.join(tmp, "reflacx", "main_data"), os.path.join(tmp, "mimic-cxr")
+    n_multi, ids, truth = images // 8, set(), {}
+    tables: dict[int, list] = {1: [], 2: [], 3: []}
+    for i, case in enumerate(_cases(images, seed)):
+        _, regions = _render(case, size, mimic, i)
+        phase = 1 if i < n_multi else 2 if i < 2 * n_multi else 3
+        users = [0, 1, 2] if phase < 3 else [i % 5] + ([4] if i % 15 == 7 else [])  # 2nd phase-3 one: discarded
+        entry = truth[case["dicom_id"]] = {"class": CLASSES[case["class"]], "findings": case["findings"],
+                                           "readings": {}, "discarded": []}
+        for k, user in enumerate(users):
+            rid = _reading_id(phase, i % n_multi if phase < 3 else 0, case["rng"], ids)
+            discarded = phase == 3 and k == 1
+            row = {"id": rid, "split": {8: "validate", 9: "test"}.get(int(case["patient_id"]) % 10, "train"),
+                   "eye_tracking_data_discarded": str(discarded), "image": f"physionet.org/files/mimic-cxr/2.0.0/"
+                   f"{case['path']}", "dicom_id": case["dicom_id"], "subject_id": case["patient_id"],
+                   "image_size_x": size[1], "image_size_y": size[0]}
+            if discarded:
+                row.update(_reflacx_labels(phase, case["findings"], case["rng"], _FOCUS[user]))
+                entry["discarded"].append(rid)
+            else:
+                reading = _reflacx_reading(os.path.join(main, rid), case, regions, size, phase, _FOCUS[user])
+                row.update(reading["labels"])
+                entry["readings"][rid] = reading
+            tables[phase].append(row)
+    for phase, rows in tables.items():
+        with open(os.path.join(main, f"metadata_phase_{phase}.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, reflacx.META_COLUMNS + tuple(sorted(reflacx.PHASE_LABELS[phase])))
+            writer.writeheader()
+            writer.writerows(rows)
+    return truth
+
+
+def _atomic(out: str, kind: str, params: dict, build) -> str:
+    """Build DIR/<kind> in a temp dir and rename it into place; reuse it when built with the same params."""
+    final, stamp = os.path.join(out, kind), os.path.join(out, kind, ".complete.json")
+    if os.path.isfile(stamp):
+        with open(stamp) as f:
+            if json.load(f) == params:
+                return final
+    os.makedirs(out, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{kind}-", dir=out)
+    try:
+        truth = build(tmp, **params)
+        data_root = next(os.path.join(tmp, d) for d in sorted(os.listdir(tmp)) if not d.startswith("mimic"))
+        with open(os.path.join(data_root, "synthetic_truth.json"), "w") as f:
+            json.dump(truth, f)
+        with open(os.path.join(tmp, ".complete.json"), "w") as f:
+            json.dump(params, f)
+        old = tmp + ".old"
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+    finally:
+        for leftover in (tmp, tmp + ".old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def _params(images: int, seed: int, size) -> dict:
+    if images < 1 or len(size) != 2 or min(size) < 64:
+        raise ValueError(f"need images >= 1 and a size (H, W) of at least 64 px, got {images}, {size}")
+    return {"images": int(images), "seed": int(seed), "size": [int(s) for s in size]}
+
+
+def generate_egd_cxr(out: str, images: int = 60, seed: int = 0, size=(512, 416)) -> tuple[str, str]:
+    """Synthetic EGD-CXR under out/egd_cxr/; returns (root, mimic_root) for `EGDCXR`."""
+    final = _atomic(os.fspath(out), "egd_cxr", _params(images, seed, size), _build_egd)
+    return os.path.join(final, "egd-cxr"), os.path.join(final, "mimic-cxr")
+
+
+def generate_reflacx(out: str, images: int = 60, seed: int = 0, size=(512, 416)) -> tuple[str, str]:
+    """Synthetic REFLACX under out/reflacx/; returns (root, mimic_root) for `REFLACX`."""
+    final = _atomic(os.fspath(out), "reflacx", _params(images, seed, size), _build_reflacx)
+    return os.path.join(final, "reflacx"), os.path.join(final, "mimic-cxr")
+
+
+def read_truth(root: str) -> dict:
+    """The generator's record of a synthetic data set root: per image its class, findings and fixations."""
+    with open(os.path.join(root, "synthetic_truth.json")) as f:
+        return json.load(f)
+
+
+def cli(argv: list[str]) -> int:
+    """`egd_cxr|reflacx --out DIR --images N --seed S [--size H W]`; prints the data root and the MIMIC root."""
+    parser = argparse.ArgumentParser(prog="python -m gazejax.data.synthetic")
+    parser.add_argument("kind", choices=("egd_cxr", "reflacx"))
+    parser.add_argument("--out", required=True, help="output folder; the data set goes to OUT/<kind>/")
+    parser.add_argument("--images", type=int, default=60, help="number of radiographs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    parser.add_argument("--size", type=int, nargs=2, default=(512, 416), metavar=("H", "W"), help="DICOM size")
+    args = parser.parse_args(argv)
+    make = generate_egd_cxr if args.kind == "egd_cxr" else generate_reflacx
+    root, mimic_root = make(args.out, args.images, args.seed, tuple(args.size))
+    print(f"{args.kind}: root={root} mimic_root={mimic_root}")
+    return 0
