@@ -210,9 +210,9 @@ def _points_2d(points, in_shape) -> np.ndarray:
     return points
 
 
-def render_gaussians(points, weights=None, sigma=1.0, in_shape: Sequence[int] = (), out_shape: Sequence[int] = (),
-                     mode: str = "area", normalize: str | None = "max", transform: AffineTransform | None = None,
-                     *, amplitude: str = "mass", truncate: float | None = None) -> np.ndarray:
+def render_gaussians(points, weights, sigma, in_shape: Sequence[int], out_shape: Sequence[int], mode: str = "area",
+                     normalize: str | None = "max", transform: AffineTransform | None = None, *,
+                     amplitude: str = "mass", truncate: float | None = None) -> np.ndarray:
     """Heat map `[*out_shape]` float32 = normalize(sum_n weights[n] * Gaussian(points[n], sigma[n])) on the grid.
 
     points [N, d] and sigma (scalar | [d] | [N] | [N, d]) in original pixels; weights [N] or None (all 1); grid,
@@ -243,14 +243,15 @@ def _render_jax(points, weights, sigma, valid, transform, *, in_shape, out_shape
     return _normalize(jnp, m, normalize)
 
 
-def render_gaussians_jax(points, weights=None, sigma=1.0, in_shape: Sequence[int] = (),
-                         out_shape: Sequence[int] = (), mode: str = "area", normalize: str | None = "max",
+def render_gaussians_jax(points, weights, sigma, in_shape: Sequence[int], out_shape: Sequence[int],
+                         mode: str = "area", normalize: str | None = "max",
                          transform: AffineTransform | None = None, *, valid=None, amplitude: str = "mass",
                          truncate: float | None = None) -> jax.Array:
     """`render_gaussians` in JAX (float32, jitted; traceable inside jit/vmap/grad).
 
     Shapes are static: pad the fixations to a fixed N with `pad_points` and pass `valid` [N] (None = all valid);
-    padded entries (their points, weights and per-fixation sigma) are ignored whatever they hold.
+    padded entries (their points, weights and per-fixation sigma) are ignored whatever they hold. Values are not
+    checked under tracing: valid sigma must be > 0 and points finite.
     """
     if np.ndim(points) != 2:
         raise _fail(f"points must be [N, d], got shape {np.shape(points)}")
@@ -260,7 +261,7 @@ def render_gaussians_jax(points, weights=None, sigma=1.0, in_shape: Sequence[int
                        normalize=normalize, amplitude=amplitude, truncate=truncate)
 
 
-def pad_points(points, weights=None, n_max: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pad_points(points, weights, n_max: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pad fixations to a static count: (points [n_max, d] f32, weights [n_max] f32 (0 in padding), valid [n_max]).
 
     points must be [N, d] with N <= n_max (an empty set is [0, d]); weights None means 1 per fixation. Pad a
@@ -294,8 +295,9 @@ def ggcam_heatmap(points, in_shape: Sequence[int], out_shape: Sequence[int], blu
 
     blur_parameter="opencv_ksize" reproduces the public code (hz-zhu/GG-CAM), which passes B to cv.GaussianBlur
     as the kernel SIZE with sigma 0: std = 0.3*((k-1)/2 - 1) + 0.8 (75.5 px for B = 500), kernel cut at
-    (k-1)/2 px. That code also pads the blurred image to 3072x2560 (use `pad_resize_transform` and that frame as
-    `in_shape`) and keeps every 64th pixel from pixel 0 (half a cell off the centre used by mode="center").
+    (k-1)/2 px. That code blurs with OpenCV's reflecting border, then zero-pads to 3072x2560 (here: render in that
+    frame via `pad_resize_transform`, mass leaving it is lost) and keeps every 64th pixel from pixel 0 (half a
+    cell off the centre that mode="center" samples).
     """
     if blur_parameter == "sigma":
         sigma, truncate = float(blur), None
