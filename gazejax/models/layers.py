@@ -1,0 +1,189 @@
+"""Shared N-d building blocks (channels-last) for the 3D/2D segmentation models: torch-faithful conv, GroupNorm,
+conv-norm-ReLU blocks, align-corners linear resizing and pooling. Spatial rank is inferred from the input rank.
+
+Parameter names mirror open_brats2020 (`ConvBnRelu1/2`, `conv`, `bn`) so that a torch state dict maps onto Flax
+variables by renaming and transposing kernels only; `bn` is a GroupNorm there too.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# torch `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: N(0, 2 / (C_out * prod(kernel))), untruncated.
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_bias_init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32, *, fan_in: int) -> jax.Array:
+    """torch's default conv/linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def spatial_rank(x: jax.Array) -> int:
+    """Number of spatial axes of a channels-last batch `[B, *spatial, C]`."""
+    return x.ndim - 2
+
+
+def num_groups(channels: int, max_groups: int = 16) -> int:
+    """open_brats2020's `default_norm_layer` group count: min(16, C), or C / (largest power-of-2 divisor <= 16)."""
+    groups = min(max_groups, channels)
+    if channels % groups:
+        divisor = 16
+        while channels % divisor:
+            divisor //= 2
+        groups = channels // divisor
+    return groups
+
+
+def conv(
+    features: int,
+    spatial_dims: int,
+    in_features: int,
+    kernel_size: int = 3,
+    dilation: int = 1,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.Conv:
+    """Convolution `[B, *S, in_features] -> [B, *S, features]`, kernel k per axis, padding dilation*(k//2).
+
+    Bias off by default (a norm follows); kaiming-normal fan_out kernel init and torch's uniform bias init, as
+    open_brats2020. Call inside a compact method, where the input's rank and channels are known.
+    """
+    pad = dilation * (kernel_size // 2)
+    fan_in = in_features * kernel_size**spatial_dims
+    return nn.Conv(
+        features,
+        (kernel_size,) * spatial_dims,
+        padding=[(pad, pad)] * spatial_dims,
+        kernel_dilation=dilation,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kaiming_normal_fan_out,
+        bias_init=functools.partial(torch_bias_init, fan_in=fan_in),
+        name=name,
+    )
+
+
+def conv1x1(x: jax.Array, features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> jax.Array:
+    """Applies a 1x1(x1) convolution with bias to `x` (open_brats2020's `conv1x1`, used for heads)."""
+    layer = conv(features, spatial_rank(x), x.shape[-1], kernel_size=1, use_bias=True, dtype=dtype, name=name)
+    return layer(x)
+
+
+def group_norm(channels: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.GroupNorm:
+    """GroupNorm over `[B, *S, C]` with `num_groups(C)` groups, eps 1e-5, two-pass variance (torch semantics)."""
+    return nn.GroupNorm(
+        num_groups=num_groups(channels),
+        epsilon=1e-5,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+class ConvNormAct(nn.Module):
+    """conv3 (bias off) -> GroupNorm -> ReLU, `[B, *S, C_in] -> [B, *S, features]` (open_brats2020 `ConvBnRelu`)."""
+
+    features: int
+    dilation: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, c_in = spatial_rank(x), x.shape[-1]
+        x = conv(self.features, n, c_in, 3, self.dilation, dtype=self.dtype, name="conv")(x)
+        x = group_norm(self.features, self.dtype, name="bn")(x)
+        return nn.relu(x)
+
+
+class UBlock(nn.Module):
+    """Two ConvNormAct layers `C_in -> mid_features -> features`, both with the same dilation (open_brats2020)."""
+
+    mid_features: int
+    features: int
+    dilation: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = ConvNormAct(self.mid_features, self.dilation, self.dtype, name="ConvBnRelu1")(x)
+        return ConvNormAct(self.features, self.dilation, self.dtype, name="ConvBnRelu2")(x)
+
+
+def max_pool(x: jax.Array, factor: int | Sequence[int] = 2) -> jax.Array:
+    """Non-overlapping max pooling of `[B, *S, C]` by `factor` per spatial axis (an int applies to all axes)."""
+    window = _per_axis(factor, spatial_rank(x))
+    if all(f == 1 for f in window):
+        return x
+    return nn.max_pool(x, window, strides=window)
+
+
+def avg_pool(x: jax.Array, factor: int | Sequence[int]) -> jax.Array:
+    """Non-overlapping average pooling of `[B, *S, C]` by `factor` per spatial axis."""
+    window = _per_axis(factor, spatial_rank(x))
+    if all(f == 1 for f in window):
+        return x
+    return nn.avg_pool(x, window, strides=window)
+
+
+def _per_axis(factor: int | Sequence[int], n: int) -> tuple[int, ...]:
+    return (int(factor),) * n if np.isscalar(factor) else tuple(int(f) for f in factor)
+
+
+def _align_corners_source(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left/right source indices and right weights of align-corners linear resampling along one axis.
+
+    Output index i samples the input at s = i * (n_in - 1) / (n_out - 1) (s = 0 when n_out == 1), as torch's
+    `interpolate(..., align_corners=True)` and scipy's `zoom(order=1, grid_mode=False)`.
+    """
+    scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+    src = np.arange(n_out, dtype=np.float64) * scale
+    lo = np.clip(np.floor(src).astype(np.int64), 0, n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (src - lo).astype(np.float32)
+
+
+def resize_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Array:
+    """Separable (bi/tri)linear resize of `[B, *S, C]` to spatial `size` with align_corners=True semantics.
+
+    Gathers the two neighbours per axis and blends them elementwise, so it is exact in float32 (no matmul
+    precision loss on TPU) and costs two gathers per axis.
+    """
+    n = spatial_rank(x)
+    if len(size) != n:
+        raise ValueError(f"layers.py: resize size {tuple(size)} does not match spatial rank {n} of {x.shape}")
+    for axis, n_out in enumerate(size, start=1):
+        n_in = x.shape[axis]
+        if n_in == n_out:
+            continue
+        lo, hi, w = _align_corners_source(n_in, int(n_out))
+        w = jnp.asarray(w, x.dtype).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+        x_lo, x_hi = jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis)
+        x = x_lo + (x_hi - x_lo) * w
+    return x
+
+
+def upsample_linear(x: jax.Array, factor: int = 2) -> jax.Array:
+    """Align-corners (bi/tri)linear up-sampling of `[B, *S, C]` by an integer factor per spatial axis
+    (torch `nn.Upsample(scale_factor=factor, mode="trilinear", align_corners=True)`)."""
+    return resize_align_corners(x, [s * factor for s in x.shape[1:-1]])
+
+
+def upsample_nearest(x: jax.Array, factor: int | Sequence[int]) -> jax.Array:
+    """Nearest up-sampling of `[B, *S, C]`: each cell is repeated `factor` times per spatial axis (the exact
+    inverse footprint of a non-overlapping pool with the same factor)."""
+    for axis, f in enumerate(_per_axis(factor, spatial_rank(x)), start=1):
+        if f > 1:
+            x = jnp.repeat(x, f, axis=axis)
+    return x
