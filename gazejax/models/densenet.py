@@ -1,0 +1,142 @@
+"""DenseNet-201 (Huang et al. 2017; torchvision layout) in Flax Linen, NHWC.
+
+Parameter names mirror torchvision's (`features/conv0`, `features/denseblock1/denselayer1/norm1`,
+`features/transition1/conv`, `features/norm5`, `classifier`), so `from_torch` maps a torchvision state dict one
+to one and `densenet201(num_classes=1000)` has exactly torchvision's 20,013,928 parameters.
+
+`__call__(x [B, H, W, in_channels], train=False)` returns
+`{"logits": [B, num_classes] or None, "features": {...}, "pooled": [B, C]}` with features
+- "stem":          relu0(norm0(conv0(x))), [B, H/2, W/2, num_init_features]
+- "denseblock1":   [B, H/4, W/4, c1]           (c1 = num_init_features + n1 * growth_rate; 256 for DN-201)
+- "transition1":   [B, H/8, W/8, c1 // 2]      (norm, relu, 1x1 conv, 2x2 average pool)
+- "denseblock2", "transition2" ([B, H/16, W/16, .]), "denseblock3", "transition3" ([B, H/32, W/32, .])
+- "denseblock4":   [B, H/32, W/32, C]          (C = 1920 for DenseNet-201; CXRGazeLearn's decoder input)
+- "norm5":         norm5(denseblock4), [B, H/32, W/32, C], before the final ReLU
+"pooled" is the global average of relu(norm5), the classifier input.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from gazejax.models.backbone_utils import (batch_norm, classifier_head, global_avg_pool,
+                                           outputs, prepare_input, torch_conv)
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-1x1 conv (bn_size * growth) - BN-ReLU-3x3 conv (growth); [B, H, W, C] -> [B, H, W, growth]."""
+
+    growth_rate: int
+    bn_size: int = 4
+    drop_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        y = nn.relu(batch_norm(train, self.dtype, name="norm1")(x))
+        y = torch_conv(self.bn_size * self.growth_rate, 1, dtype=self.dtype, name="conv1")(y)
+        y = nn.relu(batch_norm(train, self.dtype, name="norm2")(y))
+        y = torch_conv(self.growth_rate, 3, dtype=self.dtype, name="conv2")(y)
+        if self.drop_rate > 0:
+            y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
+        return y
+
+
+class DenseBlock(nn.Module):
+    """`num_layers` DenseLayers (`denselayer1`...), each fed the concatenation of all previous outputs."""
+
+    num_layers: int
+    growth_rate: int
+    bn_size: int = 4
+    drop_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        for i in range(self.num_layers):
+            new = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
+                             name=f"denselayer{i + 1}")(x, train)
+            x = jnp.concatenate([x, new], axis=-1)
+        return x
+
+
+class Transition(nn.Module):
+    """BN-ReLU-1x1 conv to `features` channels, then 2x2 average pooling (stride 2)."""
+
+    features: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        x = nn.relu(batch_norm(train, self.dtype, name="norm")(x))
+        x = torch_conv(self.features, 1, dtype=self.dtype, name="conv")(x)
+        return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class DenseNetFeatures(nn.Module):
+    """torchvision's `features` Sequential; returns (norm5 output, dict of intermediate maps)."""
+
+    growth_rate: int
+    block_config: Sequence[int]
+    num_init_features: int
+    bn_size: int
+    drop_rate: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
+        x = torch_conv(self.num_init_features, 7, 2, dtype=self.dtype, name="conv0")(x)
+        x = nn.relu(batch_norm(train, self.dtype, name="norm0")(x))
+        feats = {"stem": x}
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for i, num_layers in enumerate(self.block_config):
+            x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
+                           name=f"denseblock{i + 1}")(x, train)
+            feats[f"denseblock{i + 1}"] = x
+            if i != len(self.block_config) - 1:
+                x = Transition(x.shape[-1] // 2, self.dtype, name=f"transition{i + 1}")(x, train)
+                feats[f"transition{i + 1}"] = x
+        x = batch_norm(train, self.dtype, name="norm5")(x)
+        feats["norm5"] = x
+        return x, feats
+
+
+class DenseNet(nn.Module):
+    """torchvision-compatible DenseNet-BC; see the module docstring for inputs and outputs.
+
+    Attributes:
+      growth_rate, block_config, num_init_features, bn_size, drop_rate: torchvision's DenseNet arguments
+        (32, (6, 12, 48, 32), 64, 4, 0 for DenseNet-201); small values give tiny test nets.
+      num_classes: classes of the `classifier` head; 0 = no head (logits None).
+      in_channels / stem_mode: see backbone_utils.prepare_input.
+      dtype: computation dtype (parameters stay float32).
+    """
+
+    growth_rate: int = 32
+    block_config: Sequence[int] = (6, 12, 48, 32)
+    num_init_features: int = 64
+    bn_size: int = 4
+    drop_rate: float = 0.0
+    num_classes: int = 1000
+    in_channels: int = 3
+    stem_mode: str = "repeat"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
+        x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
+        x, feats = DenseNetFeatures(self.growth_rate, tuple(self.block_config), self.num_init_features,
+                                    self.bn_size, self.drop_rate, self.dtype, name="features")(x, train)
+        pooled = global_avg_pool(nn.relu(x))
+        logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype)
+        return outputs(logits, feats, pooled)
+
+
+def densenet201(**kwargs) -> DenseNet:
+    """DenseNet-201: growth 32, blocks (6, 12, 48, 32); 20,013,928 parameters with num_classes=1000."""
+    kwargs.setdefault("growth_rate", 32)
+    kwargs.setdefault("block_config", (6, 12, 48, 32))
+    kwargs.setdefault("num_init_features", 64)
+    return DenseNet(**kwargs)
