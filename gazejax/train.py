@@ -74,10 +74,16 @@ class Trainer:
         self.writer = MetricWriter(workdir)
         self._predict_jit = jax.jit(lambda variables, *inputs: self.model.apply(variables, *inputs, train=False))
 
+    def close(self) -> None:
+        """Waits for pending checkpoint writes and closes the log files."""
+        self.writer.close()
+        self.ckpt.close()
+
     # ---- state -------------------------------------------------------------------------------------------
     def init_variables(self) -> dict:
         batch = self.method.init_batch(self.config)
-        rng = jax.random.PRNGKey(self.config.seed)
+        # The rbg generator: jit-compiling dozens of threefry-based initialisers takes minutes on XLA:CPU.
+        rng = jax.random.key(self.config.seed, impl="rbg")
         init = jax.jit(lambda r, *x: self.model.init(r, *x, train=False),
                        out_shardings=parallel.replicated(self.mesh))
         variables = flax.core.unfreeze(init(rng, *self.method.model_inputs(batch)))
@@ -304,8 +310,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         state = trainer.train(data)
         return finish(trainer, state, data)
     finally:
-        trainer.writer.close()
-        trainer.ckpt.close()
+        trainer.close()
 
 
 def evaluate_only(config, workdir: str) -> dict:
@@ -321,8 +326,7 @@ def evaluate_only(config, workdir: str) -> dict:
         state = trainer._from_best(last, trainer.new_state(variables, tx), tx)
         return finish(trainer, state, data)
     finally:
-        trainer.writer.close()
-        trainer.ckpt.close()
+        trainer.close()
 
 
 def finish(trainer: Trainer, state: TrainState, data) -> dict:

@@ -65,7 +65,7 @@ def test_one_vs_two_devices_same_losses(tiny_brats_root, tmp_path):
         assert jax.device_count() == 2, jax.devices()
         out = {{}}
         for n in (1, 2):
-            cfg = tiny_brats_config({tiny_brats_root!r}, {str(tmp_path / "cache")!r}, batch_size=2, num_devices=n)
+            cfg = tiny_brats_config({tiny_brats_root!r}, {str(tmp_path / "cache")!r}, batch_size=2, num_devices=n, epochs=2)
             trainer = train.Trainer(cfg, {str(tmp_path)!r} + f"/run{{n}}")
             data = trainer.method.make_data(cfg)
             stage = trainer.stages[0]
@@ -79,6 +79,7 @@ def test_one_vs_two_devices_same_losses(tiny_brats_root, tmp_path):
                 state, m = step(state, parallel.to_global(next(it), trainer.mesh))
                 losses.append(float(m["loss"]))
             out[n] = losses
+            trainer.close()
         print(json.dumps(out))
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -88,12 +89,32 @@ def test_one_vs_two_devices_same_losses(tiny_brats_root, tmp_path):
     np.testing.assert_allclose(out["1"], out["2"], rtol=2e-5)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_brats_root, tmp_path):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_brats_root, tmp_path, monkeypatch):
     from gazejax import train
+    from gazejax.data import brats_pipeline
 
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=3, eval_every_epochs=1)
-    cfg.optim.lr = 1e30  # diverges after the first update
+    original, calls = brats_pipeline.make_train_example, []
+
+    def poisoned(record, *args, **kw):  # from the third epoch on, inputs carry a NaN
+        calls.append(1)
+        example = original(record, *args, **kw)
+        if len(calls) > 2 * n_train:
+            example["image"][0, 0, 0, 0] = np.nan
+        return example
+
+    monkeypatch.setattr(brats_pipeline, "make_train_example", poisoned)
     workdir = str(tmp_path / "nan")
-    with pytest.raises(train.NonFiniteLossError, match="loss became"):
+    trainer = train.Trainer(cfg, workdir)
+    n_train = trainer.method.make_data(cfg).num_train
+    trainer.close()
+    with pytest.raises(train.NonFiniteLossError, match="loss became nan"):
         train.train_and_evaluate(cfg, workdir)
+    losses = _losses(workdir)
+    assert all(np.isfinite(v) for v in losses.values()) and max(losses) >= n_train
     assert not os.path.exists(os.path.join(workdir, "report.md"))
+    # the last good checkpoint (end of an epoch before the NaN) is intact and usable
+    monkeypatch.setattr(brats_pipeline, "make_train_example", original)
+    results = train.evaluate_only(cfg, workdir)
+    assert np.isfinite(results["test"]["metrics"]["dice_WT"])
+    assert os.path.exists(os.path.join(workdir, "report.md"))
