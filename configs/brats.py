@@ -102,19 +102,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _demo(c: ml_collections.ConfigDict) -> None:
-    """Small synthetic volumes and a narrow network: minutes on a 2-core CPU."""
+    """Small synthetic volumes and a narrow network: a few minutes on a 2-core CPU, data generation included.
+
+    Adam replaces Ranger here: RAdam's rectification acts as a warm-up of roughly 1/(1 - b2) = 1000 steps, longer
+    than the whole demo (a single volume is barely fitted after 80 Ranger steps, but is after 40 Adam steps).
+    """
     c.data.synthetic.cases = 40
-    c.data.synthetic.shape = (96, 96, 64)
-    c.data.crop_size = (64, 64, 48)
-    c.data.num_folds = 5
-    c.data.val_fraction = 0.1
-    c.data.gaze_sigma = 4.0
+    c.data.synthetic.shape = (80, 80, 64)
+    c.data.crop_size = (48, 48, 48)
+    c.data.gaze_sigma = 4.0                 # the paper's 10 voxels, scaled like the volumes (80 / 240)
     c.model.width = 8
     c.model.san_width = 8
     c.model.aab_heads = 2
     c.model.aab_head_dim = 16
-    c.optim.lr = 3e-3
-    c.optim.decay_start_epoch = 6
-    c.epochs = 12
-    c.eval_every_epochs = 3
-    c.eval.overlap = 0.25
+    c.optim.name = "adam"
+    c.optim.lr = 1e-2
+    c.optim.decay_start_epoch = 3
+    c.epochs = 6
+    c.eval_every_epochs = 2
+    c.eval.window = (80, 80, 64)            # whole-volume inference (every cropped brain fits in one window)

@@ -119,7 +119,7 @@ class Trainer:
             (loss, (metrics, new_collections)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+            metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
             new_state = state.replace(step=state.step + 1, params=params, collections=new_collections,
                                       opt_state=opt_state, rng=rng)
             return new_state, metrics
