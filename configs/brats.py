@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s.gaze_share = 180 / 369                # cases with gaze: 180 of 369 in the paper
 
     c.model = m = ml_collections.ConfigDict()
+    m.backbone = "equiunet"                 # equiunet | nnunet | dmfnet (Table 3)
     m.width = 48                            # EquiUnet base width (48/96/192/384)
     m.deep_supervision = False              # open_brats2020 option
     m.san_width = 32                        # SAN conv-group widths: san_width, 2 * san_width
@@ -101,6 +102,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
+RATIOS = (0.2, 0.3, 0.5, 0.7)
+FOLDS = tuple(range(5))
+DICE = (("dice_ET", "ET"), ("dice_WT", "WT"), ("dice_TC", "TC"))
+LABELS = {"backbone": "Backbone", "gaze_star": "+gaze*", "san_star": "+SAN*", "ours_no_gaze": "ours-gaze",
+          "ours": "ours", "ours_surv": "ours+surv", "expert": "EG", "non_expert": "n-EG"}
+
+
+def get_grid(name: str) -> dict:
+    """Named sweeps for `python -m gazejax.experiments --config=configs/brats.py --grid=NAME` (Tables 1-3)."""
+    if name == "table1":
+        methods = ("backbone", "gaze_star", "san_star", "ours_no_gaze", "ours", "ours_surv")
+        cells = [{"method": m, "data.ratio": r, "data.fold": f} for m in methods for r in RATIOS for f in FOLDS]
+        tables = [{"title": "Table 1: Dice (%) by data ratio", "row": "method", "col": "data.ratio",
+                   "metrics": DICE, "row_labels": LABELS, "reference": "backbone"}]
+    elif name == "table2":
+        cells = [{"method": "ours", "data.gaze_readers": g, "data.ratio": r, "data.fold": f}
+                 for g in ("expert", "non_expert") for r in (0.2, 0.5) for f in FOLDS]
+        tables = [{"title": "Table 2: expert (EG) vs non-expert (n-EG) gaze, Dice (%)", "row": "data.gaze_readers",
+                   "col": "data.ratio", "metrics": DICE, "row_labels": LABELS, "reference": "expert"}]
+    elif name == "table3":
+        combos = [(b, m) for m in ("backbone", "ours") for b in ("equiunet", "nnunet", "dmfnet")]
+        combos += [("equiunet", "cbam"), ("equiunet", "tasn")]
+        cells = [{"model.backbone": b, "method": m, "data.ratio": r, "data.fold": f}
+                 for b, m in combos for r in (0.2, 0.5) for f in FOLDS]
+        hd = (("hd95_ET", "ET H-95"), ("hd95_WT", "WT H-95"), ("hd95_TC", "TC H-95"))
+        tables = [{"title": "Table 3: backbones and attention modules, Dice (%) and HD95 (mm)",
+                   "row": ("model.backbone", "method"), "col": "data.ratio", "metrics": DICE + hd,
+                   "reference": ("equiunet", "backbone")}]
+    else:
+        raise ValueError(f"unknown grid {name!r} for configs/brats.py (table1 | table2 | table3)")
+    return {"cells": cells, "tables": tables, "title": f"SAN+AAB BraTS {name}", "repeat_label": "folds"}
+
+
 def _demo(c: ml_collections.ConfigDict) -> None:
     """Small synthetic volumes and a narrow network: a few minutes on a 2-core CPU, data generation included.
 
@@ -118,6 +152,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.optim.name = "adam"
     c.optim.lr = 1e-2
     c.optim.decay_start_epoch = 3
-    c.epochs = 6
+    c.data.val_fraction = 0.15             # 5 validation cases: a steadier model-selection signal
+    c.epochs = 8
     c.eval_every_epochs = 2
     c.eval.window = (80, 80, 64)            # whole-volume inference (every cropped brain fits in one window)

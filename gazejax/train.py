@@ -335,11 +335,21 @@ def finish(trainer: Trainer, state: TrainState, data) -> dict:
                for split in ("val", "test")}
     results["data_info"] = data.info
     if jax.process_index() == 0:
-        with open(os.path.join(trainer.workdir, "results.json"), "w") as f:
-            json.dump({s: r.get("metrics", {}) for s, r in results.items() if s != "data_info"}, f, indent=2)
+        cases = {s: {c["case_id"]: c["scores"] for c in r.get("cases", [])} for s, r in results.items()
+                 if s != "data_info"}
+        _write_json(os.path.join(trainer.workdir, "cases.json"), cases)
         path = trainer.method.report(results, trainer.config, trainer.workdir)
+        # written last: its presence marks a finished run (the experiment runner skips such cells)
+        _write_json(os.path.join(trainer.workdir, "results.json"),
+                    {s: r.get("metrics", {}) for s, r in results.items() if s != "data_info"})
         log.info("report written to %s", path)
     return results
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def _save_config(config, workdir: str) -> None:

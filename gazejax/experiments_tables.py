@@ -1,0 +1,142 @@
+"""Aggregation of a sweep: results.csv (one row per cell x split x metric), tables.md laid out like the paper
+(mean (std) across repeats), one-way ANOVA across rows over repeated runs, paired t-tests across cases."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from gazejax.report import markdown_table
+
+
+def _load(cell_dir: str) -> tuple[dict, dict] | None:
+    path = os.path.join(cell_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        results = json.load(f)
+    cases = {}
+    if os.path.exists(os.path.join(cell_dir, "cases.json")):
+        with open(os.path.join(cell_dir, "cases.json")) as f:
+            cases = json.load(f)
+    return results, cases
+
+
+def _fmt(values: list[float], scale: float) -> str:
+    vals = [v for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return "n/a"
+    mean = float(np.mean(vals)) * scale
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+    return f"{mean:.2f}" + (f" ({std:.3f})" if np.isfinite(std) else "") + ("" if len(vals) > 1 else "")
+
+
+def _rowval(cell: dict, key) -> Any:
+    """A row is identified by one override key or by a tuple of keys (e.g. backbone and method)."""
+    return tuple(cell.get(k) for k in key) if isinstance(key, (list, tuple)) else cell.get(key)
+
+
+def _table(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> list[str]:
+    """One table: rows = spec["row"] values, columns = metric x spec["col"] values, cells = mean (std) over repeats."""
+    row_key, col_key = spec["row"], spec.get("col")
+    rows = list(dict.fromkeys(_rowval(c, row_key) for c, _, _ in finished))
+    cols = list(dict.fromkeys(c.get(col_key) for c, _, _ in finished)) if col_key else [None]
+    labels = spec.get("row_labels", {})
+    header = [spec.get("title_row", str(row_key))]
+    for metric, name in spec["metrics"]:
+        header += [f"{name} {c}" if c is not None else name for c in cols]
+    body = []
+    for r in rows:
+        line = [labels.get(r, str(r))]
+        for metric, _ in spec["metrics"]:
+            for col in cols:
+                vals = [res.get(split, {}).get(metric) for c, res, _ in finished
+                        if _rowval(c, row_key) == r and c.get(col_key) == col]
+                line.append(_fmt(vals, spec.get("scale", {}).get(metric, 100.0 if "dice" in metric else 1.0)))
+        body.append(line)
+    return [markdown_table(header, body)]
+
+
+def _stats(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> list[str]:
+    """ANOVA across rows (repeats as samples) and paired t-tests of each row vs the reference row (cases)."""
+    from gazejax.metrics import stats
+
+    row_key, col_key, ref = spec["row"], spec.get("col"), spec.get("reference")
+    rows = list(dict.fromkeys(_rowval(c, row_key) for c, _, _ in finished))
+    cols = list(dict.fromkeys(c.get(col_key) for c, _, _ in finished)) if col_key else [None]
+    out_rows = []
+    for metric, name in spec["metrics"]:
+        for col in cols:
+            groups = [[res.get(split, {}).get(metric) for c, res, _ in finished
+                       if _rowval(c, row_key) == r and c.get(col_key) == col] for r in rows]
+            groups = [[v for v in g if v is not None and np.isfinite(v)] for g in groups]
+            anova = stats.one_way_anova(*groups) if len(groups) > 1 and all(len(g) > 1 for g in groups) else None
+            medians = ", ".join(f"{spec.get('row_labels', {}).get(r, r)} {np.median(g):.4f}"
+                                for r, g in zip(rows, groups) if g)
+            line = [f"{name}", "" if col is None else str(col), medians,
+                    f"F={anova['F']:.3f}, p={anova['p']:.4g}" if anova else "n/a (needs >= 2 repeats per row)"]
+            if ref is not None:
+                tests = []
+                for r in rows:
+                    if r == ref:
+                        continue
+                    a, b = _paired(finished, row_key, r, ref, col_key, col, split, metric)
+                    if len(a) > 1:
+                        t = stats.paired_ttest(a, b)
+                        tests.append(f"{spec.get('row_labels', {}).get(r, r)}: t={t['t']:.3f}, p={t['p']:.4g}, "
+                                     f"n={t['n']}")
+                line.append("; ".join(tests) or "n/a")
+            out_rows.append(line)
+    header = ["metric", spec.get("col", ""), "medians", "one-way ANOVA across rows (repeats)"]
+    if ref is not None:
+        header.append(f"paired t-test vs {spec.get('row_labels', {}).get(ref, ref)} (cases)")
+    return [markdown_table(header, out_rows)]
+
+
+def _paired(finished, row_key, row, ref, col_key, col, split, metric) -> tuple[list[float], list[float]]:
+    """Per-case values of `row` and `ref` on the cases both evaluated (same folds, same case ids)."""
+    def per_case(r):
+        out = {}
+        for c, _, cases in finished:
+            if _rowval(c, row_key) == r and c.get(col_key) == col:
+                key_extra = tuple((k, v) for k, v in sorted(c.items()) if k not in (row_key, col_key)
+                                  and k != "data.fold")
+                for case_id, scores in cases.get(split, {}).items():
+                    if metric in scores:
+                        out[(key_extra, case_id)] = scores[metric]
+        return out
+    a, b = per_case(row), per_case(ref)
+    common = sorted(set(a) & set(b))
+    return [a[k] for k in common], [b[k] for k in common]
+
+
+def aggregate(workdir: str, cells: list[dict], grid: dict, name_fn: Callable[[dict], str]) -> dict[str, Any]:
+    """Writes results.csv and tables.md from the finished cells; returns {"markdown", "finished", "total"}."""
+    finished = []
+    for cell in cells:
+        loaded = _load(os.path.join(workdir, "cells", name_fn(cell)))
+        if loaded is not None:
+            finished.append((cell, loaded[0], loaded[1]))
+    keys = sorted({k for c in cells for k in c})
+    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cell"] + keys + ["split", "metric", "value"])
+        for cell, res, _ in finished:
+            for split, metrics in res.items():
+                for metric, value in sorted(metrics.items()):
+                    w.writerow([name_fn(cell)] + [cell.get(k, "") for k in keys] + [split, metric, value])
+    split = grid.get("split", "test")
+    lines = [f"# {grid.get('title', 'Sweep results')}", "",
+             f"{len(finished)} of {len(cells)} cells finished. Values: {split} split, mean (std) across "
+             f"{grid.get('repeat_label', 'repeats')}; Dice in %, std as a fraction (the paper's layout).", ""]
+    for spec in grid.get("tables", []):
+        lines += [f"## {spec.get('title', '')}", ""] + _table(spec, finished, split) + [""]
+        if spec.get("stats", True):
+            lines += ["Statistics:", ""] + _stats(spec, finished, split) + [""]
+    markdown = "\n".join(lines) + "\n"
+    with open(os.path.join(workdir, "tables.md"), "w") as f:
+        f.write(markdown)
+    return {"markdown": markdown, "finished": len(finished), "total": len(cells)}

@@ -1,0 +1,100 @@
+"""The experiment runner: grid listing, skipping finished cells after a kill, resuming, tables and statistics."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gazejax import experiments
+
+CONFIG = '''
+import ml_collections
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.method = "backbone"
+    c.seed = 0
+    c.data = ml_collections.ConfigDict({"ratio": 1.0, "fold": 0})
+    return c
+
+def get_grid(name):
+    cells = [{"method": m, "data.ratio": r, "data.fold": f} for m in ("backbone", "ours") for r in (0.2, 0.5)
+             for f in (0, 1, 2)]
+    return {"cells": cells, "tables": [{"title": "T", "row": "method", "col": "data.ratio",
+            "metrics": (("dice_WT", "WT"),), "reference": "backbone"}]}
+'''
+
+
+def _fake_training(calls, fail_on=None):
+    def train_and_evaluate(config, workdir):
+        name = os.path.basename(workdir)
+        calls.append(name)
+        if name == fail_on:
+            raise KeyboardInterrupt  # the sweep is killed while this cell runs
+        os.makedirs(workdir, exist_ok=True)
+        base = 0.7 + (0.1 if config.method == "ours" else 0.0) + 0.01 * config.data.fold
+        step = 0.013 if config.method == "ours" else 0.01  # paired differences vary across cases
+        cases = {f"case{config.data.fold}_{i}": {"dice_WT": base + step * (i - 1.5)} for i in range(4)}
+        with open(os.path.join(workdir, "cases.json"), "w") as f:
+            json.dump({"test": cases}, f)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"test": {"dice_WT": float(np.mean([c["dice_WT"] for c in cases.values()]))}}, f)
+        return {}
+    return train_and_evaluate
+
+
+def test_kill_and_restart_skips_finished_cells(tmp_path, monkeypatch, capsys):
+    from gazejax import train
+
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(CONFIG)
+    workdir = str(tmp_path / "sweep")
+    out = experiments.run(str(cfg), None, "t", workdir, dry_run=True)
+    assert len(out["cells"]) == 12 and "12 cells" in capsys.readouterr().out
+
+    calls = []
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, fail_on="ours-r0.2-f0"))
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run(str(cfg), None, "t", workdir)
+    assert len(calls) == 7  # 6 backbone cells finished, killed in the 7th
+
+    calls.clear()
+    monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
+    out = experiments.run(str(cfg), None, "t", workdir)
+    assert calls == ["ours-r0.2-f0", "ours-r0.2-f1", "ours-r0.2-f2", "ours-r0.5-f0", "ours-r0.5-f1",
+                     "ours-r0.5-f2"]  # finished cells skipped, the killed one rerun (it resumes from checkpoints)
+    assert out["finished"] == 12
+    tables = open(os.path.join(workdir, "tables.md")).read()
+    # backbone at ratio 0.2: fold means 0.70, 0.71, 0.72 -> 71.00 (0.010)
+    assert "71.00 (0.010)" in tables and "81.00 (0.010)" in tables
+    assert "paired t-test" in tables and "n=12" in tables
+    rows = open(os.path.join(workdir, "results.csv")).read().splitlines()
+    assert len(rows) == 1 + 12
+
+    calls.clear()
+    experiments.run(str(cfg), None, "t", workdir)
+    assert calls == []  # everything finished: nothing reruns
+
+
+def test_filters_and_shards(tmp_path):
+    cfg = tmp_path / "cfg.py"
+    cfg.write_text(CONFIG)
+    module = experiments.load_config_module(str(cfg))
+    cells = experiments.select_cells(module.get_grid("t")["cells"], folds=["0", "1"], ratios=["0.5"])
+    assert len(cells) == 4 and all(c["data.ratio"] == 0.5 and c["data.fold"] in (0, 1) for c in cells)
+    names = {experiments.cell_name(c) for c in module.get_grid("t")["cells"]}
+    assert len(names) == 12
+    with pytest.raises(KeyError, match="no such config field"):
+        experiments.apply_overrides(module.get_config(), {"data.nope": 1})
+
+
+def test_brats_grids_have_the_papers_sizes():
+    module = experiments.load_config_module("configs/brats.py")
+    assert len(module.get_grid("table1")["cells"]) == 120
+    assert len(module.get_grid("table2")["cells"]) == 20
+    assert len(module.get_grid("table3")["cells"]) == 80
+    base = module.get_config("preset=demo")
+    for cell in module.get_grid("table3")["cells"][:3]:
+        experiments.apply_overrides(base, cell)  # every override names a real config field
