@@ -74,3 +74,82 @@ def ratio_subset(ids: Sequence[str], ratio: float, seed: int = 0, prefer: Sequen
     rng = np.random.default_rng(seed + 1_000_003)
     picked = set(rng.permutation(candidates)[:n].tolist())
     return [i for i in ids if i in picked]
+
+
+def take_stratified(ids: Sequence[str], n: int, seed: int = 0, groups: Sequence[str] | None = None,
+                    strata: Sequence | None = None) -> tuple[list[str], list[str]]:
+    """(rest, taken): whole groups holding `n` ids in all, drawn with a seed, each stratum in proportion.
+
+    Counts ids (e.g. images), not groups (patients), so "100 test images" means 100 even when patients have
+    several images. Each stratum's quota is its share of `n` ids (largest remainders rounded up); groups are
+    visited in seeded order and taken when their ids fit every stratum's remaining quota (a patient's images may
+    lie in several strata); a shortfall is then filled from any group that fits the gap (for n > half the ids,
+    the ids left out are chosen this way instead). The count is exact unless every group left is larger than the
+    gap (rare with one-image patients around); it then misses below `n` (n <= half the ids) or above it. Both
+    lists keep the input order.
+    """
+    if not 0 <= n <= len(ids):
+        raise ValueError(f"cannot take {n} of {len(ids)} ids")
+    if 2 * n > len(ids):  # greedy filling is exact for small counts: choose what stays out
+        taken, rest = take_stratified(ids, len(ids) - n, seed, groups, strata)
+        return rest, taken
+    order = _group_order(ids, groups, None, seed)  # seeded group order; strata enter through the quotas
+    labels = [str(s) for s in strata] if strata is not None else [""] * len(ids)
+    counts = [{s: sum(labels[i] == s for i in g) for s in {labels[i] for i in g}} for g in order]
+    names = sorted(set(labels))
+    exact = n * np.array([labels.count(s) for s in names], np.float64) / max(1, len(ids))
+    quota = np.floor(exact).astype(int)
+    for k in np.argsort(-(exact - quota), kind="stable")[:n - int(quota.sum())]:
+        quota[k] += 1
+    left = dict(zip(names, quota.tolist()))
+    taken: list[int] = []
+    chosen = [False] * len(order)
+    for pass_ in (0, 1):  # 0: groups that fit every stratum's remaining quota; 1: the shortfall, any stratum
+        for k, g in enumerate(order):
+            fits = all(c <= left[s] for s, c in counts[k].items()) if pass_ == 0 else len(g) <= n - len(taken)
+            if not chosen[k] and fits:
+                chosen[k] = True
+                taken.extend(g)
+                for s, c in counts[k].items():
+                    left[s] -= c
+    picked = {ids[i] for i in taken}
+    return [i for i in ids if i not in picked], [i for i in ids if i in picked]
+
+
+def label_strata(labels: np.ndarray) -> list[str]:
+    """Stratum key per example from int classes [N] ("2") or a multi-hot matrix [N, L] ("01001")."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return [str(int(v)) for v in labels]
+    return ["".join(str(int(v > 0.5)) for v in row) for row in labels]
+
+
+def train_val_test(ids: Sequence[str], n_test: int, n_val: int, seed: int = 0, test_seed: int = 0,
+                   groups: Sequence[str] | None = None, strata: Sequence | None = None
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """(train, val, test) by id counts with `take_stratified`: the test part depends on `test_seed` only, so it
+    stays fixed while `seed` re-draws the validation part (model selection) from the rest."""
+    rest, test = take_stratified(ids, n_test, seed=test_seed, groups=groups, strata=strata)
+    if strata is not None or groups is not None:
+        index = {i: k for k, i in enumerate(ids)}
+        pick = lambda values: None if values is None else [values[index[i]] for i in rest]  # noqa: E731
+        groups, strata = pick(groups), pick(strata)
+    train, val = take_stratified(rest, min(n_val, len(rest)), seed=seed, groups=groups, strata=strata)
+    return train, val, test
+
+
+def scheme_counts(scheme: str, n: int, val_fraction: float) -> tuple[int, int]:
+    """(n_test, n_val) for `n` ids under a scheme of shares "train/val/test" (e.g. "70/10/20": 20% test, 10%
+    validation) or "trainval/test" (e.g. "983/100": test share 100/1083, validation `val_fraction` of the rest)."""
+    try:
+        parts = [float(p) for p in str(scheme).split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3) or min(parts, default=-1) < 0 or sum(parts) <= 0:
+        raise ValueError(f"split scheme must be 'train/val/test' (e.g. '70/10/20') or 'trainval/test' (e.g. "
+                         f"'983/100'), got {scheme!r}")
+    half_up = lambda x: int(np.floor(x + 0.5))  # noqa: E731  (round() would send 2.5 to 2)
+    n_test = half_up(n * parts[-1] / sum(parts))
+    if len(parts) == 3:
+        return n_test, half_up(n * parts[1] / sum(parts))
+    return n_test, half_up(val_fraction * (n - n_test))

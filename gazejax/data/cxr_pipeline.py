@@ -1,0 +1,412 @@
+"""Chest X-ray data for training and evaluation (EGD-CXR, REFLACX): a resized-image cache, patient-level seeded
+splits and per-example gaze maps rendered analytically after augmentation.
+
+Each DICOM is read once, padded to the target aspect and area-resampled (`geometry.ResizeTransform.fit`), and stored
+as float32 .npy (organ masks as bool .npy) under the cache folder; examples memory-map those files. Fixations stay
+points (row, col) in the resized frame; every geometric augmentation moves them, and gaze maps are re-rendered from
+the moved points at each requested grid, so a gaze target always matches the image it supervises.
+
+Example (dict of numpy arrays, what a CXR method's batches hold):
+  image [H, W, 1] float32 in [0, 1]; gaze_<name> [h, w, 1] float32 per grid; has_gaze bool [];
+  label int32 [] ("3class") or float32 [L] multi-hot ("5label"); label_mask bool [] or bool [L];
+  fixations [F, 2] float32 (row, col) image pixels, fixation_weights [F] (durations, s), fixation_sigma [F, 2]
+  (pixels), fixation_valid [F] bool (padding to a data-set-wide F so examples batch);
+  organ_masks [H, W, K] uint8 and has_organ_masks [K] bool (EGD-CXR: left_lung, right_lung, mediastanum,
+  aortic_knob).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from gazejax import gaze as gaze_lib
+from gazejax.data import cxr_labels, dicom, egd_cxr, reflacx, splits, transforms2d
+from gazejax.data.errors import DataError
+from gazejax.data.geometry import ResizeTransform
+
+if TYPE_CHECKING:
+    from gazejax.methods.base import DataBundle
+
+log = logging.getLogger("gazejax")
+
+CACHE_VERSION = 1  # bump when the cached arrays change meaning
+DATASETS = ("egd_cxr", "reflacx")
+GAZE_KINDS = {  # kind -> (amplitude, normalize); None = GazeSpec.normalize
+    "gaussian": ("mass", None),  # duration-weighted unit-mass Gaussians (DESIGN "Gaze heat maps")
+    "ggcam": ("mass", "max"),  # = gaze.ggcam_heatmap(blur_parameter="sigma", weights=durations), Algorithm 1
+    "duration": ("peak", "minmax"),  # = gaze.duration_weighted_map, GazAT Sec. 2.2.2
+}
+
+
+@dataclasses.dataclass
+class CXRCase:
+    """A cached, resized radiograph with its fixations (resized frame), targets and organ masks.
+
+    points_yx [N, 2] float32 (row, col) and durations [N] s; sigma_yx [N, 2] the data set's per-fixation sigma
+    (REFLACX: 1 degree of visual angle) in resized pixels, or None; scale_yx [2] resized pixels per source pixel;
+    label int32 [] / float32 [L] and label_mask bool [] / [L] (`cxr_labels.make_labels`).
+    """
+
+    dicom_id: str
+    patient_id: str
+    study_id: str
+    image_file: str
+    image_shape: tuple[int, int]
+    source_shape: tuple[int, int]
+    points_yx: np.ndarray
+    durations: np.ndarray
+    sigma_yx: np.ndarray | None
+    scale_yx: np.ndarray
+    label: np.ndarray
+    label_mask: np.ndarray
+    mask_names: tuple[str, ...] = ()
+    has_masks: np.ndarray | None = None
+    masks_file: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def has_gaze(self) -> bool:
+        return len(self.points_yx) > 0
+
+    def image(self) -> np.ndarray:
+        """float32 [H, W] in [0, 1] (memory-mapped)."""
+        return np.load(self.image_file, mmap_mode="r")
+
+    def masks(self) -> np.ndarray | None:
+        """bool [H, W, K] in `mask_names` order (all False where `has_masks` is False), or None."""
+        return None if self.masks_file is None else np.load(self.masks_file, mmap_mode="r")
+
+
+# ---- preparation and cache ---------------------------------------------------------------------------------------
+def _reader(dataset: str, root: str, mimic_root: str, options: Mapping[str, Any] | None):
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    cls = egd_cxr.EGDCXR if dataset == "egd_cxr" else reflacx.REFLACX
+    return cls(root, mimic_root, **dict(options or {}))
+
+
+def _stat(path: str, what: str) -> list:
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise DataError(f"{path}: cannot stat {what} ({err.strerror}); the cache is keyed on the source file") \
+            from None
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def _atomic_save(path: str, array: np.ndarray) -> None:
+    """np.save through a unique temp file + rename, so concurrent processes never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npy")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _cached(rec: cxr_labels.CXRRecord, reader, folder: str, size: tuple[int, int], pad: str) -> dict:
+    """Resize (and cache) one record's image and organ masks; returns the cache entry's metadata."""
+    names = tuple(rec.masks)  # EGD-CXR's organs (a PNG path, or None where missing); REFLACX: none
+    organs = [o for o in names if rec.masks[o]]
+    sources = [_stat(rec.image_path, "DICOM")] + [_stat(rec.masks[o], f"{o} mask") for o in organs]
+    key = hashlib.sha1(json.dumps([CACHE_VERSION, list(size), pad, sources]).encode()).hexdigest()[:16]
+    stem = os.path.join(folder, rec.dicom_id)
+    try:
+        with open(stem + ".json") as f:
+            meta = json.load(f)
+        if meta["key"] == key and all(os.path.isfile(stem + s) for s in (".npy",) + ("_masks.npy",) * bool(names)):
+            return meta
+    except (OSError, ValueError, KeyError):
+        pass
+    image = dicom.read(rec.image_path)
+    tf = ResizeTransform.fit(image.shape, size, pad=pad)
+    _atomic_save(stem + ".npy", tf.apply(image))
+    if names:
+        stack = np.zeros(tuple(size) + (len(names),), bool)
+        for k, o in enumerate(names):
+            if o in organs:
+                mask = reader.load_mask(rec, o)
+                if mask.shape != image.shape:
+                    raise DataError(f"{rec.masks[o]}: mask shape {mask.shape} != image shape {image.shape}")
+                stack[..., k] = tf.map_mask(mask)
+        _atomic_save(stem + "_masks.npy", stack)
+    meta = {"key": key, "source_shape": list(image.shape), "mask_names": list(names),
+            "has_masks": [o in organs for o in names]}
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp.json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, stem + ".json")
+    return meta
+
+
+def _case(rec: cxr_labels.CXRRecord, meta: dict, folder: str, size: tuple[int, int], pad: str, label, mask
+          ) -> CXRCase:
+    tf = ResizeTransform.fit(tuple(meta["source_shape"]), size, pad=pad)
+    scale, offset = tf.as_affine("yx")
+    fix = rec.fixations
+    stem = os.path.join(folder, rec.dicom_id)
+    names = tuple(meta["mask_names"])
+    return CXRCase(
+        dicom_id=rec.dicom_id, patient_id=rec.patient_id, study_id=rec.study_id, image_file=stem + ".npy",
+        image_shape=tuple(size), source_shape=tuple(meta["source_shape"]),
+        points_yx=(fix.points_yx * scale + offset).astype(np.float32), durations=fix.durations.astype(np.float32),
+        sigma_yx=None if fix.sigma is None else (fix.sigma_yx * scale).astype(np.float32),
+        scale_yx=scale.astype(np.float32), label=label, label_mask=mask, mask_names=names,
+        has_masks=np.asarray(meta["has_masks"], bool) if names else None,
+        masks_file=stem + "_masks.npy" if names else None, meta=dict(rec.meta))
+
+
+def prepare_records(dataset: str, root: str, mimic_root: str, cache_dir: str, image_size: Sequence[int], *,
+                    label_set: str = "3class", label_policy: Any = None, pad: str = "symmetric",
+                    reader_options: Mapping[str, Any] | None = None, num_workers: int = 4) -> list[CXRCase]:
+    """Read, resize and cache every image of an EGD-CXR or REFLACX copy; records in the reader's order.
+
+    image_size (H, W): each image is padded (`pad`: "symmetric" or "end") to that aspect, then area-resampled.
+    Cache: `<cache_dir>/<dataset>_<H>x<W>_<pad>/<dicom_id>.{npy,json}` (+ `_masks.npy`), keyed on the DICOM's and
+    mask PNGs' path, size and mtime plus the resize settings: a changed source is re-read, an unchanged one never
+    decoded again. The sources must exist (a deleted DICOM is a DataError, not a silent cache hit). Labels:
+    `make_labels(label_set, label_policy)`; REFLACX has no "3class" labels. `reader_options` go to the reader
+    (e.g. EGD-CXR source="eye_gaze", REFLACX group_by="reading"). Threads decode DICOMs in parallel.
+    """
+    size = tuple(int(s) for s in image_size)
+    reader = _reader(dataset, root, mimic_root, reader_options)
+    records = reader.records()
+    labels, masks = cxr_labels.make_labels(records, label_set, label_policy)
+    folder = os.path.join(cache_dir, f"{dataset}_{size[0]}x{size[1]}_{pad}")
+    os.makedirs(folder, exist_ok=True)
+    unique = list({r.dicom_id: r for r in records}.values())  # REFLACX per-reading records share an image
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        metas = dict(zip([r.dicom_id for r in unique],
+                         pool.map(lambda r: _cached(r, reader, folder, size, pad), unique)))
+    return [_case(r, metas[r.dicom_id], folder, size, pad, labels[i], masks[i]) for i, r in enumerate(records)]
+
+
+# ---- examples ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GazeSpec:
+    """Which gaze maps an example holds: grids name -> (h, w); kind (GAZE_KINDS); sigma in SOURCE-image pixels
+    (a number, or a numeric string) or "dataset" (each fixation's own sigma, REFLACX); normalize for kind
+    "gaussian" ("max" or "sum")."""
+
+    grids: Mapping[str, tuple[int, int]]
+    kind: str = "gaussian"
+    sigma: float | str = 150.0
+    normalize: str | None = "max"
+
+    def __post_init__(self):
+        if self.kind not in GAZE_KINDS:
+            raise ValueError(f"gaze kind must be one of {sorted(GAZE_KINDS)}, got {self.kind!r}")
+        if isinstance(self.sigma, str) and self.sigma != "dataset":  # numeric strings: config overrides
+            try:
+                object.__setattr__(self, "sigma", float(self.sigma))
+            except ValueError:
+                raise ValueError(f"gaze sigma must be a number of pixels or 'dataset', got {self.sigma!r}") from None
+
+
+def _sigma(record: CXRCase, spec: GazeSpec) -> np.ndarray:
+    if spec.sigma == "dataset":
+        if record.sigma_yx is None:
+            raise ValueError(f"{record.dicom_id}: gaze sigma 'dataset' but the data set gives no per-fixation sigma")
+        return record.sigma_yx
+    return np.broadcast_to(float(spec.sigma) * record.scale_yx, record.points_yx.shape).astype(np.float32)
+
+
+def base_example(record: CXRCase, spec: GazeSpec, max_fixations: int | None = None) -> dict[str, np.ndarray]:
+    """The example without gaze maps, un-augmented (fixations padded to `max_fixations`; None = no padding)."""
+    n = len(record.points_yx)
+    f = n if max_fixations is None else int(max_fixations)
+    if n > f:
+        raise ValueError(f"{record.dicom_id}: {n} fixations exceed max_fixations={f}")
+    pad = ((0, f - n), (0, 0))
+    ex = {"image": np.array(record.image(), np.float32)[..., None],
+          "has_gaze": np.asarray(n > 0), "label": np.asarray(record.label), "label_mask": np.asarray(record.label_mask),
+          "fixations": np.pad(record.points_yx, pad).astype(np.float32),
+          "fixation_weights": np.pad(record.durations, (0, f - n)).astype(np.float32),
+          "fixation_sigma": np.pad(_sigma(record, spec), pad, constant_values=1.0).astype(np.float32),
+          "fixation_valid": np.arange(f) < n}
+    if record.masks_file is not None:
+        ex["organ_masks"] = np.asarray(record.masks(), np.uint8)
+        ex["has_organ_masks"] = np.asarray(record.has_masks, bool)
+    return ex
+
+
+def render_gaze(example: dict[str, np.ndarray], spec: GazeSpec) -> dict[str, np.ndarray]:
+    """Adds `gaze_<name>` [h, w, 1] float32 to `example`, rendered from its valid fixations (zeros without)."""
+    valid = example["fixation_valid"]
+    amplitude, normalize = GAZE_KINDS[spec.kind]
+    frame = example["image"].shape[:2]
+    for name, grid in spec.grids.items():
+        m = gaze_lib.render_gaussians(
+            example["fixations"][valid], example["fixation_weights"][valid], example["fixation_sigma"][valid],
+            frame, tuple(int(g) for g in grid), mode="area", amplitude=amplitude,
+            normalize=spec.normalize if normalize is None else normalize)
+        example[f"gaze_{name}"] = m[..., None]
+    return example
+
+
+def transform_example(example: dict[str, np.ndarray], rng: np.random.Generator,
+                      cfg: transforms2d.AugmentConfig) -> dict[str, np.ndarray]:
+    """One random transform: image (bilinear + brightness/contrast), organ masks (nearest), fixations and their
+    sigma moved by the same affine. Gaze maps are NOT warped: call `render_gaze` afterwards (exact)."""
+    ex = dict(example)
+    valid = ex["fixation_valid"]
+    out = transforms2d.augment(ex["image"], rng, cfg, masks={"organ_masks": ex["organ_masks"]}
+                               if "organ_masks" in ex else None,
+                               points=ex["fixations"][valid], sigma=ex["fixation_sigma"][valid])
+    ex["image"] = out.image
+    if "organ_masks" in ex:
+        ex["organ_masks"] = out.masks["organ_masks"]
+    ex["fixations"], ex["fixation_sigma"] = ex["fixations"].copy(), ex["fixation_sigma"].copy()
+    ex["fixations"][valid], ex["fixation_sigma"][valid] = out.points, out.sigma
+    return ex
+
+
+def augment_example(example: dict[str, np.ndarray], rng: np.random.Generator, spec: GazeSpec,
+                    cfg: transforms2d.AugmentConfig) -> dict[str, np.ndarray]:
+    """`transform_example`, then gaze maps re-rendered from the moved fixations (DataBundle.augment)."""
+    return render_gaze(transform_example(example, rng, cfg), spec)
+
+
+def make_example(record: CXRCase, gaze_grids: Mapping[str, Sequence[int]], gaze_kind: str = "gaussian",
+                 sigma_px: float | str = 150.0, augment: bool = False, rng: np.random.Generator | None = None,
+                 aug_cfg: transforms2d.AugmentConfig | Mapping | None = None, *, gaze_normalize: str | None = "max",
+                 max_fixations: int | None = None) -> dict[str, np.ndarray]:
+    """One example (module docstring) of `record`; gaze maps at `gaze_grids` rendered after augmentation.
+
+    sigma_px: Gaussian sigma in source-image pixels (e.g. 150 for EGD-CXR at DICOM resolution) or "dataset".
+    """
+    spec = GazeSpec({k: tuple(v) for k, v in gaze_grids.items()}, gaze_kind, sigma_px, gaze_normalize)
+    if not augment:
+        return _example_from_spec(record, spec, max_fixations)
+    cfg = aug_cfg if isinstance(aug_cfg, transforms2d.AugmentConfig) else transforms2d.AugmentConfig.from_dict(aug_cfg)
+    return augment_example(base_example(record, spec, max_fixations), rng or np.random.default_rng(), spec, cfg)
+
+
+def example_fn(spec: GazeSpec, max_fixations: int | None) -> Callable[[CXRCase], dict[str, np.ndarray]]:
+    """record -> un-augmented example (picklable, for grain `map`)."""
+    return functools.partial(_example_from_spec, spec=spec, max_fixations=max_fixations)
+
+
+def _example_from_spec(record: CXRCase, spec: GazeSpec, max_fixations: int | None) -> dict[str, np.ndarray]:
+    return render_gaze(base_example(record, spec, max_fixations), spec)
+
+
+# ---- splits ------------------------------------------------------------------------------------------------------
+def split_records(records: Sequence[CXRCase], scheme: str = "70/10/20", seed: int = 0, test_seed: int = 0,
+                  val_fraction: float = 0.1, ratio: float = 1.0) -> dict[str, list[CXRCase]]:
+    """train / val / test records: patient-level (no patient in two parts), label-stratified, seeded.
+
+    "70/10/20" (GG-CAM, MT-UNet): shares of the images. "983/100" (CXRGazeLearn): 100 of EGD-CXR's 1083 images
+    are the test set and 983 train + validate; a data set with another number of images keeps those proportions
+    (test = round(N * 100 / 1083), e.g. 3 of 30), and `val_fraction` of the 983 part validates. Image counts are
+    exact unless patients with several images make them impossible. The test part depends on `test_seed` only (it
+    never changes with `seed`, `ratio` or training seeds, and never selects models); `seed` draws the validation
+    part; `ratio` (SAN+AAB Table 4: 0.2/0.3/0.5/0.7) keeps that share of the training part, stratified.
+    """
+    if not 0 < ratio <= 1:
+        raise ValueError(f"data ratio must be in (0, 1], got {ratio}")
+    ids = [str(i) for i in range(len(records))]
+    groups = [r.patient_id for r in records]
+    strata = splits.label_strata(np.stack([np.asarray(r.label) for r in records])) if records else []
+    n_test, n_val = splits.scheme_counts(scheme, len(records), val_fraction)
+    train, val, test = splits.train_val_test(ids, n_test, n_val, seed=seed, test_seed=test_seed, groups=groups,
+                                             strata=strata)
+    if ratio < 1:
+        sub = lambda values: [values[int(i)] for i in train]  # noqa: E731
+        n = max(1, int(np.floor(ratio * len(train) + 0.5)))
+        train = splits.take_stratified(train, n, seed=seed + 1_000_003, groups=sub(groups), strata=sub(strata))[1]
+    return {name: [records[int(i)] for i in part] for name, part in (("train", train), ("val", val), ("test", test))}
+
+
+# ---- the data bundle a CXR method's make_data returns ------------------------------------------------------------
+@dataclasses.dataclass
+class EvalSplit:
+    """An evaluation split: its records and a grain.MapDataset of their un-augmented examples (same order)."""
+
+    records: list[CXRCase]
+    examples: Any
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def _get(node, key: str, default):
+    value = node.get(key, default) if hasattr(node, "get") else default
+    return default if value is None else value
+
+
+def resolve_roots(config) -> tuple[str, str]:
+    """(root, mimic_root) of the configured data set, or of the built-in synthetic set generated once into
+    `data.synthetic.dir` (default ~/.cache/gazejax) when `data.root` is empty."""
+    d = config.data
+    if d.root:
+        for name, path in (("data.root", d.root), ("data.mimic_root", d.mimic_root)):
+            if not path or not os.path.isdir(path):
+                raise FileNotFoundError(f"{name} {path!r}: no such directory")
+        return d.root, d.mimic_root
+    from gazejax.data.synthetic import cxr as synth
+
+    s = _get(d, "synthetic", {})
+    images, seed, size = int(_get(s, "images", 60)), int(_get(s, "seed", 0)), tuple(_get(s, "size", (512, 416)))
+    out = os.path.join(os.path.expanduser(_get(s, "dir", "") or "~/.cache/gazejax"),
+                       f"synthetic_{d.dataset}_n{images}_s{seed}_{size[0]}x{size[1]}")
+    make = {"egd_cxr": synth.generate_egd_cxr, "reflacx": synth.generate_reflacx}.get(d.dataset)
+    if make is None:
+        raise ValueError(f"data.dataset must be one of {DATASETS}, got {d.dataset!r}")
+    return make(out, images=images, seed=seed, size=size)
+
+
+def _augment_config(value) -> transforms2d.AugmentConfig | None:
+    """data.augment: None/False/{"enabled": False} -> no augmentation; a dict of AugmentConfig fields -> those."""
+    if value is None or value is False:
+        return None
+    values = dict(value.to_dict() if hasattr(value, "to_dict") else value)
+    return transforms2d.AugmentConfig.from_dict(values) if values.pop("enabled", True) else None
+
+
+def make_data_bundle(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
+    """DataBundle for a CXR method from `config.data` (dataset, root, mimic_root, cache_dir, image_size,
+    label_set, label_policy, split, ratio, seed, gaze_grids, gaze_kind, gaze_sigma, augment; optional
+    test_seed, val_fraction, gaze_normalize, reader, synthetic). `train` holds un-augmented examples in fixed
+    order; `augment` moves image, masks and fixations and re-renders the gaze maps; splits "val" and "test" are
+    `EvalSplit`s. "3class" images without exactly one positive class are left out."""
+    import grain
+
+    from gazejax.methods.base import DataBundle
+
+    d = config.data
+    root, mimic_root = resolve_roots(config)
+    cache = d.cache_dir or os.path.join(os.path.expanduser("~/.cache/gazejax"), "cxr_" + hashlib.sha1(
+        os.path.abspath(root).encode()).hexdigest()[:12])
+    reader = _get(d, "reader", {})
+    records = prepare_records(d.dataset, root, mimic_root, cache, tuple(d.image_size), label_set=d.label_set,
+                              label_policy=d.label_policy or None,
+                              reader_options=reader.to_dict() if hasattr(reader, "to_dict") else dict(reader))
+    if d.label_set == "3class":
+        dropped = [r.dicom_id for r in records if not r.label_mask]
+        records = [r for r in records if r.label_mask]
+        if dropped:
+            log.warning("CXR data: %d images without exactly one of Normal/CHF/pneumonia left out", len(dropped))
+    parts = split_records(records, d.split, seed=int(d.seed), test_seed=int(_get(d, "test_seed", 0)),
+                          val_fraction=float(_get(d, "val_fraction", 0.1)), ratio=float(d.ratio))
+    grids = {str(k): tuple(int(g) for g in v) for k, v in dict(d.gaze_grids).items()}
+    spec = GazeSpec(grids, d.gaze_kind, d.gaze_sigma, _get(d, "gaze_normalize", "max"))
+    max_fix = max([len(r.points_yx) for r in records] + [1])
+    to_example = example_fn(spec, max_fix)
+    aug = _augment_config(d.augment)
+    augment = None if aug is None else functools.partial(augment_example, spec=spec, cfg=aug)
+    evals = {k: EvalSplit(parts[k], grain.MapDataset.source(parts[k]).map(to_example)) for k in ("val", "test")}
+    info = {"root": root, "mimic_root": mimic_root, "cache": cache, "synthetic": not d.root,
+            "max_fixations": max_fix, "process": (process_index, process_count),
+            **{f"{k}_ids": [r.dicom_id for r in v] for k, v in parts.items()},
+            "with_gaze": {k: sum(r.has_gaze for r in v) for k, v in parts.items()}}
+    log.info("CXR data (%s): %s", d.dataset, {k: len(v) for k, v in parts.items()})
+    return DataBundle(train=grain.MapDataset.source(parts["train"]).map(to_example), num_train=len(parts["train"]),
+                      splits=evals, augment=augment, info=info)
