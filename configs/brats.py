@@ -51,6 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model = m = ml_collections.ConfigDict()
     m.backbone = "equiunet"                 # equiunet | nnunet | dmfnet (Table 3)
     m.width = 48                            # EquiUnet base width (48/96/192/384)
+    m.nnunet_width = 32                     # nnU-Net base width (32 ... 320)
+    m.dmfnet_width = 128                    # DMFNet channels c (c/4 stem; c, 2c, 3c)
     m.deep_supervision = False              # open_brats2020 option
     m.san_width = 32                        # SAN conv-group widths: san_width, 2 * san_width
     m.aab_heads = 4                         # AAB attention heads
@@ -106,7 +108,7 @@ RATIOS = (0.2, 0.3, 0.5, 0.7)
 FOLDS = tuple(range(5))
 DICE = (("dice_ET", "ET"), ("dice_WT", "WT"), ("dice_TC", "TC"))
 LABELS = {"backbone": "Backbone", "gaze_star": "+gaze*", "san_star": "+SAN*", "ours_no_gaze": "ours-gaze",
-          "ours": "ours", "ours_surv": "ours+surv", "expert": "EG", "non_expert": "n-EG"}
+          "ours": "ours", "ours_surv": "ours+surv", "cbam": "+CBAM", "tasn": "+TASN", "expert": "EG", "non_expert": "n-EG"}
 
 
 def get_grid(name: str) -> dict:
@@ -146,6 +148,8 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.data.crop_size = (48, 48, 48)
     c.data.gaze_sigma = 4.0                 # the paper's 10 voxels, scaled like the volumes (80 / 240)
     c.model.width = 8
+    c.model.nnunet_width = 8
+    c.model.dmfnet_width = 32
     c.model.san_width = 8
     c.model.aab_heads = 2
     c.model.aab_head_dim = 16

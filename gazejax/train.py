@@ -189,6 +189,8 @@ class Trainer:
         bar = ProgressBar(total, start=start, desc=f"{stage.name}")
         prof = profiling.StepProfiler(cfg.get("profile"), self.workdir, self.writer)
         bad_evals = int(meta.get("bad_evals", 0))
+        accum: dict[str, float] = {}
+        n_accum = 0
         best = meta.get("best_monitor")
         for step_in_stage in range(start, total):
             batch = parallel.to_global(next(it), self.mesh)
@@ -207,8 +209,12 @@ class Trainer:
                     f"this step (last good checkpoint: {self.ckpt.latest_step()}). Lower the learning rate or "
                     f"check the data.")
             global_step = int(meta.get("global_offset", 0)) + step_in_stage + 1
-            if (step_in_stage + 1) % cfg.get("log_every_steps", 10) == 0 or step_in_stage == start:
-                self.writer.write(global_step, {f"train/{k}": v for k, v in metrics.items()})
+            for k, v in metrics.items():  # logged values are means over the logging interval
+                accum[k] = accum.get(k, 0.0) + float(v)
+            n_accum += 1
+            if (step_in_stage + 1) % cfg.get("log_every_steps", 10) == 0 or step_in_stage + 1 == total:
+                self.writer.write(global_step, {f"train/{k}": v / n_accum for k, v in accum.items()})
+                accum, n_accum = {}, 0
             bar.update(1, loss=loss)
             done = step_in_stage + 1
             meta = dict(meta, step_in_stage=done, epoch=done // steps_per_epoch, global_step=global_step)

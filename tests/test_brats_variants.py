@@ -47,3 +47,27 @@ def test_variant_losses_use_their_heads(method):
     out = jax.eval_shape(lambda: model.apply(model.init(jax.random.key(0, impl="rbg"), x), x, train=True))
     assert out["gaze"] is not None and out["gaze"].shape == (1, 2, 2, 2, 1)
     assert (out["survival"] is not None) == (method == "ours_surv")
+
+
+@pytest.mark.parametrize("backbone,method", [("nnunet", "backbone"), ("nnunet", "ours"), ("dmfnet", "ours"),
+                                             ("equiunet", "cbam"), ("equiunet", "tasn")])
+def test_table3_cells_build_and_give_a_scalar_loss(backbone, method):
+    cfg = tiny_brats_config("/nonexistent", "/nonexistent", **{"model.backbone": backbone, "model.nnunet_width": 2,
+                                                               "model.dmfnet_width": 16})
+    cfg.method = method
+    model = san_aab.build_model(cfg)
+    x = np.zeros((1, 32, 32, 32, 4), np.float32)
+    batch = {"image": x, "target": np.zeros((1, 32, 32, 32, 3), np.float32),
+             "gaze": np.zeros((1, 2, 2, 2, 1), np.float32), "has_gaze": np.ones(1, bool),
+             "wt_lowres": np.zeros((1, 2, 2, 2, 1), np.float32), "survival": np.zeros(1, np.int32)}
+
+    def loss():
+        variables = model.init(jax.random.key(0, impl="rbg"), x)
+        out = model.apply(variables, x, train=True, mutable=list(set(variables) - {"params"}) or False,
+                          rngs={"dropout": jax.random.key(1)})
+        out = out[0] if isinstance(out, tuple) else out
+        return san_aab.loss_fn(out, batch, variables["params"], cfg)
+
+    total, metrics = jax.eval_shape(loss)
+    assert total.shape == () and ("loss_gaze" in metrics) == (method != "backbone")
+    assert ("loss_gaze_extra0" in metrics) == (method == "tasn")

@@ -19,19 +19,19 @@ from gazejax.methods.base import DataBundle, Method, Stage
 
 log = logging.getLogger("gazejax")
 
-VARIANTS = ("backbone", "ours", "gaze_star", "san_star", "ours_no_gaze", "ours_surv")
-GAZE_VARIANTS = ("ours", "gaze_star", "san_star", "ours_surv")  # variants whose gaze head learns from gaze
+VARIANTS = ("backbone", "ours", "gaze_star", "san_star", "ours_no_gaze", "ours_surv", "cbam", "tasn")
 
 
 def build_model(config):
     m, method = config.model, config.method
     if method not in VARIANTS:
         raise ValueError(f"unknown method {method!r} for san_aab; choose one of {', '.join(VARIANTS)}")
+    width = {"equiunet": m.width, "nnunet": m.nnunet_width, "dmfnet": m.dmfnet_width}[m.backbone]
     return models.build(
         "gaze_segmenter", method="ours" if method in ("ours_surv", "ours_no_gaze") else method,
-        num_classes=3, width=m.width, in_channels=4, deep_supervision=m.deep_supervision,
+        num_classes=3, width=width, in_channels=4, deep_supervision=m.deep_supervision,
         san_width=m.san_width, aab_heads=m.aab_heads, aab_head_dim=m.aab_head_dim,
-        survival_classes=3 if method == "ours_surv" else 0, dtype=jnp.dtype(m.dtype))
+        survival_classes=3 if method == "ours_surv" else 0, dtype=jnp.dtype(m.dtype), backbone=m.backbone)
 
 
 def init_batch(config) -> dict[str, np.ndarray]:
@@ -56,6 +56,10 @@ def loss_fn(outputs: dict, batch: dict, params: Any, config) -> tuple[jnp.ndarra
         else:
             target, has = batch["gaze"], batch["has_gaze"]
         g = losses.gaze_bce(outputs["gaze"], target, has)
+        for i, extra in enumerate(outputs.get("gaze_extra") or []):  # TASN: detail attention is supervised too
+            ge = losses.gaze_bce(extra, target, has)
+            metrics[f"loss_gaze_extra{i}"] = ge
+            g = g + ge
         metrics["loss_gaze"] = g
         total = total + w.gaze * g
     if outputs.get("survival") is not None:

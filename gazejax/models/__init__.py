@@ -13,6 +13,8 @@ _REGISTRY: dict[str, str] = {
     # 3D segmentation (SAN+AAB, BraTS)
     "equiunet": "gazejax.models.unet3d:EquiUnet",
     "gaze_segmenter": "gazejax.models.segmenter:GazeSegmenter",
+    "nnunet3d": "gazejax.models.nnunet3d:NNUNet3D",
+    "dmfnet": "gazejax.models.dmfnet:DMFNet",
     # 2D backbones (torchvision-compatible)
     "resnet18": "gazejax.models.resnet:resnet18",
     "resnet50": "gazejax.models.resnet:resnet50",

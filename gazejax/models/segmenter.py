@@ -1,8 +1,10 @@
-"""The composite BraTS model of Huang et al. (BMVC 2021, Sec. 3 and 4.1): EquiUnet backbone, optionally with SAN
-and AAB refining the deepest encoder feature E4, plus the paper's baselines (+gaze*, +SAN*, ours-gaze, ours+surv).
+"""The composite BraTS model of Huang et al. (BMVC 2021, Sec. 3 and 4.1): a 3D U-Net backbone (EquiUnet, or the
+Table 3 nnU-Net / DMFNet), optionally with SAN and AAB refining the encoder feature E4 (1/8 resolution), plus the
+paper's baselines (+gaze*, +SAN*, ours-gaze, ours+surv) and Table 3's CBAM / TASN replacements of SAN+AAB.
 
-Channels-last `[B, D, H, W, C]`. Parameters: {"encoder", "decoder"} (EquiUnet's tree, so a backbone checkpoint maps
-in unchanged), plus "san"/"aab" (ours), "san"/"san_fuse" (+SAN*), "gaze_head" (+gaze*), "survival_head" (+surv).
+Channels-last `[B, D, H, W, C]`. Parameters: {"encoder", "decoder"} (the backbone's own tree, so a backbone
+checkpoint maps in unchanged), plus "san"/"aab" (ours), "san"/"san_fuse" (+SAN*), "gaze_head" (+gaze*),
+"survival_head" (+surv), "tasn" (TASN); CBAM's gates live inside "encoder"/"decoder" (`cbam*`).
 """
 from __future__ import annotations
 
@@ -13,13 +15,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gazejax.models import dmfnet, nnunet3d
 from gazejax.models.aab import AAB
+from gazejax.models.attention3d import CBAMEquiUnetDecoder, CBAMEquiUnetEncoder, TrilinearAttention
 from gazejax.models.layers import avg_pool, conv1x1, resize_align_corners
 from gazejax.models.san import GRID_DOWNSAMPLING, SAN
 from gazejax.models.unet3d import DOWNSAMPLING, EquiUnetDecoder, EquiUnetEncoder, check_spatial
 
 Dtype = Any
-METHODS = ("backbone", "ours", "ours_no_gaze", "gaze_star", "san_star")
+METHODS = ("backbone", "ours", "ours_no_gaze", "gaze_star", "san_star")  # Table 1 variants, on every backbone
+ATTENTION_METHODS = ("cbam", "tasn")  # Table 3: SAN+AAB replaced by gaze-supervised attention modules
+ALL_METHODS = METHODS + ATTENTION_METHODS
+BACKBONES = ("equiunet", "nnunet", "dmfnet")
+DEFAULT_WIDTH = {"equiunet": 48, "nnunet": 32, "dmfnet": 128}  # the papers' widths (EquiUnet w, nnU-Net base, c)
+_BACKBONE_MULTIPLE = {"equiunet": DOWNSAMPLING, "nnunet": nnunet3d.downsampling(5), "dmfnet": dmfnet.DOWNSAMPLING}
 _SAN_METHODS = ("ours", "ours_no_gaze", "san_star")
 # Largest modulated probability 1 - 1e-6: keeps logit(p) finite in float32 (|logit| <= 13.8).
 _LOG_P_MAX = -1e-6
@@ -43,25 +52,36 @@ def gaze_modulated_logits(seg_logits: jax.Array, gaze_logits: jax.Array) -> jax.
 
 
 class GazeSegmenter(nn.Module):
-    """`[B, D, H, W, in_channels] -> {"seg", "deep", "gaze", "survival"}` for one of `METHODS`:
+    """`[B, D, H, W, in_channels] -> {"seg", "deep", "gaze", "survival"}` for one of `ALL_METHODS`:
 
-    - "backbone": EquiUnet alone; "gaze" None.
+    - "backbone": the backbone alone; "gaze" None.
     - "ours" / "ours_no_gaze": SAN on the input, AAB(e4, m2) -> e4', decoder on e4'. "gaze" = SAN's gaze logits
       `[B, D/16, H/16, W/16, 1]`. The two differ only in the gaze loss target (expert gaze vs. the segmentation
       mask), so they are the same network.
-    - "gaze_star" (+gaze*): a 1x1 conv head on the decoder1 feature predicts full-resolution gaze logits; "gaze"
-      is their 16^3 average pool (the SAN grid, so every method's gaze loss is the same). With train=False the
-      seg logits are modulated by `gaze_modulated_logits`; "deep" never is.
+    - "gaze_star" (+gaze*): a 1x1 conv head on the decoder's last full-resolution feature predicts full-resolution
+      gaze logits; "gaze" is their 16^3 average pool (the SAN grid, so every method's gaze loss is the same). With
+      train=False the seg logits are modulated by `gaze_modulated_logits`; "deep" never is.
     - "san_star" (+SAN*): M2 up-sampled (align-corners linear) to e4's grid, concatenated to e4, 1x1 conv (with
-      bias) back to e4's 8w channels; no AAB. "gaze" = SAN's gaze logits.
+      bias) back to e4's channels; no AAB. "gaze" = SAN's gaze logits.
+    - "cbam" (Unet+CBAM, EquiUnet only): open_brats2020's Att_EquiUnet, CBAM after encoder1..4, bottom and
+      bottom_2. "gaze" = encoder4's spatial-attention logits (1/8: of the encoder levels, the grid nearest the
+      1/16 gaze grid) average-pooled by 2 to the gaze grid; the other CBAM maps are not supervised.
+    - "tasn" (Unet+TASN, any backbone): `TrilinearAttention` refines e4 in place of SAN+AAB. "gaze" = the structure
+      attention logits, "gaze_extra" = [detailed attention logits], both average-pooled by 2 to the gaze grid
+      (the paper supervises both).
+    The attention methods add the key "gaze_extra", a list of further gaze-grid logits `[B, D/16, H/16, W/16, 1]`
+    that take the same gaze loss as "gaze" (empty for "cbam"); the other methods keep exactly the four keys.
     survival_classes > 0 (ours+surv) adds "survival" = Dense(GAP(e4')) logits `[B, survival_classes]`.
     "seg" `[B, D, H, W, num_classes]` and "deep" (list, empty when off) are logits in float32; absent heads are
-    None. Spatial sizes must be divisible by 16 with a SAN or gaze head, by 8 for "backbone".
+    None. `backbone` is "equiunet" (default), "nnunet" (nnunet3d.py, 5 stages) or "dmfnet" (dmfnet.py); E4 is
+    always the 1/8-resolution encoder feature. `width` None means the backbone's paper width (`DEFAULT_WIDTH`);
+    `norm` overrides DMFNet's normalisation ("bn" default, "gn", "in"). Spatial sizes must be divisible by 16
+    with a SAN, gaze head or attention module or with nnU-Net/DMFNet, by 8 for the EquiUnet "backbone".
     """
 
     method: str = "ours"
     num_classes: int = 3
-    width: int = 48
+    width: int | None = None
     in_channels: int = 4
     deep_supervision: bool = False
     san_width: int = 32
@@ -69,23 +89,26 @@ class GazeSegmenter(nn.Module):
     aab_head_dim: int = 64
     survival_classes: int = 0
     dtype: Dtype = jnp.float32
+    backbone: str = "equiunet"
+    norm: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-        if self.method not in METHODS:
-            raise ValueError(f"segmenter.py: unknown method {self.method!r}; expected one of {', '.join(METHODS)}")
-        multiple = DOWNSAMPLING if self.method == "backbone" else GRID_DOWNSAMPLING
-        check_spatial(x, multiple, f"segmenter.py GazeSegmenter(method={self.method!r})")
-        chex.assert_axis_dimension(x, -1, self.in_channels)
-
-        e1, e2, e3, e4 = EquiUnetEncoder(self.width, self.dtype, name="encoder")(x, train)
-        gaze = None
+        self._validate(x)
+        encoder, decoder = self._backbone_modules()
+        encoded = encoder(x, train)
+        features, cbam_maps = encoded if self.method == "cbam" else (encoded, None)
+        *skips, e4 = features
+        gaze, gaze_extra = None, []
         if self.method in _SAN_METHODS:
             m2, gaze = SAN(self.san_width, dtype=self.dtype, name="san")(x, train)
             e4 = self._fuse(e4, m2, train)
-        out = EquiUnetDecoder(
-            self.num_classes, self.width, self.deep_supervision, self.dtype, name="decoder"
-        )((e1, e2, e3, e4), train)
+        elif self.method == "tasn":
+            e4, structure, detail = TrilinearAttention(self.dtype, name="tasn")(e4, train)
+            gaze, gaze_extra = self._to_gaze_grid(structure, x), [self._to_gaze_grid(detail, x)]
+        elif self.method == "cbam":
+            gaze = self._to_gaze_grid(cbam_maps[-1], x)
+        out = decoder((*skips, e4), train)
         seg = out.seg
         if self.method == "gaze_star":
             full_gaze = conv1x1(out.last, 1, self.dtype, name="gaze_head").astype(jnp.float32)
@@ -93,8 +116,52 @@ class GazeSegmenter(nn.Module):
             if not train:
                 seg = gaze_modulated_logits(seg, full_gaze)
         if gaze is not None:
-            chex.assert_shape(gaze, (x.shape[0], *(s // GRID_DOWNSAMPLING for s in x.shape[1:-1]), 1))
-        return {"seg": seg, "deep": out.deep, "gaze": gaze, "survival": self._survival(e4)}
+            chex.assert_shape([gaze, *gaze_extra], (x.shape[0], *(s // GRID_DOWNSAMPLING for s in x.shape[1:-1]), 1))
+        result = {"seg": seg, "deep": out.deep, "gaze": gaze, "survival": self._survival(e4)}
+        if self.method in ATTENTION_METHODS:
+            result["gaze_extra"] = gaze_extra
+        return result
+
+    def _validate(self, x: jax.Array) -> None:
+        """One-line ValueErrors for an unknown method/backbone, a bad combination or a bad input shape."""
+        if self.method not in ALL_METHODS:
+            raise ValueError(f"segmenter.py: unknown method {self.method!r}; expected one of {', '.join(ALL_METHODS)}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"segmenter.py: unknown backbone {self.backbone!r}; expected one of "
+                             f"{', '.join(BACKBONES)}")
+        if self.method == "cbam" and self.backbone != "equiunet":
+            raise ValueError(f"segmenter.py: method 'cbam' is Att_EquiUnet and needs backbone 'equiunet', "
+                             f"not {self.backbone!r}")
+        if self.norm is not None and self.backbone != "dmfnet":
+            raise ValueError(f"segmenter.py: norm={self.norm!r} is only configurable for backbone 'dmfnet'")
+        multiple = _BACKBONE_MULTIPLE[self.backbone]
+        if self.method != "backbone":
+            multiple = max(multiple, GRID_DOWNSAMPLING)
+        check_spatial(x, multiple, f"segmenter.py GazeSegmenter(backbone={self.backbone!r}, method={self.method!r})")
+        chex.assert_axis_dimension(x, -1, self.in_channels)
+
+    def _backbone_modules(self) -> tuple[nn.Module, nn.Module]:
+        """The backbone's encoder (`x -> features`, E4 last) and decoder (`features -> DecoderOutput`)."""
+        w = DEFAULT_WIDTH[self.backbone] if self.width is None else self.width
+        k, deep, dt = self.num_classes, self.deep_supervision, self.dtype
+        if self.backbone == "nnunet":
+            return (nnunet3d.NNUNetEncoder(w, dtype=dt, name="encoder"),
+                    nnunet3d.NNUNetDecoder(k, w, deep_supervision=deep, dtype=dt, name="decoder"))
+        if self.backbone == "dmfnet":
+            norm = self.norm or "bn"
+            return (dmfnet.DMFNetEncoder(width=w, norm=norm, dtype=dt, name="encoder"),
+                    dmfnet.DMFNetDecoder(width=w, norm=norm, dtype=dt, num_classes=k, deep_supervision=deep,
+                                         name="decoder"))
+        if self.method == "cbam":
+            return (CBAMEquiUnetEncoder(w, dtype=dt, name="encoder"),
+                    CBAMEquiUnetDecoder(k, w, deep, dt, name="decoder"))
+        return EquiUnetEncoder(w, dt, name="encoder"), EquiUnetDecoder(k, w, deep, dt, name="decoder")
+
+    @staticmethod
+    def _to_gaze_grid(logits: jax.Array, x: jax.Array) -> jax.Array:
+        """Average-pools attention logits `[B, *S_a, 1]` to the 1/16 gaze grid of input `x` (float32)."""
+        grid = [s // GRID_DOWNSAMPLING for s in x.shape[1:-1]]
+        return avg_pool(logits, [a // g for a, g in zip(logits.shape[1:-1], grid)]).astype(jnp.float32)
 
     def _fuse(self, e4: jax.Array, m2: jax.Array, train: bool) -> jax.Array:
         """e4' from e4 and SAN's M2: AAB (ours) or concatenation + 1x1 conv (+SAN*)."""
