@@ -96,11 +96,22 @@ def gaze_scores(pred: np.ndarray, record: CaseRecord, padded_shape: tuple, sigma
 
 
 def evaluate_case(predict: Callable, record: CaseRecord, window: tuple, overlap: float, batch: int, sigma: float,
-                  out_dir: str | None = None) -> dict:
-    """Segments one cached case, scores it in the original geometry, optionally writes the prediction NIfTI."""
+                  out_dir: str | None = None, gaze_window: tuple | None = None) -> dict:
+    """Segments one cached case, scores it in the original geometry, optionally writes the prediction NIfTI.
+
+    Segmentation uses sliding windows of `window` (the training crop: GroupNorm statistics then match training).
+    With `gaze_window`, the gaze map comes from a separate pass with that (larger) window, normally one pass over
+    the whole volume: SAN is the network that skims the whole scan, and per-window GroupNorm makes it rank saliency
+    within each window, so maps stitched from windows that miss the tumour are not comparable across windows.
+    """
     image = np.asarray(record.image())
     padded, _ = pad_volume(image, window, SAN_STRIDE)
     seg_prob, gaze_prob = sliding_window(predict, padded, window, overlap, batch)
+    gaze_frame = padded.shape[:3]
+    if gaze_window and gaze_prob is not None:
+        whole, _ = pad_volume(image, gaze_window, SAN_STRIDE)
+        _, gaze_prob = sliding_window(predict, whole, tuple(gaze_window), overlap, 1)
+        gaze_frame = whole.shape[:3]
     crop = image.shape[:3]
     labels_crop = probs_to_labels(seg_prob[:crop[0], :crop[1], :crop[2]])
     labels = np.zeros(record.shape, np.uint8)
@@ -111,7 +122,7 @@ def evaluate_case(predict: Callable, record: CaseRecord, window: tuple, overlap:
     if gt is not None:
         result["scores"].update(segmentation.brats_scores(labels, gt, spacing=record.spacing))
     if gaze_prob is not None and record.has_gaze:
-        result["scores"].update(gaze_scores(gaze_prob, record, padded.shape[:3], sigma))
+        result["scores"].update(gaze_scores(gaze_prob, record, gaze_frame, sigma))
     if out_dir:
         import nibabel as nib
 

@@ -128,7 +128,8 @@ def evaluate(predict, records, config, out_dir: str | None = None) -> dict:
     per_case = []
     for record in records:
         res = eval3d.evaluate_case(predict, record, window, e.overlap, e.batch, config.data.gaze_sigma,
-                                   out_dir if (out_dir and e.save_predictions) else None)
+                                   out_dir if (out_dir and e.save_predictions) else None,
+                                   gaze_window=tuple(e.gaze_window) or None)
         if len(per_case) >= e.get("figure_cases", 2):  # keep volumes only for the report's figures
             res = {"case_id": res["case_id"], "scores": res["scores"]}
         per_case.append(res)
