@@ -188,10 +188,8 @@ class Trainer:
         start = int(meta.get("step_in_stage", 0))
         bar = ProgressBar(total, start=start, desc=f"{stage.name}")
         prof = profiling.StepProfiler(cfg.get("profile"), self.workdir, self.writer)
-        bad_evals = int(meta.get("bad_evals", 0))
         accum: dict[str, float] = {}
         n_accum = 0
-        best = meta.get("best_monitor")
         for step_in_stage in range(start, total):
             batch = parallel.to_global(next(it), self.mesh)
             if step_in_stage == start:
@@ -220,22 +218,15 @@ class Trainer:
             meta = dict(meta, step_in_stage=done, epoch=done // steps_per_epoch, global_step=global_step)
             monitor = None
             if done % eval_every == 0 or done == total:
-                val = self.evaluate_split(state, data, "val")["metrics"]
-                self.writer.write(global_step, {f"val/{k}": v for k, v in val.items()})
-                monitor = self._monitor(stage, {f"val/{k}": v for k, v in val.items()})
-                if monitor is not None:
-                    if best is None or monitor > best:
-                        best, bad_evals = monitor, 0
-                    else:
-                        bad_evals += 1
-                meta.update(monitor=monitor, best_monitor=best, bad_evals=bad_evals, val_metrics=val)
+                monitor, meta = self._validate(stage, state, data, global_step, meta)
+            bad_evals = int(meta.get("bad_evals", 0))
             stop_early = stage.early_stop_patience > 0 and bad_evals >= stage.early_stop_patience
             finished = done == total or stop_early
             if finished or monitor is not None or done % ckpt_every == 0 or preempt.raised:
                 meta["finished_stage"] = finished
-                self.ckpt.save(global_step, state, it.get_state(), meta, monitor=monitor, force=True)
-                if monitor is None:
-                    meta.pop("monitor", None)
+                # "monitor" is set only on the checkpoint whose validation produced it (best_step reads it)
+                self.ckpt.save(global_step, state, it.get_state(), dict(meta, monitor=monitor), monitor=monitor,
+                               force=True)
             if preempt.raised:
                 self.ckpt.wait()
                 raise Preempted(f"stopped by SIGTERM at step {global_step}; checkpoint saved, rerun to resume")
@@ -246,6 +237,16 @@ class Trainer:
         prof.finish()
         self.writer.flush()
         return state
+
+    def _validate(self, stage, state: TrainState, data, global_step: int, meta: dict) -> tuple[float | None, dict]:
+        """Evaluates the validation split, logs it, and tracks the stage's best monitored value (early stopping)."""
+        val = self.evaluate_split(state, data, "val")["metrics"]
+        self.writer.write(global_step, {f"val/{k}": v for k, v in val.items()})
+        monitor = self._monitor(stage, {f"val/{k}": v for k, v in val.items()})
+        best, bad = meta.get("best_monitor"), int(meta.get("bad_evals", 0))
+        if monitor is not None:
+            best, bad = (monitor, 0) if best is None or monitor > best else (best, bad + 1)
+        return monitor, dict(meta, best_monitor=best, bad_evals=bad, val_metrics=val)
 
     def _resume_point(self) -> tuple[int, dict | None]:
         latest = self.ckpt.latest_step()
