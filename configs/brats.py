@@ -91,6 +91,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.every_steps = 0            # 0 = at every validation
     c.checkpoint.async_save = True
 
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.auto = False              # jax.distributed.initialize() with auto-detection (TPU pod, SLURM)
+    c.distributed.coordinator = ""          # host:port of process 0 for a local multi-process run
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+
     c.profile = ml_collections.ConfigDict()
     c.profile.enabled = False               # jax.profiler trace of a window of steps
     c.profile.start_step = 5
