@@ -14,7 +14,7 @@ resampling); gazejax renders the same padded frame via `pad_resize_transform(pad
 kernel's cut as `truncate`, so both compute the same quantity and differ only by sampling the kernel at pixel
 centres (~1/(12 sigma^2) relative). Differences are on maps divided by their max.
 Times: best of --repeats runs (the reference: one run); JAX jitted, timed after a warm-up call, on the default
-JAX device. Run: `python -m benchmarks.bench_gaze [--repeats 5] [--seed 0]`.
+JAX device. Run: `python -m gazejax.benchmarks.gaze [--repeats 5] [--seed 0]`.
 """
 from __future__ import annotations
 
