@@ -126,6 +126,9 @@ def _run_cells(module, config_arg, cells, workdir) -> None:
 def main(argv) -> int:
     del argv
     logging.getLogger("gazejax").setLevel(logging.INFO)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     if not _CONFIG.value or not _GRID.value:
         raise app.UsageError("--config and --grid are required")
     path, _, arg = _CONFIG.value.partition(":")
