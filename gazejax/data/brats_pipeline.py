@@ -57,7 +57,8 @@ class CaseRecord:
         return out
 
 
-def _cache_key(root: str, case_dir: str, gaze_file: str | None) -> str:
+def _cache_key(case_dir: str, gaze_file: str | None) -> str:
+    """Changes whenever a source file of the case changes (name, size, mtime): then the case is decoded again."""
     stats = []
     for path in sorted(os.listdir(case_dir)) + ([gaze_file] if gaze_file else []):
         full = path if os.path.isabs(path) else os.path.join(case_dir, path)
@@ -67,12 +68,13 @@ def _cache_key(root: str, case_dir: str, gaze_file: str | None) -> str:
 
 
 def _gaze_norm(points, weights, crop_shape, sigma) -> float:
+    """Max of the whole case's gaze map at the SAN scale: training windows divide by it, so a window's target keeps
+    the case-level scale (a window without the tumour gets a low target, not a re-normalised one)."""
     if len(points) == 0:
         return 0.0
     grid = tuple(max(1, int(np.ceil(s / SAN_STRIDE))) for s in crop_shape)
-    full = gaze_lib.render_gaussians(points, weights, sigma, crop_shape, tuple(g * SAN_STRIDE // SAN_STRIDE
-                                                                               for g in grid), normalize=None)
-    return float(full.max())
+    frame = tuple(g * SAN_STRIDE for g in grid)  # the crop padded to whole SAN cells
+    return float(gaze_lib.render_gaussians(points, weights, sigma, frame, grid, normalize=None).max())
 
 
 def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: str, sigma: float,
@@ -83,7 +85,7 @@ def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: 
     cache_dir = os.path.join(cache_root, "cases")
     os.makedirs(cache_dir, exist_ok=True)
     meta_path = os.path.join(cache_dir, f"{case_id}.json")
-    key = _cache_key(cache_root, case_dir, gaze_file)
+    key = _cache_key(case_dir, gaze_file)
     meta = None
     if os.path.exists(meta_path):
         with open(meta_path) as f:
