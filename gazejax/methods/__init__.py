@@ -7,6 +7,7 @@ from gazejax.methods.base import DataBundle, Method, Stage  # noqa: F401  (re-ex
 
 _METHODS = {
     "san_aab": "gazejax.methods.san_aab:METHOD",
+    "ggcam": "gazejax.methods.ggcam:METHOD",
 }
 
 

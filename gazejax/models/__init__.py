@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "efficientnet_v2_s": "gazejax.models.efficientnet:efficientnet_v2_s",
     "mobilenet_v2": "gazejax.models.mobilenet:mobilenet_v2",
     "vit_b_16": "gazejax.models.vit:vit_b_16",
+    "ggcam": "gazejax.models.cam:GGCAMModel",  # 2D backbone + CAM layer + 3 scalars (GG-CAM, Zhu et al.)
 }
 
 

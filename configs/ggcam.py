@@ -1,0 +1,181 @@
+r"""GG-CAM: gaze-guided class activation mapping for 3-class chest X-ray classification (Zhu et al.).
+
+Demo (synthetic EGD-CXR-format data generated on first use; a few minutes on a 2-core CPU):
+  python -m gazejax.main --config=configs/ggcam.py
+The paper's settings on the real data (EGD-CXR + its MIMIC-CXR DICOMs):
+  python -m gazejax.main --config=configs/ggcam.py:preset=paper,backbone=efficientnet_v2_s,method=ggcam,seed=0 \
+      --config.data.root=/path/to/egd-cxr --config.data.mimic_root=/path/to/mimic-cxr-jpg-or-dicom-root
+The Fig. 3 comparison (2 backbones x {plain, ggcam} x 5 seeds, one-way ANOVA per backbone):
+  python -m gazejax.experiments --config=configs/ggcam.py:preset=paper --grid=anova
+
+Arguments (`configs/ggcam.py:key=val,...`): preset=demo|paper, backbone=resnet50|efficientnet_v2_s (any
+resnet*/efficientnet* registry name), method=ggcam|plain (plain = the same backbone with its linear head, CE only),
+seed (parameter init / shuffling; the data split stays fixed across seeds).
+
+Table 1's hyper-parameters depend on the network, so they live in `table1`, one row per backbone family and method,
+and the method reads the row of the current (model.backbone, method) when it runs: a grid that overrides only
+`method` or `model.backbone` still gets the right learning rate, patience, sigma_sm and blur B.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from gazejax.config_args import parse_arg
+
+BACKBONES = ("resnet50", "efficientnet_v2_s")
+METHODS = ("ggcam", "plain")
+SEEDS = tuple(range(5))  # "5 independent trainings with same hyper-parameters" (Sec. 4.2)
+
+
+def _row(**fields) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(fields)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    args = parse_arg(arg, preset="demo", backbone="resnet50", method="ggcam", seed=0)
+    if args["method"] not in METHODS:
+        raise ValueError(f"configs/ggcam.py: method must be one of {METHODS}, got {args['method']!r}")
+    c = ml_collections.ConfigDict()
+    c.preset = args["preset"]
+    c.method_family = "ggcam"               # gazejax.methods.<family>
+    c.method = args["method"]               # ggcam (CAM layer + selective MSE, Eq. 11) | plain (linear head, CE)
+    c.seed = int(args["seed"])              # parameter init / shuffling seed (5 runs per network in the paper)
+
+    # Table 1 (Zhu et al.) by backbone family + method: Adam lr, plateau patience P (epochs), initial sigma_sm,
+    # Gaussian blur B (std in pixels of the original DICOM). early_stop = 2P + 3 epochs without progress, the
+    # reference code's rule. A plain network renders its (unused) gaze maps with its family's B. Table 1's sigma_sm
+    # are exp(-25) and exp(-20). At exp(-25), any step with L_sm > ~3.6e-3 overflows optax Adam's float32 second
+    # moment of log sigma_sm to inf, which never decays, so sigma_sm stays put (the reference code uses exp(-16)).
+    c.table1 = t = ml_collections.ConfigDict()
+    t.efficientnet_ggcam = _row(lr=6.0e-3, plateau=40, sigma_sm=1.4e-11, blur=600.0, early_stop=83)
+    t.resnet_ggcam = _row(lr=7.0e-3, plateau=30, sigma_sm=2.0e-9, blur=500.0, early_stop=63)
+    t.efficientnet_plain = _row(lr=1.0e-3, plateau=25, early_stop=53)
+    t.resnet_plain = _row(lr=1.0e-4, plateau=50, early_stop=103)
+
+    c.data = d = ml_collections.ConfigDict()
+    d.dataset = "egd_cxr"                   # EGD-CXR (Karargyris et al. 2021), the paper's data set
+    d.root = ""                             # EGD-CXR folder (master_sheet.csv, ...); "" = built-in synthetic set
+    d.mimic_root = ""                       # root that master_sheet.path is relative to (the MIMIC-CXR DICOMs)
+    d.cache_dir = ""                        # resized-image cache; "" = ~/.cache/gazejax/cxr_<hash of root>
+    d.image_size = (1536, 1280)             # 3072x2560 padded DICOM, halved ("heights and weights are halved")
+    d.gaze_grids = {"cam": (48, 40)}        # Psi at the CAM grid: stride 32 of image_size (Algorithm 1, step 4)
+    d.gaze_kind = "ggcam"                   # Algorithm 1: Gaussian-blurred gaze histogram, divided by its max
+    d.gaze_normalize = "max"                # Algorithm 1, step 5: Psi in [0, 1]
+    d.reader = {"source": "eye_gaze"}       # raw 60 Hz gaze samples E_1:M (Algorithm 1), not fixations
+    d.label_set = "3class"                  # Normal, CHF (cardiomegaly), pneumonia; softmax over 3 classes
+    d.label_policy = ""                     # unused by "3class"
+    d.split = "70/10/20"                    # train / validation / test shares, label-balanced (Sec. 4.1)
+    d.ratio = 1.0                           # share of the training part used
+    d.seed = 0                              # validation draw; fixed so all runs of a sweep share one split
+    d.test_seed = 0                         # test draw; never changes with training seeds
+    d.augment = {"enabled": False}          # the paper uses no augmentation; True = AugmentConfig defaults
+    d.num_threads = 2                       # Grain reader threads
+    d.prefetch = 2                          # Grain prefetch buffer (batches)
+    d.synthetic = s = ml_collections.ConfigDict()
+    s.dir = ""                              # where the synthetic set is generated; "" = ~/.cache/gazejax
+    s.images = 1083                         # as many images as EGD-CXR
+    s.seed = 0
+    s.size = (512, 416)                     # synthetic DICOM size (B is scaled by height / 3056 for it)
+
+    c.model = m = ml_collections.ConfigDict()
+    m.backbone = args["backbone"]           # resnet50 | efficientnet_v2_s (Sec. 4), trained from scratch
+    m.resnet_width = 64                     # ResNet base width (torchvision 64)
+    m.efficientnet_width_mult = 1.0         # EfficientNet channel multiplier (torchvision 1.0)
+    m.efficientnet_depth_mult = 1.0         # EfficientNet depth multiplier (torchvision 1.0)
+    m.sum_channels = True                   # Eq. 4 sums over channels (the reference code averages: False)
+    m.sigma_ce_init = 1.0                   # "set sigma_ce = 1" (Sec. 3.4); the reference code uses exp(7)
+    m.dropout = -1.0                        # head dropout; < 0 = the backbone's own (EffNet 0.2, ResNet 0)
+    m.dtype = "float32"                     # compute dtype (params stay float32)
+    m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "adam"                         # "Adam is the best optimizer for all CNNs" (Table 1); lr from table1
+    o.eps = 1e-8                            # torch Adam's default ("with their default settings")
+    o.weight_decay = 0.0
+    c.lr_drops = 2                          # ReduceLROnPlateau(0.1) as stages: lr x0.1 after P+1 bad epochs, twice
+    c.lr_factor = 0.1                       # "reduced to 10%" (Sec. 4.2)
+
+    c.batch_size = 4                        # the reference code's batch
+    c.epochs = 1024                         # upper bound per stage (reference epoch_max); early stopping ends it
+    c.eval_every_epochs = 1                 # validation every epoch (plateau and early stopping count epochs)
+    c.monitor = "val/auroc"                 # one-vs-rest macro AUROC (the reference code monitors val/loss, min)
+    c.monitor_mode = "max"
+    c.log_every_steps = 10
+    c.num_devices = 0                       # 0 = all visible devices
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.batch = 8                             # images per inference call
+    e.mask_scaling = "area"                 # organ mask -> CAM grid for Eq. 12 (area | nearest | any)
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.keep = 2                   # last N checkpoints (plus the best)
+    c.checkpoint.every_steps = 0            # 0 = at every validation
+    c.checkpoint.async_save = True
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.auto = False              # jax.distributed.initialize() with auto-detection (TPU pod, SLURM)
+    c.distributed.coordinator = ""          # host:port of process 0 for a local multi-process run
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+
+    c.profile = ml_collections.ConfigDict()
+    c.profile.enabled = False               # jax.profiler trace of a window of steps
+    c.profile.start_step = 5
+    c.profile.num_steps = 3
+
+    if c.preset == "demo":
+        _demo(c)
+    elif c.preset != "paper":
+        raise ValueError(f"configs/ggcam.py: unknown preset {c.preset!r} (demo | paper)")
+    return c
+
+
+LABELS = {"ggcam": "+GG-CAM", "plain": "standard", "resnet50": "ResNet", "efficientnet_v2_s": "EffNet"}
+CLASSES = ("Normal", "CHF", "pneumonia")
+
+
+def get_grid(name: str) -> dict:
+    """Named sweeps for `python -m gazejax.experiments --config=configs/ggcam.py --grid=NAME`.
+
+    anova: 2 backbones x {plain, ggcam} x 5 seeds (Fig. 3 and Table 2): test AUROC per network (mean (std) over
+    seeds), a one-way ANOVA of plain vs GG-CAM per backbone (the tables' medians are the paper's statistic), per-class
+    precision / recall, and the Eq. 12 interpretability shares.
+    """
+    if name != "anova":
+        raise ValueError(f"configs/ggcam.py: unknown grid {name!r} (anova)")
+    cells = [{"model.backbone": b, "method": m, "seed": s} for b in BACKBONES for m in METHODS for s in SEEDS]
+    network = ("model.backbone", "method")
+    labels = {(b, m): f"{LABELS[b]} {LABELS[m]}" for b in BACKBONES for m in METHODS} | LABELS
+    tables = [
+        {"title": "Test AUROC per network (mean (std) over seeds)", "row": network, "title_row": "network",
+         "row_labels": labels,
+         "metrics": (("auroc", "AUROC (OvR macro)"), ("auroc_ovo", "AUROC (OvO, Hand & Till)"),
+                     ("accuracy", "accuracy")), "stats": False},
+        {"title": "Fig. 3a-b: AUROC, standard vs GG-CAM per backbone (one-way ANOVA over seeds)", "row": "method",
+         "col": "model.backbone", "row_labels": labels, "metrics": (("auroc", "AUROC"),)},
+        {"title": "Table 2: per-class precision and recall", "row": network, "title_row": "network",
+         "row_labels": labels, "stats": False,
+         "metrics": tuple((f"{k}_{c}", f"{k} {c}") for c in CLASSES for k in ("precision", "recall"))},
+        {"title": "Fig. 3c-f: interpretability (Eq. 12), share of CAM peaks inside the organ", "row": "method",
+         "col": "model.backbone", "row_labels": labels,
+         "metrics": (("interp_CHF", "heart (CHF)"), ("interp_pneumonia", "lungs (pneumonia)"))},
+    ]
+    return {"cells": cells, "tables": tables, "title": f"GG-CAM {name}", "repeat_label": "seeds"}
+
+
+def _demo(c: ml_collections.ConfigDict) -> None:
+    """128x128 images (a 4x4 CAM grid), narrow backbones and a short run on 120 synthetic images.
+
+    The learning rates stay Table 1's; plateau drops are off so the demo is one stage.
+    """
+    c.data.image_size = (128, 128)
+    c.data.gaze_grids = {"cam": (4, 4)}
+    c.data.synthetic.images = 120
+    c.data.synthetic.size = (256, 208)
+    c.model.resnet_width = 8
+    c.model.efficientnet_width_mult = 0.25
+    c.model.efficientnet_depth_mult = 0.25
+    c.batch_size = 8
+    c.epochs = 12
+    c.lr_drops = 0
+    c.eval.batch = 16
