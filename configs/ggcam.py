@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gazejax.config_args import parse_arg
+from gazejax.config_args import add_engine_fields, parse_arg
 
 BACKBONES = ("resnet50", "efficientnet_v2_s")
 METHODS = ("ggcam", "plain")
@@ -107,21 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     e.batch = 8                             # images per inference call
     e.mask_scaling = "area"                 # organ mask -> CAM grid for Eq. 12 (area | nearest | any)
 
-    c.checkpoint = ml_collections.ConfigDict()
-    c.checkpoint.keep = 2                   # last N checkpoints (plus the best)
-    c.checkpoint.every_steps = 0            # 0 = at every validation
-    c.checkpoint.async_save = True
-
-    c.distributed = ml_collections.ConfigDict()
-    c.distributed.auto = False              # jax.distributed.initialize() with auto-detection (TPU pod, SLURM)
-    c.distributed.coordinator = ""          # host:port of process 0 for a local multi-process run
-    c.distributed.num_processes = 0
-    c.distributed.process_id = -1
-
-    c.profile = ml_collections.ConfigDict()
-    c.profile.enabled = False               # jax.profiler trace of a window of steps
-    c.profile.start_step = 5
-    c.profile.num_steps = 3
+    add_engine_fields(c)                    # checkpoint / distributed / profile defaults
 
     if c.preset == "demo":
         _demo(c)

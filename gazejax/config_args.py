@@ -1,5 +1,7 @@
-"""Parsing of the config-file argument: `configs/x.py:key=val,key=val` -> dict (used by every config)."""
+"""Shared config pieces: the `configs/x.py:key=val,...` argument parser and the engine fields every config has."""
 from __future__ import annotations
+
+import ml_collections
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:
@@ -13,3 +15,20 @@ def parse_arg(arg: str | None, **defaults) -> dict:
             raise ValueError(f"unknown config argument {key!r}; known: {', '.join(sorted(defaults))}")
         out[key] = value
     return out
+
+
+def add_engine_fields(c: ml_collections.ConfigDict) -> None:
+    """Checkpointing, multi-process and profiling fields the trainer reads; identical for every method."""
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.keep = 2                   # last N checkpoints (plus the best of each stage)
+    c.checkpoint.every_steps = 0            # 0 = at every validation
+    c.checkpoint.async_save = True
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.auto = False              # jax.distributed.initialize() with auto-detection (TPU pod, SLURM)
+    c.distributed.coordinator = ""          # host:port of process 0 for a local multi-process run
+    c.distributed.num_processes = 0
+    c.distributed.process_id = -1
+    c.profile = ml_collections.ConfigDict()
+    c.profile.enabled = False               # jax.profiler trace of a window of steps
+    c.profile.start_step = 5
+    c.profile.num_steps = 3
