@@ -15,7 +15,7 @@ import pytest
 
 from gazejax.data import egd_cxr, reflacx
 from gazejax.data.synthetic import __main__ as synthetic_main
-from gazejax.data.synthetic import cxr
+from gazejax.data.synthetic import cxr, cxr_phantom
 
 SIZE = (128, 104)
 # master_sheet.csv header of the PhysioNet release (egd-cxr 1.0.0), as quoted in public exploration notes
@@ -97,7 +97,7 @@ def test_findings_visible(seed):
     h, w = 256, 208
 
     def draw(findings):
-        return cxr._phantom(h, w, findings, np.random.default_rng(seed))
+        return cxr_phantom.phantom(h, w, findings, np.random.default_rng(seed))
 
     normal, masks, _ = draw([])
     row = int(0.63 * h)  # heart level
@@ -117,9 +117,9 @@ def test_findings_visible(seed):
 
 def test_scanpaths_dwell_on_findings():
     rng = np.random.default_rng(0)
-    _, _, regions = cxr._phantom(256, 208, ["consolidation", "cardiomegaly"], rng)
+    _, _, regions = cxr_phantom.phantom(256, 208, ["consolidation", "cardiomegaly"], rng)
     for focus, least in [(1.0, 3), (0.4, 1)]:
-        pts, dur = cxr._scanpath(regions, ["consolidation", "cardiomegaly"], (256, 208), rng, focus)
+        pts, dur = cxr_phantom.scanpath(regions, ["consolidation", "cardiomegaly"], (256, 208), rng, focus)
         x, y, sx, sy = regions["consolidation"]
         near = np.hypot((pts[:, 0] - x) / sx, (pts[:, 1] - y) / sy) < 3
         assert near.sum() >= least and dur[near].mean() > 0.3
@@ -129,7 +129,7 @@ def test_scanpaths_dwell_on_findings():
 
 
 def test_cases_balanced_with_repeat_patients():
-    cases = cxr._cases(40, seed=7)
+    cases = cxr_phantom.sample_cases(40, seed=7)
     counts = np.bincount([c["class"] for c in cases], minlength=3)
     assert counts.max() - counts.min() <= 1
     patients = [c["patient_id"] for c in cases]
