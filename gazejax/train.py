@@ -101,7 +101,7 @@ class Trainer:
         return parallel.replicate(state, self.mesh)
 
     # ---- steps -------------------------------------------------------------------------------------------
-    def make_train_step(self, tx) -> Callable:
+    def make_train_step(self, tx, stage=None) -> Callable:
         model, method, config = self.model, self.method, self.config
 
         def train_step(state: TrainState, batch: dict):
@@ -113,7 +113,7 @@ class Trainer:
                 out = model.apply(variables, *method.model_inputs(batch), train=True,
                                   mutable=mutable or False, rngs={"dropout": dropout_rng})
                 outputs, new_collections = out if mutable else (out, {})
-                loss, metrics = method.loss_fn(outputs, batch, params, config)
+                loss, metrics = method.loss_fn(outputs, batch, params, config, stage=stage)
                 return loss, (metrics, new_collections)
 
             (loss, (metrics, new_collections)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -150,10 +150,11 @@ class Trainer:
 
         cfg = self.config
         local_bs = parallel.local_batch_size(cfg.batch_size, self.mesh)
-        ds = data.train.shuffle(seed=cfg.seed).repeat(stage.epochs)
+        train, _, augment = data.train_set(stage.train_set)
+        ds = train.shuffle(seed=cfg.seed).repeat(stage.epochs)
         ds = ds[jax.process_index()::jax.process_count()]
-        if data.augment is not None:
-            ds = ds.seed(cfg.seed + 7).random_map(data.augment)
+        if augment is not None:
+            ds = ds.seed(cfg.seed + 7).random_map(augment)
         ds = ds.batch(local_bs, drop_remainder=True)
         read = grain.ReadOptions(num_threads=cfg.data.get("num_threads", 2),
                                  prefetch_buffer_size=cfg.data.get("prefetch", 2))
@@ -163,10 +164,27 @@ class Trainer:
         return it
 
     # ---- evaluation --------------------------------------------------------------------------------------
-    def evaluate_split(self, state: TrainState, data, split: str, out_dir: str | None = None) -> dict:
+    def evaluate_split(self, state: TrainState, data, split: str, out_dir: str | None = None, stage=None) -> dict:
         if split not in data.splits or data.splits[split] is None:
             return {"metrics": {}}
-        return self.method.evaluate(self.predict_fn(state), data.splits[split], self.config, out_dir)
+        stage = self.stages[-1] if stage is None else stage
+        return self.method.evaluate(self.predict_fn(state), data.splits[split], self.config, out_dir, stage=stage)
+
+    def steps_per_epoch(self, data, stage) -> int:
+        return max(1, data.train_set(stage.train_set)[1] // self.config.batch_size)
+
+    def source_stage(self, idx: int) -> int | None:
+        """Index of the stage whose best checkpoint stage `idx` starts from (None = fresh initialisation)."""
+        src = self.stages[idx].init_from
+        if src is None:
+            return idx - 1 if idx > 0 else None
+        if src == "init":
+            return None
+        names = [s.name for s in self.stages[:idx]]
+        if src not in names:
+            raise ValueError(f"stage {self.stages[idx].name!r}: init_from={src!r} names no earlier stage; "
+                             f"earlier stages: {', '.join(names) or 'none'}")
+        return names.index(src)
 
     def _monitor(self, stage, metrics: dict) -> float | None:
         key = stage.monitor or self.config.get("monitor", "")
@@ -179,12 +197,12 @@ class Trainer:
                   meta: dict, preempt: PreemptionFlag) -> TrainState:
         """Trains one stage from `meta["step_in_stage"]` to its end; saves, evaluates, early-stops."""
         cfg, stage = self.config, self.stages[stage_idx]
-        steps_per_epoch = max(1, data.num_train // cfg.batch_size)
+        steps_per_epoch = self.steps_per_epoch(data, stage)
         total = stage.epochs * steps_per_epoch
         eval_every = max(1, int(cfg.get("eval_every_epochs", 1))) * steps_per_epoch
         ckpt_every = int(cfg.checkpoint.get("every_steps", 0)) or eval_every
         it = self.train_iterator(data, stage, data_state)
-        step_fn = self.make_train_step(tx)
+        step_fn = self.make_train_step(tx, stage)
         start = int(meta.get("step_in_stage", 0))
         bar = ProgressBar(total, start=start, desc=f"{stage.name}")
         prof = profiling.StepProfiler(cfg.get("profile"), self.workdir, self.writer)
@@ -240,7 +258,7 @@ class Trainer:
 
     def _validate(self, stage, state: TrainState, data, global_step: int, meta: dict) -> tuple[float | None, dict]:
         """Evaluates the validation split, logs it, and tracks the stage's best monitored value (early stopping)."""
-        val = self.evaluate_split(state, data, "val")["metrics"]
+        val = self.evaluate_split(state, data, "val", stage=stage)["metrics"]
         self.writer.write(global_step, {f"val/{k}": v for k, v in val.items()})
         monitor = self._monitor(stage, {f"val/{k}": v for k, v in val.items()})
         best, bad = meta.get("best_monitor"), int(meta.get("bad_evals", 0))
@@ -259,21 +277,22 @@ class Trainer:
         """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
         latest, meta = self._resume_point()
         variables = self.init_variables()
-        steps_per_epoch = max(1, data.num_train // self.config.batch_size)
+        fresh = variables
         state = None
         preempt = PreemptionFlag().install()
         try:
             for idx, stage in enumerate(self.stages):
                 if meta is not None and (idx < meta["stage"] or (idx == meta["stage"] and meta["finished_stage"])):
                     continue  # done before: nothing to run
-                tx = _stage_tx(self.config, stage, steps_per_epoch, variables["params"])
-                template = self.new_state(variables, tx)
+                tx = _stage_tx(self.config, stage, self.steps_per_epoch(data, stage), variables["params"])
+                template = self.new_state(fresh, tx)
                 if meta is not None and idx == meta["stage"]:
                     state, data_state, stage_meta = self.ckpt.restore(latest, abstract_like(template))
                     log.info("resuming stage %s at step %d", stage.name, stage_meta["step_in_stage"])
                 else:
-                    if idx > 0:  # start from the previous stage's best checkpoint
-                        template = self._from_best(idx - 1, template, tx)
+                    source = self.source_stage(idx)
+                    if source is not None:  # start from that stage's best checkpoint (else a fresh init)
+                        template = self._from_best(source, template, tx)
                     state, data_state = template, None
                     offset = self.ckpt.latest_step() or 0
                     stage_meta = {"stage": idx, "stage_name": stage.name, "step_in_stage": 0,
@@ -284,9 +303,12 @@ class Trainer:
         finally:
             preempt.uninstall()
         self.ckpt.wait()
-        last = len(self.stages) - 1
-        tx = _stage_tx(self.config, self.stages[last], steps_per_epoch, variables["params"])
-        return self._from_best(last, self.new_state(variables, tx), tx)
+        return self.stage_state(len(self.stages) - 1, variables)
+
+    def stage_state(self, idx: int, variables: dict) -> TrainState:
+        """The state of stage `idx`'s best (else last) checkpoint; `variables` give the structure."""
+        tx = _stage_tx(self.config, self.stages[idx], 1, variables["params"])
+        return self._from_best(idx, self.new_state(variables, tx), tx)
 
     def _from_best(self, stage_idx: int, template: TrainState, tx) -> TrainState:
         """Params and collections of `stage_idx`'s best (else its last) checkpoint, fresh optimiser state."""
@@ -327,10 +349,8 @@ def evaluate_only(config, workdir: str) -> dict:
         raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
     data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
     variables = trainer.init_variables()
-    last = len(trainer.stages) - 1
-    tx = _stage_tx(config, trainer.stages[last], 1, variables["params"])
     try:
-        state = trainer._from_best(last, trainer.new_state(variables, tx), tx)
+        state = trainer.stage_state(len(trainer.stages) - 1, variables)
         return finish(trainer, state, data)
     finally:
         trainer.close()
@@ -340,15 +360,19 @@ def finish(trainer: Trainer, state: TrainState, data) -> dict:
     out_dir = os.path.join(trainer.workdir, "predictions")
     results = {split: trainer.evaluate_split(state, data, split, out_dir if split == "test" else None)
                for split in ("val", "test")}
+    variables = {"params": state.params, **state.collections}
+    results["stages"] = {stage.name: trainer.evaluate_split(trainer.stage_state(i, variables), data, "test",
+                                                            stage=stage)
+                         for i, stage in enumerate(trainer.stages) if stage.evaluate}
     results["data_info"] = data.info
     if jax.process_index() == 0:
-        cases = {s: {c["case_id"]: c["scores"] for c in r.get("cases", [])} for s, r in results.items()
-                 if s != "data_info"}
+        cases = {s: {c["case_id"]: c["scores"] for c in results[s].get("cases", [])} for s in ("val", "test")}
         _write_json(os.path.join(trainer.workdir, "cases.json"), cases)
         path = trainer.method.report(results, trainer.config, trainer.workdir)
         # written last: its presence marks a finished run (the experiment runner skips such cells)
-        _write_json(os.path.join(trainer.workdir, "results.json"),
-                    {s: r.get("metrics", {}) for s, r in results.items() if s != "data_info"})
+        summary = {s: results[s].get("metrics", {}) for s in ("val", "test")}
+        summary.update({f"test@{name}": r.get("metrics", {}) for name, r in results["stages"].items()})
+        _write_json(os.path.join(trainer.workdir, "results.json"), summary)
         log.info("report written to %s", path)
     return results
 

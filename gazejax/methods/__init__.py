@@ -8,6 +8,9 @@ from gazejax.methods.base import DataBundle, Method, Stage  # noqa: F401  (re-ex
 _METHODS = {
     "san_aab": "gazejax.methods.san_aab:METHOD",
     "ggcam": "gazejax.methods.ggcam:METHOD",
+    "cxr_san": "gazejax.methods.cxr_san:METHOD",
+    "cxrgazelearn": "gazejax.methods.cxrgazelearn:METHOD",
+    "gazat": "gazejax.methods.gazat:METHOD",
 }
 
 

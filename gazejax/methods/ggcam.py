@@ -109,9 +109,9 @@ def init_batch(config) -> dict[str, np.ndarray]:
     return {"image": np.zeros((1, *config.data.image_size, 1), np.float32)}
 
 
-def loss_fn(outputs: dict, batch: dict, params: Any, config) -> tuple[jnp.ndarray, dict]:
+def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tuple[jnp.ndarray, dict]:
     """plain: L_ce (Eq. 7). ggcam: Eq. 11 of L_ce and the selective MSE (Eq. 9-10) over images with gaze."""
-    del params
+    del params, stage
     labels, known = batch["label"], batch["label_mask"]
     ce = losses.softmax_ce(outputs["logits"], jnp.maximum(labels, 0), mask=known)
     if config.method == "plain":
@@ -262,7 +262,7 @@ def _interp_metrics(labels: np.ndarray, hits: np.ndarray) -> dict[str, float]:
     return out
 
 
-def evaluate(predict, split, config, out_dir: str | None = None) -> dict:
+def evaluate(predict, split, config, out_dir: str | None = None, stage=None) -> dict:
     """Metrics of one EvalSplit (see the module docstring); `out_dir` (test) also gets predictions.csv, and the
     result keeps one example per class for the report's Psi / Omega^Y overlays."""
     if split is None or len(split) == 0:

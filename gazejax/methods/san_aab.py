@@ -39,7 +39,7 @@ def init_batch(config) -> dict[str, np.ndarray]:
     return {"image": np.zeros((1,) + crop + (4,), np.float32)}
 
 
-def loss_fn(outputs: dict, batch: dict, params: Any, config) -> tuple[jnp.ndarray, dict]:
+def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tuple[jnp.ndarray, dict]:
     """Eq. 3 soft Dice on [ET, TC, WT] (+ deep supervision), Eq. 4 gaze BCE where gaze exists, survival CE."""
     w = config.loss
     seg = losses.soft_dice_loss(outputs["seg"], batch["target"])
@@ -119,7 +119,7 @@ def _slug(path: str) -> str:
     return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:12]
 
 
-def evaluate(predict, records, config, out_dir: str | None = None) -> dict:
+def evaluate(predict, records, config, out_dir: str | None = None, stage=None) -> dict:
     from gazejax import eval3d
     from gazejax.metrics import stats
 
