@@ -260,6 +260,9 @@ class Trainer:
         """Evaluates the validation split, logs it, and tracks the stage's best monitored value (early stopping)."""
         val = self.evaluate_split(state, data, "val", stage=stage)["metrics"]
         self.writer.write(global_step, {f"val/{k}": v for k, v in val.items()})
+        if self.config.get("track_test", False):  # per-evaluation test scores, for "mean of the best N epochs"
+            test = self.evaluate_split(state, data, "test", stage=stage)["metrics"]
+            self.writer.write(global_step, {f"test/{k}": v for k, v in test.items()})
         monitor = self._monitor(stage, {f"val/{k}": v for k, v in val.items()})
         best, bad = meta.get("best_monitor"), int(meta.get("bad_evals", 0))
         if monitor is not None:
