@@ -280,7 +280,7 @@ class Trainer:
         """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
         latest, meta = self._resume_point()
         variables = self.init_variables()
-        fresh = variables
+        fresh = jax.device_get(variables)  # host copy: a stage's first step donates its device buffers
         state = None
         preempt = PreemptionFlag().install()
         try:
