@@ -21,6 +21,8 @@ def add_engine_fields(c: ml_collections.ConfigDict) -> None:
     """Checkpointing, multi-process and profiling fields the trainer reads; identical for every method."""
     if "track_test" not in c:
         c.track_test = False                # also evaluate the test split at every validation (logged as test/*)
+    if "grad_accum_steps" not in c:
+        c.grad_accum_steps = 1              # micro-batches per optimiser step (same update, 1/k activation memory)
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.keep = 2                   # last N checkpoints (plus the best of each stage)
     c.checkpoint.every_steps = 0            # 0 = at every validation

@@ -67,6 +67,11 @@ class Trainer:
         self.config, self.workdir = config, workdir
         self.method = methods_lib.get(config.method_family)
         self.mesh = parallel.make_mesh(config.get("num_devices") or None)
+        self.grad_accum_steps = int(config.get("grad_accum_steps", 1) or 1)
+        per_device = config.batch_size // self.mesh.devices.size
+        if self.grad_accum_steps < 1 or per_device % self.grad_accum_steps:
+            raise ValueError(f"grad_accum_steps={self.grad_accum_steps} must divide the per-device batch "
+                             f"{per_device} (batch_size {config.batch_size} over {self.mesh.devices.size} devices)")
         self.model = self.method.build_model(config)
         self.stages = self.method.stages(config)
         self.ckpt = Checkpointer(workdir, keep_last=config.checkpoint.keep,
@@ -102,24 +107,50 @@ class Trainer:
 
     # ---- steps -------------------------------------------------------------------------------------------
     def make_train_step(self, tx, stage=None) -> Callable:
+        """The jitted step `(state, batch) -> (state, metrics)`. With `config.grad_accum_steps = k > 1` the batch is
+        cut into k interleaved micro-batches whose gradients are averaged in a `lax.scan` (one optimiser update,
+        1/k of the activation memory); equal to the full batch for losses that are per-example means, not for
+        batch-coupled ones (contrastive losses, BatchNorm statistics, which run sequentially per micro-batch)."""
         model, method, config = self.model, self.method, self.config
+        accum = self.grad_accum_steps
+        micro_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
+
+        def grads_of(params, collections, batch, dropout_rng):
+            mutable = list(collections.keys())
+
+            def loss_of(params):
+                variables = {"params": params, **collections}
+                out = model.apply(variables, *method.model_inputs(batch), train=True,
+                                  mutable=mutable or False, rngs={"dropout": dropout_rng})
+                outputs, new_collections = out if mutable else (out, collections)
+                loss, metrics = method.loss_fn(outputs, batch, params, config, stage=stage)
+                return loss, (dict(metrics, loss=loss), new_collections)
+
+            (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+            return grads, aux
+
+        def micro_batches(x):  # [B, ...] -> [k, B / k, ...], micro-batch i = rows i, i + k, ... (device-local)
+            y = jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
+            return jax.lax.with_sharding_constraint(y, micro_sharding)
 
         def train_step(state: TrainState, batch: dict):
             rng, dropout_rng = jax.random.split(state.rng)
-            mutable = list(state.collections.keys())
+            if accum == 1:
+                grads, (metrics, new_collections) = grads_of(state.params, state.collections, batch, dropout_rng)
+            else:
+                def body(carry, xs):
+                    grad_sum, collections = carry
+                    grads, (metrics, collections) = grads_of(state.params, collections, *xs)
+                    return (jax.tree.map(jnp.add, grad_sum, grads), collections), metrics
 
-            def loss_of(params):
-                variables = {"params": params, **state.collections}
-                out = model.apply(variables, *method.model_inputs(batch), train=True,
-                                  mutable=mutable or False, rngs={"dropout": dropout_rng})
-                outputs, new_collections = out if mutable else (out, {})
-                loss, metrics = method.loss_fn(outputs, batch, params, config, stage=stage)
-                return loss, (metrics, new_collections)
-
-            (loss, (metrics, new_collections)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+                init = (jax.tree.map(jnp.zeros_like, state.params), state.collections)
+                xs = (jax.tree.map(micro_batches, batch), jax.random.split(dropout_rng, accum))
+                (grad_sum, new_collections), per_micro = jax.lax.scan(body, init, xs)
+                grads = jax.tree.map(lambda g: g / accum, grad_sum)
+                metrics = jax.tree.map(lambda m: m.mean(0), per_micro)
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
-            metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+            metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
             new_state = state.replace(step=state.step + 1, params=params, collections=new_collections,
                                       opt_state=opt_state, rng=rng)
             return new_state, metrics

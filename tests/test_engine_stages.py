@@ -104,3 +104,21 @@ def test_init_from_must_name_an_earlier_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(train.methods_lib, "get", lambda name: Method(**{**method.__dict__, "stages": bad}))
     with pytest.raises(ValueError, match="init_from='later' names no earlier stage"):
         train.train_and_evaluate(_config(), str(tmp_path))
+
+
+def test_grad_accumulation_equals_the_full_batch(tmp_path, monkeypatch):
+    """k micro-batches of a per-example-mean loss give the full batch's gradient, hence the same weights."""
+    method = _make_method({})
+    one = lambda config: [Stage("a", epochs=2, evaluate=True)]
+    monkeypatch.setattr(train.methods_lib, "get", lambda name: Method(**{**method.__dict__, "stages": one}))
+    weights = {}
+    for k in (1, 4):
+        cfg = _config()
+        cfg.grad_accum_steps = k
+        weights[k] = train.train_and_evaluate(cfg, str(tmp_path / f"k{k}"))["stages"]["a"]["weights"]
+    assert not np.allclose(weights[1], 0.0)
+    np.testing.assert_allclose(weights[4], weights[1], rtol=1e-5, atol=1e-6)
+    cfg = _config()
+    cfg.grad_accum_steps = 3
+    with pytest.raises(ValueError, match="grad_accum_steps=3 must divide the per-device batch 8"):
+        train.train_and_evaluate(cfg, str(tmp_path / "k3"))
