@@ -21,6 +21,8 @@ def add_engine_fields(c: ml_collections.ConfigDict) -> None:
     """Checkpointing, multi-process and profiling fields the trainer reads; identical for every method."""
     if "track_test" not in c:
         c.track_test = False                # also evaluate the test split at every validation (logged as test/*)
+    if "remat" not in c:
+        c.remat = False                     # per-block rematerialisation (EquiUnet, ResNet, EfficientNet blocks)
     if "grad_accum_steps" not in c:
         c.grad_accum_steps = 1              # micro-batches per optimiser step (same update, 1/k activation memory)
     c.checkpoint = ml_collections.ConfigDict()

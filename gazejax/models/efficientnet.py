@@ -125,11 +125,13 @@ class EfficientNetStage(nn.Module):
     sd_probs: Sequence[float]
     eps: float = 1e-5
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        block = nn.remat(MBConv, static_argnums=(2,)) if self.remat else MBConv
         for j, sd_prob in enumerate(self.sd_probs):
-            x = MBConv(self.kind, self.expand_ratio, self.kernel, self.stride if j == 0 else 1, self.out, sd_prob,
+            x = block(self.kind, self.expand_ratio, self.kernel, self.stride if j == 0 else 1, self.out, sd_prob,
                        self.eps, self.dtype, name=str(j))(x, train)
         return x
 
@@ -142,6 +144,7 @@ class EfficientNetFeatures(nn.Module):
     stochastic_depth_prob: float
     eps: float
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
@@ -153,8 +156,8 @@ class EfficientNetFeatures(nn.Module):
             # Stochastic depth grows linearly with the block index over the whole network (torchvision).
             probs = [self.stochastic_depth_prob * (block_id + j) / total for j in range(layers)]
             block_id += layers
-            x = EfficientNetStage(kind, ratio, kernel, s, out, probs, self.eps, self.dtype, name=str(i + 1))(
-                x, train)
+            x = EfficientNetStage(kind, ratio, kernel, s, out, probs, self.eps, self.dtype, self.remat,
+                                  name=str(i + 1))(x, train)
             stride *= s
             feats[f"stride{stride}"] = x
         x = ConvNormAct(self.last_channel, 1, activation=nn.silu, eps=self.eps, dtype=self.dtype,
@@ -175,6 +178,7 @@ class EfficientNet(nn.Module):
       num_classes: classes of the `classifier` head; 0 = no head (logits None).
       in_channels / stem_mode: see backbone_utils.prepare_input.
       dtype: computation dtype (parameters stay float32).
+      remat: recompute each (Fused-)MBConv block's activations in the backward pass instead of storing them.
     """
 
     stages: Sequence[tuple] = B0_STAGES
@@ -188,6 +192,7 @@ class EfficientNet(nn.Module):
     in_channels: int = 3
     stem_mode: str = "repeat"
     dtype: Any = jnp.float32
+    remat: bool = False
 
     def scaled_stages(self) -> tuple:
         """The stage table after width/depth scaling."""
@@ -203,7 +208,7 @@ class EfficientNet(nn.Module):
         stages = self.scaled_stages()
         last = self.last_channel if self.last_channel is not None else 4 * stages[-1][5]
         x, feats = EfficientNetFeatures(stages, last, self.stochastic_depth_prob, self.bn_eps, self.dtype,
-                                        name="features")(x, train)
+                                        self.remat, name="features")(x, train)
         pooled = global_avg_pool(x)
         logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype, self.dropout, train)
         return outputs(logits, feats, pooled)

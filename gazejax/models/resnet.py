@@ -91,11 +91,13 @@ class ResNetStage(nn.Module):
     num_blocks: int
     stride: int
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        block = nn.remat(_BLOCKS[self.block], static_argnums=(2,)) if self.remat else _BLOCKS[self.block]
         for j in range(self.num_blocks):
-            x = _BLOCKS[self.block](self.planes, self.stride if j == 0 else 1, self.dtype, name=str(j))(x, train)
+            x = block(self.planes, self.stride if j == 0 else 1, self.dtype, name=str(j))(x, train)
         return x
 
 
@@ -110,6 +112,7 @@ class ResNet(nn.Module):
         1-channel conv1 (see backbone_utils.prepare_input).
       width: base width (64 in torchvision); stage i has width * 2**i planes. Small values give tiny test nets.
       dtype: computation dtype (parameters stay float32).
+      remat: recompute each residual block's activations in the backward pass instead of storing them.
     """
 
     block: str = "basic"
@@ -119,6 +122,7 @@ class ResNet(nn.Module):
     stem_mode: str = "repeat"
     width: int = 64
     dtype: Any = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
@@ -131,7 +135,7 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, num_blocks in enumerate(self.stage_sizes):
             x = ResNetStage(self.block, self.width * 2**i, num_blocks, 1 if i == 0 else 2, self.dtype,
-                            name=f"layer{i + 1}")(x, train)
+                            self.remat, name=f"layer{i + 1}")(x, train)
             features[f"layer{i + 1}"] = x
         pooled = global_avg_pool(x)
         logits = classifier_head(pooled, self.num_classes, "fc", self.dtype)

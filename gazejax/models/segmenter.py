@@ -91,6 +91,7 @@ class GazeSegmenter(nn.Module):
     dtype: Dtype = jnp.float32
     backbone: str = "equiunet"
     norm: str | None = None
+    remat: bool = False  # per-block rematerialisation of the EquiUnet encoder/decoder (memory for compute)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
@@ -132,6 +133,8 @@ class GazeSegmenter(nn.Module):
         if self.method == "cbam" and self.backbone != "equiunet":
             raise ValueError(f"segmenter.py: method 'cbam' is Att_EquiUnet and needs backbone 'equiunet', "
                              f"not {self.backbone!r}")
+        if self.remat and self.backbone != "equiunet":
+            raise ValueError(f"segmenter.py: remat is implemented for the equiunet backbone, not {self.backbone!r}")
         if self.norm is not None and self.backbone != "dmfnet":
             raise ValueError(f"segmenter.py: norm={self.norm!r} is only configurable for backbone 'dmfnet'")
         multiple = _BACKBONE_MULTIPLE[self.backbone]
@@ -155,7 +158,8 @@ class GazeSegmenter(nn.Module):
         if self.method == "cbam":
             return (CBAMEquiUnetEncoder(w, dtype=dt, name="encoder"),
                     CBAMEquiUnetDecoder(k, w, deep, dt, name="decoder"))
-        return EquiUnetEncoder(w, dt, name="encoder"), EquiUnetDecoder(k, w, deep, dt, name="decoder")
+        return (EquiUnetEncoder(w, dt, self.remat, name="encoder"),
+                EquiUnetDecoder(k, w, deep, dt, self.remat, name="decoder"))
 
     @staticmethod
     def _to_gaze_grid(logits: jax.Array, x: jax.Array) -> jax.Array:

@@ -20,6 +20,11 @@ Dtype = Any
 DOWNSAMPLING = 8  # three max-pools of 2 between encoder levels
 
 
+def ublock(remat: bool) -> type[nn.Module]:
+    """UBlock, or UBlock under `nn.remat` (its activations recomputed in the backward pass instead of stored)."""
+    return nn.remat(UBlock) if remat else UBlock
+
+
 def check_spatial(x: jax.Array, multiple: int, where: str) -> None:
     """Raises a one-line ValueError unless `x` is `[B, *S, C]` with 2 or 3 spatial axes divisible by `multiple`."""
     if x.ndim not in (4, 5):
@@ -37,6 +42,7 @@ class EquiUnetEncoder(nn.Module):
 
     width: int = 48
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
@@ -47,7 +53,7 @@ class EquiUnetEncoder(nn.Module):
             if level:
                 x = max_pool(x, 2)
             w = self.width * 2**level
-            x = UBlock(w, w, dtype=self.dtype, name=f"encoder{level + 1}")(x)
+            x = ublock(self.remat)(w, w, dtype=self.dtype, name=f"encoder{level + 1}")(x)
             features.append(x)
         batch, spatial = x.shape[0], x.shape[1:-1]
         chex.assert_shape(features[-1], (batch, *spatial, 8 * self.width))
@@ -75,12 +81,13 @@ class EquiUnetDecoder(nn.Module):
     width: int = 48
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, features: tuple[jax.Array, ...], train: bool = False) -> DecoderOutput:
         del train
         e1, e2, e3, e4 = features
-        w = self.width
+        w, UBlock = self.width, ublock(self.remat)  # noqa: N806 (a module class)
         chex.assert_rank([e1, e2, e3, e4], e1.ndim)
         chex.assert_axis_dimension(e4, -1, 8 * w)
         bottom = UBlock(8 * w, 8 * w, dilation=2, dtype=self.dtype, name="bottom")(e4)
@@ -116,13 +123,14 @@ class EquiUnet(nn.Module):
     in_channels: int = 4
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
         check_spatial(x, DOWNSAMPLING, "unet3d.py EquiUnet")
         chex.assert_axis_dimension(x, -1, self.in_channels)
-        features = EquiUnetEncoder(self.width, self.dtype, name="encoder")(x, train)
+        features = EquiUnetEncoder(self.width, self.dtype, self.remat, name="encoder")(x, train)
         out = EquiUnetDecoder(
-            self.num_classes, self.width, self.deep_supervision, self.dtype, name="decoder"
+            self.num_classes, self.width, self.deep_supervision, self.dtype, self.remat, name="decoder"
         )(features, train)
         return {"seg": out.seg, "deep": out.deep}
