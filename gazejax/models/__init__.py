@@ -24,6 +24,11 @@ _REGISTRY: dict[str, str] = {
     "mobilenet_v2": "gazejax.models.mobilenet:mobilenet_v2",
     "vit_b_16": "gazejax.models.vit:vit_b_16",
     "ggcam": "gazejax.models.cam:GGCAMModel",  # 2D backbone + CAM layer + 3 scalars (GG-CAM, Zhu et al.)
+    # CXRGazeLearn (Qiu et al.) and its baselines
+    "saliency_unet": "gazejax.models.saliency_unet:SaliencyUNet",  # Res_SE-UNet / UNet_S
+    "mt_unet": "gazejax.models.saliency_unet:MTUNet",
+    "densenet_encoder": "gazejax.models.saliency_unet:DenseNetEncoder",  # DNet201(-CL)
+    "cxrgazelearn": "gazejax.models.saliency_unet:CXRGazeLearnNet",
 }
 
 

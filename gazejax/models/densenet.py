@@ -10,9 +10,14 @@ to one and `densenet201(num_classes=1000)` has exactly torchvision's 20,013,928 
 - "denseblock1":   [B, H/4, W/4, c1]           (c1 = num_init_features + n1 * growth_rate; 256 for DN-201)
 - "transition1":   [B, H/8, W/8, c1 // 2]      (norm, relu, 1x1 conv, 2x2 average pool)
 - "denseblock2", "transition2" ([B, H/16, W/16, .]), "denseblock3", "transition3" ([B, H/32, W/32, .])
-- "denseblock4":   [B, H/32, W/32, C]          (C = 1920 for DenseNet-201; CXRGazeLearn's decoder input)
+- "denseblock4":   [B, H/32, W/32, C]          (C = 1920 for DenseNet-201; CXRGazeLearn's reference-code cut)
 - "norm5":         norm5(denseblock4), [B, H/32, W/32, C], before the final ReLU
 "pooled" is the global average of relu(norm5), the classifier input.
+
+`cut` stops the network after one of those features (CXRGazeLearn's encoder is "all layers before the last dense
+block", `cut="transition3"`, [B, H/32, W/32, 896] for DenseNet-201): the later layers are not built, "features"
+ends at the cut, "pooled" is the global average of the cut feature and there is no classifier. `cut=""` (default)
+or "norm5" is the whole torchvision network.
 """
 from __future__ import annotations
 
@@ -75,8 +80,21 @@ class Transition(nn.Module):
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def cut_points(block_config: Sequence[int]) -> tuple[str, ...]:
+    """The feature names a DenseNet with `block_config` can stop after, in network order."""
+    names = ["stem"]
+    for i in range(len(block_config)):
+        names.append(f"denseblock{i + 1}")
+        if i != len(block_config) - 1:
+            names.append(f"transition{i + 1}")
+    return tuple(names + ["norm5"])
+
+
 class DenseNetFeatures(nn.Module):
-    """torchvision's `features` Sequential; returns (norm5 output, dict of intermediate maps)."""
+    """torchvision's `features` Sequential; returns (last map, dict of intermediate maps).
+
+    The last map is norm5's output, or the `cut` feature's (see the module docstring) when `cut` is set.
+    """
 
     growth_rate: int
     block_config: Sequence[int]
@@ -84,22 +102,35 @@ class DenseNetFeatures(nn.Module):
     bn_size: int
     drop_rate: float
     dtype: Any = jnp.float32
+    cut: str = ""
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
+        if self.cut and self.cut not in cut_points(self.block_config):
+            raise ValueError(f"densenet.py: cut {self.cut!r} is not a feature of this DenseNet; choose one of "
+                             f"{', '.join(cut_points(self.block_config))}")
+        feats: dict = {}
+
+        def keep(name: str, value: jnp.ndarray) -> bool:  # stores a feature; True at the cut point
+            feats[name] = value
+            return name == self.cut
+
         x = torch_conv(self.num_init_features, 7, 2, dtype=self.dtype, name="conv0")(x)
         x = nn.relu(batch_norm(train, self.dtype, name="norm0")(x))
-        feats = {"stem": x}
+        if keep("stem", x):
+            return x, feats
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, num_layers in enumerate(self.block_config):
             x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
                            name=f"denseblock{i + 1}")(x, train)
-            feats[f"denseblock{i + 1}"] = x
+            if keep(f"denseblock{i + 1}", x):
+                return x, feats
             if i != len(self.block_config) - 1:
                 x = Transition(x.shape[-1] // 2, self.dtype, name=f"transition{i + 1}")(x, train)
-                feats[f"transition{i + 1}"] = x
+                if keep(f"transition{i + 1}", x):
+                    return x, feats
         x = batch_norm(train, self.dtype, name="norm5")(x)
-        feats["norm5"] = x
+        keep("norm5", x)
         return x, feats
 
 
@@ -112,6 +143,7 @@ class DenseNet(nn.Module):
       num_classes: classes of the `classifier` head; 0 = no head (logits None).
       in_channels / stem_mode: see backbone_utils.prepare_input.
       dtype: computation dtype (parameters stay float32).
+      cut: stop after this feature (module docstring); "" or "norm5" = the whole network.
     """
 
     growth_rate: int = 32
@@ -123,13 +155,17 @@ class DenseNet(nn.Module):
     in_channels: int = 3
     stem_mode: str = "repeat"
     dtype: Any = jnp.float32
+    cut: str = ""
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
+        partial = self.cut not in ("", "norm5")
+        if partial and self.num_classes > 0:
+            raise ValueError(f"densenet.py: a DenseNet cut at {self.cut!r} has no classifier; pass num_classes=0")
         x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
         x, feats = DenseNetFeatures(self.growth_rate, tuple(self.block_config), self.num_init_features,
-                                    self.bn_size, self.drop_rate, self.dtype, name="features")(x, train)
-        pooled = global_avg_pool(nn.relu(x))
+                                    self.bn_size, self.drop_rate, self.dtype, cut=self.cut, name="features")(x, train)
+        pooled = global_avg_pool(x if partial else nn.relu(x))
         logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype)
         return outputs(logits, feats, pooled)
 
