@@ -26,7 +26,10 @@ setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-learn>=1.4", "pydicom-data"],
-        "tfds": ["tensorflow-datasets>=4.9", "array-record>=0.5"],
+        # tfds: array_record data sets through tfds.data_source, without TensorFlow; importlib_resources is needed
+        # by tfds for builders defined in a package but not declared by it
+        "tfds": ["tensorflow-datasets>=4.9", "array-record>=0.5", "importlib_resources"],
+        "test": ["pytest>=8", "scikit-learn>=1.4", "pydicom-data",
+                 "tensorflow-datasets>=4.9", "array-record>=0.5", "importlib_resources"],
     },
 )

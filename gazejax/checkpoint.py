@@ -2,7 +2,9 @@
 
 One CheckpointManager in `<workdir>/checkpoints` keeps the last N steps plus, for every stage, the step with the
 best value of that stage's monitored validation metric. Saves are asynchronous and atomic (Orbax writes into a
-temporary directory and renames), so a killed run never leaves a half-written checkpoint behind.
+temporary directory and renames), so a killed run never leaves a half-written checkpoint behind. In a multi-process
+run every process calls save/restore (they are collectives): each writes the array shards it holds, process 0 the
+JSON items and the commit marker, so `workdir` must be one folder every host sees (NFS, Filestore, a gcsfuse mount).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any, Sequence
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
+
+from gazejax import parallel
 
 MONITOR_KEY = "_monitor"  # sign-adjusted monitored metric (higher is better)
 STAGE_KEY = "_stage"
@@ -109,7 +113,7 @@ def abstract_like(tree: Any) -> Any:
 
 
 class PreemptionFlag:
-    """Set by SIGTERM/SIGINT so the training loop can save a checkpoint and exit cleanly."""
+    """Set by SIGTERM so the training loop can save a checkpoint and exit cleanly (on every process together)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
@@ -131,7 +135,9 @@ class PreemptionFlag:
 
     @property
     def raised(self) -> bool:
-        return self._event.is_set()
+        """Whether any process got the signal. Multi-process, this is a collective (every process reads it at the
+        same step): a process that saved alone would wait forever in Orbax's collective save."""
+        return parallel.any_process(self._event.is_set())
 
     def set(self) -> None:
         self._event.set()

@@ -21,6 +21,9 @@ def add_engine_fields(c: ml_collections.ConfigDict) -> None:
     """Checkpointing, multi-process and profiling fields the trainer reads; identical for every method."""
     if "track_test" not in c:
         c.track_test = False                # also evaluate the test split at every validation (logged as test/*)
+    if "data" in c and "source" not in c.data:
+        c.data.source = "files"             # files = the data set's own folders | tfds = array_record via tfds
+        c.data.tfds_dir = ""                # TFDS data_dir; "" = <cache>/tfds, built from data.root on first use
     if "remat" not in c:
         c.remat = False                     # per-block rematerialisation (EquiUnet, ResNet, EfficientNet blocks)
     if "grad_accum_steps" not in c:

@@ -1,10 +1,12 @@
 """Run logs: TensorBoard event files (tensorboardX, no TensorFlow), a JSON-lines metrics file, a progress bar.
 
-Only process 0 writes; other processes get no-op writers so call sites need no `if process_index == 0`.
+Only process 0 writes; other processes get no-op writers so call sites need no `if process_index == 0`, and
+`quiet_other_processes` keeps their Python INFO lines off the terminal (each would repeat once per host).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -54,6 +56,12 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def quiet_other_processes(logger_name: str = "gazejax") -> None:
+    """On every process but 0, lowers `logger_name` to warnings and errors (call after jax.distributed starts)."""
+    if jax.process_index() != 0:
+        logging.getLogger(logger_name).setLevel(logging.WARNING)
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -35,9 +35,10 @@ def main(argv) -> int:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/brats.py")
-    from gazejax import parallel, train
+    from gazejax import logs, parallel, train
 
     parallel.maybe_initialize_distributed(config)
+    logs.quiet_other_processes()  # INFO lines from process 0 only
     workdir = _WORKDIR.value or default_workdir(config)
     print(f"workdir: {os.path.abspath(workdir)}", flush=True)
     try:

@@ -16,23 +16,55 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed(config: Any | None = None) -> None:
-    """Calls `jax.distributed.initialize()` when a multi-process run is configured.
+def maybe_initialize_distributed(config: Any | None = None) -> bool:
+    """Calls `jax.distributed.initialize()` when a multi-process run is configured; True if it did.
 
-    TPU pods and SLURM are detected by JAX itself (`config.distributed.auto=True`); local multi-process runs pass a
-    coordinator address, process count and id through the config or the GAZEJAX_COORDINATOR / GAZEJAX_NUM_PROCESSES /
-    GAZEJAX_PROCESS_ID environment variables. A single-process run does nothing.
+    Must run before anything touches a JAX device. Two ways to configure it:
+    - explicit (local multi-process runs, `launch/local_multiprocess.sh`): `config.distributed.coordinator`
+      ("host:port" of process 0), `num_processes`, `process_id`, or the GAZEJAX_COORDINATOR /
+      GAZEJAX_NUM_PROCESSES / GAZEJAX_PROCESS_ID environment variables (the environment wins, so one config serves
+      every process);
+    - automatic (`config.distributed.auto=True` or GAZEJAX_DISTRIBUTED_AUTO=1): JAX reads the cluster's own
+      environment: Cloud TPU pod metadata, SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_STEP_NODELIST, ...), Open MPI.
+    GAZEJAX_LOCAL_DEVICE_IDS ("0,1,2,3") or `config.distributed.local_device_ids` pins this process's devices; on
+    SLURM JAX otherwise gives each task only GPU SLURM_LOCALID, right for one task per GPU, so a one-task-per-node
+    job must list the node's GPUs. A single-process run, or an already initialised one, does nothing.
     """
     dist = getattr(config, "distributed", None) if config is not None else None
-    coordinator = (dist.get("coordinator", "") if dist else "") or os.environ.get("GAZEJAX_COORDINATOR", "")
-    num = int((dist.get("num_processes", 0) if dist else 0) or os.environ.get("GAZEJAX_NUM_PROCESSES", 0))
-    pid = (dist.get("process_id", -1) if dist else -1)
-    pid = int(os.environ.get("GAZEJAX_PROCESS_ID", pid))
-    auto = bool(dist.get("auto", False)) if dist else False
+    get = (lambda key, default: dist.get(key, default)) if dist is not None else (lambda key, default: default)
+    coordinator = os.environ.get("GAZEJAX_COORDINATOR", "") or get("coordinator", "")
+    num = int(os.environ.get("GAZEJAX_NUM_PROCESSES", "") or get("num_processes", 0) or 0)
+    pid = int(os.environ.get("GAZEJAX_PROCESS_ID", "") or get("process_id", -1))
+    auto = os.environ.get("GAZEJAX_DISTRIBUTED_AUTO", "").lower() in ("1", "true", "yes") or bool(get("auto", False))
+    local_ids = os.environ.get("GAZEJAX_LOCAL_DEVICE_IDS", "") or str(get("local_device_ids", "") or "")
+    devices = [int(i) for i in local_ids.split(",") if i.strip()] or None
+    if jax.distributed.is_initialized() or not ((coordinator and num > 1) or auto):
+        return False
+    if getattr(jax.config, "jax_cpu_collectives_implementation", "gloo") in (None, "none"):  # CPU cross-process
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator and num > 1:
-        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
-    elif auto:
-        jax.distributed.initialize()
+        if not 0 <= pid < num:
+            raise ValueError(f"distributed: process_id must be in [0, {num}) for {num} processes, got {pid} "
+                             f"(set GAZEJAX_PROCESS_ID or config.distributed.process_id)")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid,
+                                   local_device_ids=devices)
+    else:
+        jax.distributed.initialize(local_device_ids=devices)
+    return True
+
+
+def is_primary() -> bool:
+    """True on process 0, the one process that writes logs, reports and other shared files."""
+    return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """True if `flag` is True on any process (a collective: every process must call it at the same point)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

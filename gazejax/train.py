@@ -77,7 +77,9 @@ class Trainer:
         self.ckpt = Checkpointer(workdir, keep_last=config.checkpoint.keep,
                                  async_save=config.checkpoint.get("async_save", True))
         self.writer = MetricWriter(workdir)
-        self._predict_jit = jax.jit(lambda variables, *inputs: self.model.apply(variables, *inputs, train=False))
+        # outputs replicated: every process of a multi-host run can then read the whole prediction
+        self._predict_jit = jax.jit(lambda variables, *inputs: self.model.apply(variables, *inputs, train=False),
+                                    out_shardings=parallel.replicated(self.mesh))
 
     def close(self) -> None:
         """Waits for pending checkpoint writes and closes the log files."""
@@ -183,9 +185,9 @@ class Trainer:
         local_bs = parallel.local_batch_size(cfg.batch_size, self.mesh)
         train, _, augment = data.train_set(stage.train_set)
         ds = train.shuffle(seed=cfg.seed).repeat(stage.epochs)
-        ds = ds[jax.process_index()::jax.process_count()]
-        if augment is not None:
+        if augment is not None:  # seeded by the global index, before sharding: the same for any process count
             ds = ds.seed(cfg.seed + 7).random_map(augment)
+        ds = ds[jax.process_index()::jax.process_count()]
         ds = ds.batch(local_bs, drop_remainder=True)
         read = grain.ReadOptions(num_threads=cfg.data.get("num_threads", 2),
                                  prefetch_buffer_size=cfg.data.get("prefetch", 2))
@@ -271,12 +273,13 @@ class Trainer:
             bad_evals = int(meta.get("bad_evals", 0))
             stop_early = stage.early_stop_patience > 0 and bad_evals >= stage.early_stop_patience
             finished = done == total or stop_early
-            if finished or monitor is not None or done % ckpt_every == 0 or preempt.raised:
+            stop = preempt.raised  # read once per step; a collective when there are several processes
+            if finished or monitor is not None or done % ckpt_every == 0 or stop:
                 meta["finished_stage"] = finished
                 # "monitor" is set only on the checkpoint whose validation produced it (best_step reads it)
                 self.ckpt.save(global_step, state, it.get_state(), dict(meta, monitor=monitor), monitor=monitor,
                                force=True)
-            if preempt.raised:
+            if stop:
                 self.ckpt.wait()
                 raise Preempted(f"stopped by SIGTERM at step {global_step}; checkpoint saved, rerun to resume")
             if stop_early:
@@ -392,7 +395,8 @@ def evaluate_only(config, workdir: str) -> dict:
 
 def finish(trainer: Trainer, state: TrainState, data) -> dict:
     out_dir = os.path.join(trainer.workdir, "predictions")
-    results = {split: trainer.evaluate_split(state, data, split, out_dir if split == "test" else None)
+    write = jax.process_index() == 0  # every process evaluates (predict is collective); host 0 writes files
+    results = {split: trainer.evaluate_split(state, data, split, out_dir if split == "test" and write else None)
                for split in ("val", "test")}
     variables = {"params": state.params, **state.collections}
     results["stages"] = {stage.name: trainer.evaluate_split(trainer.stage_state(i, variables), data, "test",

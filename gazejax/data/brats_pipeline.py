@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,40 @@ def _gaze_norm(points, weights, crop_shape, sigma) -> float:
     return float(gaze_lib.render_gaussians(points, weights, sigma, frame, grid, normalize=None).max())
 
 
+def preprocess_case(case_dir: str) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Reads one case, crops it to its non-zero box and normalises intensities (open_brats2020).
+
+    Returns (image float32 [x, y, z, 4], seg uint8 [x, y, z] or None, meta) with meta = {"bbox" [[x0, x1], ...],
+    "shape" (original X, Y, Z), "affine" [4][4], "spacing" [3], "has_seg", "crop_shape"}: what both the npy cache
+    and the TFDS builder (`gazejax.data.tfds.brats2020`) store, so the two sources give identical examples.
+    """
+    case = brats.read_case(case_dir)
+    image, seg, bbox = transforms3d.crop_to_nonzero(case["image"], case["seg"])
+    if case["seg"] is not None and int((case["seg"] > 0).sum()) != int((seg > 0).sum()):
+        raise brats.DataError(f"{case['case_id']}: tumour labels lie outside the non-zero brain box")
+    image = transforms3d.normalize_intensity(image).astype(np.float32)
+    meta = {"bbox": [list(map(int, b)) for b in bbox], "shape": list(case["image"].shape[:3]),
+            "affine": np.asarray(case["affine"]).tolist(), "spacing": list(map(float, case["spacing"])),
+            "has_seg": seg is not None, "crop_shape": list(image.shape[:3])}
+    return image, None if seg is None else seg.astype(np.uint8), meta
+
+
+def make_record(case_id: str, meta: dict, fixations: brats.Fixations | None, readers: str, sigma: float,
+                survival_class: int, cache_dir: str, cls: type | None = None, **extra: Any) -> CaseRecord:
+    """A CaseRecord (or subclass `cls` with `extra` fields) from `preprocess_case`'s meta and the case's fixations
+    (original voxel coordinates, all readers; `readers` selects expert / non_expert / all)."""
+    points, weights = np.zeros((0, 3)), np.zeros((0,))
+    if fixations is not None:
+        fix = brats.select_readers(fixations, readers)
+        start = np.array([b[0] for b in meta["bbox"]], np.float64)
+        points, weights = fix.points - start, np.asarray(fix.duration_s, np.float64)
+    return (cls or CaseRecord)(
+        case_id=case_id, cache_dir=cache_dir, bbox=tuple(tuple(b) for b in meta["bbox"]), shape=tuple(meta["shape"]),
+        affine=np.asarray(meta["affine"]), spacing=tuple(meta["spacing"]), has_seg=meta["has_seg"], points=points,
+        weights=weights, gaze_norm=_gaze_norm(points, weights, tuple(meta["crop_shape"]), sigma),
+        survival_class=int(survival_class), **extra)
+
+
 def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: str, sigma: float,
                  survival: dict) -> CaseRecord:
     """Reads, crops, normalises and caches one case (reusing the cache when the source files are unchanged)."""
@@ -93,37 +128,35 @@ def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: 
         if meta.get("key") != key:
             meta = None
     if meta is None:
-        case = brats.read_case(case_dir)
-        image, seg, bbox = transforms3d.crop_to_nonzero(case["image"], case["seg"])
-        if case["seg"] is not None and int((case["seg"] > 0).sum()) != int((seg > 0).sum()):
-            raise brats.DataError(f"{case_id}: tumour labels lie outside the non-zero brain box")
-        image = transforms3d.normalize_intensity(image).astype(np.float32)
+        image, seg, meta = preprocess_case(case_dir)
+        meta["key"] = key
         _atomic_save(os.path.join(cache_dir, f"{case_id}_image.npy"), image)
         if seg is not None:
-            _atomic_save(os.path.join(cache_dir, f"{case_id}_seg.npy"), seg.astype(np.uint8))
-        meta = {"key": key, "bbox": [list(map(int, b)) for b in bbox], "shape": list(case["image"].shape[:3]),
-                "affine": np.asarray(case["affine"]).tolist(), "spacing": list(map(float, case["spacing"])),
-                "has_seg": seg is not None, "crop_shape": list(image.shape[:3])}
-        tmp = meta_path + ".tmp"
-        with open(tmp, "w") as f:
+            _atomic_save(os.path.join(cache_dir, f"{case_id}_seg.npy"), seg)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp.json")
+        with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
         os.replace(tmp, meta_path)
-    points, weights = np.zeros((0, 3)), np.zeros((0,))
-    if gaze_file:
-        fix = brats.select_readers(brats.read_fixations(gaze_file), readers)
-        start = np.array([b[0] for b in meta["bbox"]], np.float64)
-        points, weights = fix.points - start, np.asarray(fix.duration_s, np.float64)
-    info = survival.get(case_id, {})
-    return CaseRecord(case_id=case_id, cache_dir=cache_dir, bbox=tuple(tuple(b) for b in meta["bbox"]),
-                      shape=tuple(meta["shape"]), affine=np.asarray(meta["affine"]), spacing=tuple(meta["spacing"]),
-                      has_seg=meta["has_seg"], points=points, weights=weights,
-                      gaze_norm=_gaze_norm(points, weights, tuple(meta["crop_shape"]), sigma),
-                      survival_class=int(info.get("survival_class", -1)))
+    fixations = brats.read_fixations(gaze_file) if gaze_file else None
+    survival_class = survival.get(case_id, {}).get("survival_class", -1)
+    return make_record(case_id, meta, fixations, readers, sigma, survival_class, cache_dir)
+
+
+def tfds_records(root: str, data_dir: str, readers: str, sigma: float, split: str = "train") -> list[CaseRecord]:
+    """The cases of the TFDS `brats2020` data set in `data_dir` (`config.data.source="tfds"`), built there from the
+    BraTS folder `root` first if it is not yet; records read their arrays from the array_record files (random
+    access) and give the same training examples as `prepare_case`'s cache. Needs tensorflow-datasets, not TF."""
+    from gazejax.data.tfds import brats2020
+
+    return brats2020.case_records(data_dir, root, readers, sigma, split=split)
 
 
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    tmp = path + ".tmp.npy"
-    np.save(tmp, array)
+    """np.save through a unique temp file + rename: processes of a multi-host run sharing one cache folder may
+    prepare the same case at once, and each must only ever see a whole file."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npy")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
     os.replace(tmp, path)
 
 

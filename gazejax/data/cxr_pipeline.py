@@ -386,9 +386,14 @@ def make_data_bundle(config, process_index: int = 0, process_count: int = 1) -> 
     cache = d.cache_dir or os.path.join(os.path.expanduser("~/.cache/gazejax"), "cxr_" + hashlib.sha1(
         os.path.abspath(root).encode()).hexdigest()[:12])
     reader = _get(d, "reader", {})
-    records = prepare_records(d.dataset, root, mimic_root, cache, tuple(d.image_size), label_set=d.label_set,
-                              label_policy=d.label_policy or None,
-                              reader_options=reader.to_dict() if hasattr(reader, "to_dict") else dict(reader))
+    load, store = prepare_records, cache
+    if _get(d, "source", "files") == "tfds":  # the TFDS data set (built from root on first use) replaces the cache
+        from gazejax.data.tfds import cxr as tfds_cxr
+
+        load, store = tfds_cxr.prepare_records, _get(d, "tfds_dir", "") or os.path.join(cache, "tfds")
+    records = load(d.dataset, root, mimic_root, store, tuple(d.image_size), label_set=d.label_set,
+                   label_policy=d.label_policy or None,
+                   reader_options=reader.to_dict() if hasattr(reader, "to_dict") else dict(reader))
     if d.label_set == "3class":
         dropped = [r.dicom_id for r in records if not r.label_mask]
         records = [r for r in records if r.label_mask]

@@ -80,9 +80,13 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
     root = resolve_root(config)
     gaze_dir = d.gaze_dir or os.path.join(root, "gaze")
     cache = d.cache_dir or os.path.join(os.path.expanduser("~/.cache/gazejax"), "brats_" + _slug(root))
-    survival = brats.read_survival(root)
-    records = [brats_pipeline.prepare_case(c, cache, gaze_dir if os.path.isdir(gaze_dir) else None, d.gaze_readers,
-                                           d.gaze_sigma, survival) for c in brats.list_cases(root)]
+    if d.get("source", "files") == "tfds":
+        records = brats_pipeline.tfds_records(root, d.get("tfds_dir", "") or os.path.join(cache, "tfds"),
+                                              d.gaze_readers, d.gaze_sigma)
+    else:
+        survival = brats.read_survival(root)
+        records = [brats_pipeline.prepare_case(c, cache, gaze_dir if os.path.isdir(gaze_dir) else None,
+                                               d.gaze_readers, d.gaze_sigma, survival) for c in brats.list_cases(root)]
     parts = brats_pipeline.build_splits(records, d)
     crop, sigma, p = tuple(d.crop_size), d.gaze_sigma, d.augment_p
     train_records = parts["train"]

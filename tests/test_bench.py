@@ -1,0 +1,81 @@
+"""gazejax.bench: the report of a tiny SAN+AAB config (fields, FLOPs > 0, train ~ 3x inference FLOPs), FLOPs of a
+known matmul, the published peak table, and what the PyTorch comparison builds. No timing assertions."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gazejax import bench
+from tests.conftest import tiny_brats_config
+
+
+def test_tiny_brats_report(tiny_brats_root, tmp_path):
+    cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), batch_size=2)
+    r = bench.run(cfg, steps=1)
+    assert (r["platform"], r["devices"], r["batch_size"], r["stage"]) == ("cpu", jax.device_count(), 2, "train")
+    assert r["input_shapes"] == [[2, 32, 32, 32, 4]] and r["compute_dtype"] == "float32"
+    assert r["peak_flops_per_s"] > 0 and "measured" in r["peak_source"]
+    for part in ("train", "infer"):
+        s = r[part]
+        for key in ("compile_s", "step_s_median", "samples_per_s", "flops_per_step", "flops_per_s", "mfu"):
+            assert math.isfinite(s[key]) and s[key] > 0, (part, key, s[key])
+        assert s["samples_per_s"] == pytest.approx(2 / s["step_s_median"])
+        assert s["mfu"] == pytest.approx(s["flops_per_s"] / r["peak_flops_per_s"])
+    # a backward pass costs about twice the forward one: train-step FLOPs ~ 3x the inference step's
+    assert 2.0 < r["train"]["flops_per_step"] / r["infer"]["flops_per_step"] < 4.5
+    assert r["memory"]["max_rss_bytes"] > 0
+    text = bench.format_report(r)
+    assert "train step" in text and "inference" in text and "MFU" in text and "GFLOP/step" in text
+
+
+def test_flops_of_a_matmul_are_counted_exactly():
+    a, b = jnp.ones((64, 128), jnp.float32), jnp.ones((128, 32), jnp.float32)
+    report = bench._step_report(jax.jit(jnp.dot), (a, b), steps=2, carry=False, batch=64, n_dev=1)
+    assert report["flops_per_step"] == 2 * 64 * 128 * 32
+    assert report["samples_per_s"] == pytest.approx(64 / report["step_s_median"])
+
+
+def test_published_peaks():
+    assert bench.published_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert bench.published_peak("NVIDIA H100 PCIe", "float32") == 378e12
+    assert bench.published_peak("NVIDIA A100-SXM4-80GB", "float32") == 156e12
+    assert bench.published_peak("NVIDIA H200", "bfloat16") == 989e12
+    assert bench.published_peak("TPU v5 lite", "bfloat16") == 197e12
+    assert bench.published_peak("TPU v5p", "float32") == 459e12
+    assert bench.published_peak("TPU v4", "bfloat16") == 275e12
+    assert bench.published_peak("TPU v6 lite", "bfloat16") == 918e12
+    assert bench.published_peak("cpu", "float32") is None
+
+
+def test_torch_specs(tiny_brats_root, tmp_path):
+    cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"))
+    x = [np.zeros((2, 32, 32, 32, 4), np.float32)]
+    spec = bench.torch_spec(cfg, x)
+    assert (spec["kind"], spec["width"], spec["shape"]) == ("equiunet", 2, [2, 32, 32, 32, 4]) and "note" in spec
+    cfg.method = "backbone"
+    assert "note" not in bench.torch_spec(cfg, x)
+    cfg.model.backbone = "nnunet"
+    assert "skip" in bench.torch_spec(cfg, x)
+    image = [np.zeros((4, 224, 224, 1), np.float32)]
+    spec = bench.torch_spec(_Config({"model": {"backbone": "resnet50", "resnet_width": 64}}), image)
+    assert (spec["kind"], spec["name"], spec["narrowed"]) == ("torchvision", "resnet50", [])
+    demo = {"backbone": "efficientnet_v2_s", "resnet_width": 8, "efficientnet_width_mult": 0.25}
+    assert bench.torch_spec(_Config({"model": demo}), image)["narrowed"] == ["efficientnet_width_mult"]
+
+
+def test_torch_comparison_without_torch_says_why():
+    try:
+        import torch  # noqa: F401
+        pytest.skip("torch is installed here")
+    except ImportError:
+        pass
+    out = bench.compare_with_torch(_Config({"model": {"backbone": "resnet50"}}), [np.zeros((1, 64, 64, 3))], 1, None)
+    assert "torch is not importable" in out["skip"]
+
+
+class _Config(dict):
+    """The dict-with-.get view of a config that torch_spec reads."""

@@ -1,0 +1,150 @@
+"""Multi-process data parallelism: 2 local CPU processes x 2 devices (gloo collectives, `jax.distributed`) train
+tiny SAN+AAB BraTS with the real trainer to the same parameters as 1 process x 4 devices.
+
+The worker half of this file runs as `python tests/test_multiprocess.py WORKDIR ROOT CACHE` in a subprocess whose
+environment sets the device count and (for the 2-process run) GAZEJAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID,
+the variables `launch/local_multiprocess.sh` sets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 3  # optimiser steps per run (one per epoch: 5 training cases, global batch 4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAZEJAX_")}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""), **extra)
+    return env
+
+
+def _start(workdir: str, root: str, cache: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), workdir, root, cache], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float) -> list[str]:
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:  # a worker left waiting for its dead peer must not outlive the test
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-4000:]
+    return outs
+
+
+def _final_state(workdir: str) -> dict:
+    """The newest checkpoint's train state as numpy arrays (read without a device topology)."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    ckpt = os.path.join(workdir, "checkpoints")
+    path = os.path.join(ckpt, str(max(int(s) for s in os.listdir(ckpt) if s.isdigit())), "state")
+    reader = ocp.PyTreeCheckpointer()
+    tree = reader.metadata(path).item_metadata.tree
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree,
+                        is_leaf=lambda x: not isinstance(x, (dict, list, tuple)))
+    return reader.restore(path, restore_args=args)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[prefix + key] = np.asarray(value)
+    return out
+
+
+def _losses(workdir: str) -> list[float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["train/loss"] for r in sorted(rows, key=lambda r: r["step"]) if "train/loss" in r]
+
+
+def test_two_processes_match_one_process(tiny_brats_root, tmp_path):
+    cache = str(tmp_path / "cache")
+    port = _free_port()
+    multi = str(tmp_path / "two_processes")
+    workers = [_start(multi, tiny_brats_root, cache, _env(2, GAZEJAX_COORDINATOR=f"127.0.0.1:{port}",
+                                                          GAZEJAX_NUM_PROCESSES="2", GAZEJAX_PROCESS_ID=str(i)))
+               for i in range(2)]
+    single = str(tmp_path / "one_process")
+    reference = _start(single, tiny_brats_root, cache, _env(4))
+    outs = _finish(workers + [reference], timeout=540)
+    assert all("processes=2 devices=4 local=2" in out for out in outs[:2])
+    assert "processes=1 devices=4 local=4" in outs[2]
+
+    # host 0 alone writes logs and the report; both processes wrote the one checkpoint collectively
+    for name in ("metrics.jsonl", "report.md", "results.json", "config.json"):
+        assert os.path.exists(os.path.join(multi, name)), name
+    assert len(_losses(multi)) == STEPS, "a metric row per step, written once (host 0 only)"
+    state_dir = os.path.join(multi, "checkpoints", str(STEPS), "state")
+    assert {"process_0", "process_1"} <= set(os.listdir(os.path.join(state_dir, "array_metadatas")))
+    np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5)
+
+    a, b = _flat(_final_state(multi)), _flat(_final_state(single))
+    assert sorted(a) == sorted(b)
+    assert int(a["step"]) == int(b["step"]) == STEPS
+    params = [k for k in a if k.startswith("params/")]
+    assert params
+    for key in params:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    # the parameters moved (equality is not that of two untrained models), and evaluation ran on both processes
+    assert len(set(_losses(multi))) == STEPS
+    with open(os.path.join(multi, "results.json")) as f:
+        assert np.isfinite(json.load(f)["test"]["dice_WT"])
+
+
+def test_initialize_is_a_no_op_alone_and_checks_the_process_id(monkeypatch):
+    from gazejax import parallel
+    from tests.conftest import tiny_brats_config
+
+    for key in [k for k in os.environ if k.startswith("GAZEJAX_")]:
+        monkeypatch.delenv(key)
+    cfg = tiny_brats_config("/nonexistent", "/nonexistent")
+    assert parallel.maybe_initialize_distributed(cfg) is False and parallel.maybe_initialize_distributed() is False
+    monkeypatch.setenv("GAZEJAX_COORDINATOR", "127.0.0.1:1")
+    monkeypatch.setenv("GAZEJAX_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match="process_id must be in"):
+        parallel.maybe_initialize_distributed(cfg)  # raised before anything connects
+    monkeypatch.setenv("GAZEJAX_NUM_PROCESSES", "1")  # one process: nothing to initialise
+    assert parallel.maybe_initialize_distributed(cfg) is False
+
+
+def _worker(workdir: str, root: str, cache: str) -> None:
+    """One process of a run: the real trainer end to end (train, checkpoint, evaluate, report)."""
+    import jax
+
+    from gazejax import parallel, train
+    from tests.conftest import tiny_brats_config
+
+    cfg = tiny_brats_config(root, cache, batch_size=4, epochs=STEPS)
+    parallel.maybe_initialize_distributed(cfg)
+    print(f"processes={jax.process_count()} devices={jax.device_count()} local={jax.local_device_count()}",
+          flush=True)
+    train.train_and_evaluate(cfg, workdir)
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:4])
