@@ -57,14 +57,19 @@ def cell_name(overrides: dict[str, Any]) -> str:
 
 
 def select_cells(cells: list[dict], folds=None, ratios=None, seeds=None) -> list[dict]:
-    """Filters cells by fold/ratio; `seeds` restricts existing seed values or, if cells have none, sets them."""
+    """Filters cells by fold / ratio / seed (values compared as text, ratios as numbers). `seeds` restricts the
+    seeds of cells that name one (e.g. `--seeds=0,1` keeps 2 of a grid's 5 repeats) and repeats each cell that
+    names none once per seed, with "seed" set."""
     out = []
     for cell in cells:
         if folds is not None and "data.fold" in cell and str(cell["data.fold"]) not in folds:
             continue
         if ratios is not None and "data.ratio" in cell and float(cell["data.ratio"]) not in map(float, ratios):
             continue
-        if seeds is not None and "seed" in cell and str(cell["seed"]) not in seeds:
+        if seeds is not None and "seed" not in cell:
+            out += [{**cell, "seed": int(s)} for s in seeds]
+            continue
+        if seeds is not None and str(cell["seed"]) not in seeds:
             continue
         out.append(cell)
     return out

@@ -1,5 +1,13 @@
 """Aggregation of a sweep: results.csv (one row per cell x split x metric), tables.md laid out like the paper
-(mean (std) across repeats), one-way ANOVA across rows over repeated runs, paired t-tests across cases."""
+(mean (std) across repeats, optionally with the median), one-way ANOVA across rows over repeated runs, paired t-tests
+across cases.
+
+A table spec (a dict in the grid's "tables") holds: title, row (an override key or a tuple of keys), col (optional
+key), metrics ((key, name), ...), row_labels, title_row, scale ({metric: factor}; Dice defaults to 100, i.e. %),
+digits ({metric: decimals}; default 3, 2 for metrics shown scaled, e.g. in %), median (True: each cell also shows the
+median across repeats, the statistic of papers that report medians), stats (False: no statistics table) and
+reference (a row value: paired t-tests of every row against it over cases).
+"""
 from __future__ import annotations
 
 import csv
@@ -25,13 +33,31 @@ def _load(cell_dir: str) -> tuple[dict, dict] | None:
     return results, cases
 
 
-def _fmt(values: list[float], scale: float) -> str:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
+def _scale(spec: dict, metric: str) -> float:
+    return float(spec.get("scale", {}).get(metric, 100.0 if "dice" in metric else 1.0))
+
+
+def _digits(spec: dict, metric: str) -> int:
+    """Decimals of a metric's mean and median: 3 for fractions such as AUROC (0.812), 2 for scaled values (71.00)."""
+    return int(spec.get("digits", {}).get(metric, 3 if _scale(spec, metric) == 1.0 else 2))
+
+
+def _finite(values: list) -> list[float]:
+    return [float(v) for v in values if v is not None and np.isfinite(v)]
+
+
+def _fmt(values: list[float], scale: float, digits: int = 2, median: bool = False) -> str:
+    """`mean (std)` over the finite values: mean (and median) times `scale` with `digits` decimals, the sample std
+    (ddof 1, unscaled: the papers' layout) with 3; a single value has no std; `median` appends `[median m]`."""
+    vals = _finite(values)
     if not vals:
         return "n/a"
-    mean = float(np.mean(vals)) * scale
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
-    return f"{mean:.2f}" + (f" ({std:.3f})" if np.isfinite(std) else "") + ("" if len(vals) > 1 else "")
+    text = f"{float(np.mean(vals)) * scale:.{digits}f}"
+    if len(vals) > 1:
+        text += f" ({float(np.std(vals, ddof=1)):.3f})"
+    if median:
+        text += f" [median {float(np.median(vals)) * scale:.{digits}f}]"
+    return text
 
 
 def _rowval(cell: dict, key) -> Any:
@@ -55,7 +81,7 @@ def _table(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> l
             for col in cols:
                 vals = [res.get(split, {}).get(metric) for c, res, _ in finished
                         if _rowval(c, row_key) == r and c.get(col_key) == col]
-                line.append(_fmt(vals, spec.get("scale", {}).get(metric, 100.0 if "dice" in metric else 1.0)))
+                line.append(_fmt(vals, _scale(spec, metric), _digits(spec, metric), bool(spec.get("median"))))
         body.append(line)
     return [markdown_table(header, body)]
 
@@ -72,9 +98,10 @@ def _stats(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> l
         for col in cols:
             groups = [[res.get(split, {}).get(metric) for c, res, _ in finished
                        if _rowval(c, row_key) == r and c.get(col_key) == col] for r in rows]
-            groups = [[v for v in g if v is not None and np.isfinite(v)] for g in groups]
+            groups = [_finite(g) for g in groups]
             anova = stats.one_way_anova(*groups) if len(groups) > 1 and all(len(g) > 1 for g in groups) else None
-            medians = ", ".join(f"{spec.get('row_labels', {}).get(r, r)} {np.median(g):.4f}"
+            scale, digits = _scale(spec, metric), _digits(spec, metric)
+            medians = ", ".join(f"{spec.get('row_labels', {}).get(r, r)} {np.median(g) * scale:.{digits}f}"
                                 for r, g in zip(rows, groups) if g)
             line = [f"{name}", "" if col is None else str(col), medians,
                     f"F={anova['F']:.3f}, p={anova['p']:.4g}" if anova else "n/a (needs >= 2 repeats per row)"]
@@ -113,6 +140,18 @@ def _paired(finished, row_key, row, ref, col_key, col, split, metric) -> tuple[l
     return [a[k] for k in common], [b[k] for k in common]
 
 
+def _legend(grid: dict, specs: list[dict], split: str, finished: int, total: int) -> str:
+    """The line under the title: how many cells are in, and what a table cell holds."""
+    scaled = any(_scale(spec, m) != 1.0 for spec in specs for m, _ in spec["metrics"])
+    text = (f"{finished} of {total} cells finished. Values: {split} split, mean (std) across "
+            f"{grid.get('repeat_label', 'repeats')}")
+    if any(spec.get("median") for spec in specs):
+        text += ", [median] where shown"
+    if scaled:
+        text += "; values in % (e.g. Dice) keep their std as a fraction (the papers' layout)"
+    return text + "."
+
+
 def aggregate(workdir: str, cells: list[dict], grid: dict, name_fn: Callable[[dict], str]) -> dict[str, Any]:
     """Writes results.csv and tables.md from the finished cells; returns {"markdown", "finished", "total"}."""
     finished = []
@@ -128,11 +167,10 @@ def aggregate(workdir: str, cells: list[dict], grid: dict, name_fn: Callable[[di
             for split, metrics in res.items():
                 for metric, value in sorted(metrics.items()):
                     w.writerow([name_fn(cell)] + [cell.get(k, "") for k in keys] + [split, metric, value])
-    split = grid.get("split", "test")
-    lines = [f"# {grid.get('title', 'Sweep results')}", "",
-             f"{len(finished)} of {len(cells)} cells finished. Values: {split} split, mean (std) across "
-             f"{grid.get('repeat_label', 'repeats')}; Dice in %, std as a fraction (the paper's layout).", ""]
-    for spec in grid.get("tables", []):
+    split, specs = grid.get("split", "test"), grid.get("tables", [])
+    lines = [f"# {grid.get('title', 'Sweep results')}", "", _legend(grid, specs, split, len(finished), len(cells)),
+             ""]
+    for spec in specs:
         lines += [f"## {spec.get('title', '')}", ""] + _table(spec, finished, split) + [""]
         if spec.get("stats", True):
             lines += ["Statistics:", ""] + _stats(spec, finished, split) + [""]

@@ -98,3 +98,34 @@ def test_brats_grids_have_the_papers_sizes():
     base = module.get_config("preset=demo")
     for cell in module.get_grid("table3")["cells"][:3]:
         experiments.apply_overrides(base, cell)  # every override names a real config field
+
+
+def test_seeds_restrict_or_repeat_cells():
+    cells = [{"method": "a", "seed": s} for s in range(5)] + [{"method": "b"}]
+    out = experiments.select_cells(cells, seeds=["0", "1"])
+    assert out == [{"method": "a", "seed": 0}, {"method": "a", "seed": 1}, {"method": "b", "seed": 0},
+                   {"method": "b", "seed": 1}]
+    assert experiments.select_cells(cells) == cells
+
+
+def test_tables_show_three_decimals_medians_and_anova(tmp_path):
+    from scipy.stats import f_oneway
+
+    from gazejax import experiments_tables
+
+    values = {"plain": [0.701, 0.742, 0.733], "ours": [0.812, 0.79, 0.845]}
+    cells = [{"method": m, "seed": s} for m in values for s in range(3)]
+    for cell in cells:
+        folder = tmp_path / "cells" / experiments.cell_name(cell)
+        folder.mkdir(parents=True)
+        value = values[cell["method"]][cell["seed"]]
+        (folder / "results.json").write_text(json.dumps({"test": {"auroc": value, "dice_WT": value}}))
+    grid = {"cells": cells, "tables": [{"title": "T", "row": "method", "median": True,
+                                        "metrics": (("auroc", "AUROC"), ("dice_WT", "WT"))}]}
+    md = experiments_tables.aggregate(str(tmp_path), cells, grid, experiments.cell_name)["markdown"]
+    # by hand: plain mean 0.7253, sample std 0.0216, median 0.733; ours mean 0.8157, std 0.0277, median 0.812
+    assert "| plain | 0.725 (0.022) [median 0.733] | 72.53 (0.022) [median 73.30] |" in md
+    assert "| ours | 0.816 (0.028) [median 0.812] | 81.57 (0.028) [median 81.20] |" in md
+    p = f_oneway(values["plain"], values["ours"]).pvalue
+    assert f"p={p:.4g}" in md and "plain 0.733, ours 0.812" in md and "[median] where shown" in md
+    assert experiments_tables._fmt([0.5], 1.0, 3) == "0.500" and experiments_tables._fmt([None], 1.0) == "n/a"

@@ -62,6 +62,15 @@ class SANAABClassifier(nn.Module):
       soft attention map during inference").
     - "gaze_loss" (+gaze loss): the same gaze head, trained with the KL saliency loss of the gaze-enhanced
       classifier; its output never enters the classification path (only its gradient reaches the encoder).
+    AAB placement and size: E4 for EfficientNet is `final_conv` (1280 channels at width 1.0), the last layer of
+    torchvision's `features` and of efficientnet_pytorch's `extract_features`, i.e. "the encoder part of
+    EfficientNet-b0" (Sec. 4.2) whose output the head pools; the AAB therefore sits exactly "between the encoder
+    and the task heads" (Sec. 3.2) for every backbone family. The price is size: the AAB's K/V/W^O projections
+    and its FFN scale with E4's channels, so at width 1.0 (224^2 input) ours has 11.64M parameters against the
+    backbone's 4.01M (AAB 7.57M, of which the FFN 6.55M; SAN 65K); `aab_ffn_mult=1` gives 8.37M. MobileNet-v2
+    (also 1280 channels): 9.86M vs 2.23M; ResNet-18 (512): 12.71M vs 11.18M. The paper gives no parameter
+    counts; placing the AAB before the 1x1 `final_conv` (320 channels, +0.68M) would be smaller but would split
+    the backbone module and move E4 off the map the baselines' gaze heads read, so it is not done.
     Logits are float32 (sigmoid multi-label, 5 findings in the paper); "gaze" logits are float32. Dropout
     (None = the backbone's own head dropout, 0.2 for EfficientNet) uses the "dropout" RNG stream when training.
     Methods with gaze need H and W divisible by 32 (so that the SAN grid is exactly twice E4's and the gaze grids
@@ -72,6 +81,7 @@ class SANAABClassifier(nn.Module):
       num_classes: sigmoid outputs (5: atelectasis, cardiomegaly, consolidation, edema, pleural effusion).
       method: one of `METHODS`.
       san_width / aab_heads / aab_head_dim: SAN width (M2 has 2 * san_width channels), AAB heads and c_h (64).
+      aab_ffn_mult: the AAB feed-forward hidden width in multiples of E4's channels (2, as the 3D AAB).
       backbone_kwargs: extra backbone constructor arguments (e.g. in_channels=1, width_mult).
       dropout: classifier dropout, None = the backbone's.
       dtype: computation dtype (parameters float32).
@@ -83,6 +93,7 @@ class SANAABClassifier(nn.Module):
     san_width: int = 32
     aab_heads: int = 4
     aab_head_dim: int = 64
+    aab_ffn_mult: int = 2
     backbone_kwargs: Mapping[str, Any] | None = None
     dropout: float | None = None
     dtype: Dtype = jnp.float32
@@ -95,7 +106,8 @@ class SANAABClassifier(nn.Module):
         gaze = None
         if self.method == "ours":
             m2, gaze = SAN(self.san_width, dtype=self.dtype, name="san")(x, train)
-            e4 = AAB(self.aab_heads, self.aab_head_dim, dtype=self.dtype, name="aab")(e4, m2, train)
+            aab = AAB(self.aab_heads, self.aab_head_dim, self.aab_ffn_mult, dtype=self.dtype, name="aab")
+            e4 = aab(e4, m2, train)
         elif self.method in ("gaze_star", "gaze_loss"):
             gaze = conv1x1(e4, 1, self.dtype, name="gaze_head").astype(jnp.float32)
         if self.method == "gaze_star" and not train:
