@@ -118,3 +118,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_brats_root, tmp_path
     results = train.evaluate_only(cfg, workdir)
     assert np.isfinite(results["test"]["metrics"]["dice_WT"])
     assert os.path.exists(os.path.join(workdir, "report.md"))
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_loss(tiny_brats_root, tmp_path):
+    """`config.dtype=bfloat16` (linked to model.dtype): compute in bf16, parameters / optimiser state in float32."""
+    import jax
+    import jax.numpy as jnp
+
+    from gazejax import train
+
+    cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=1)
+    cfg.dtype = "bfloat16"
+    assert cfg.model.dtype == "bfloat16"
+    trainer = train.Trainer(cfg, str(tmp_path / "run"))
+    try:
+        data = trainer.method.make_data(cfg)
+        state = trainer.train(data)
+    finally:
+        trainer.close()
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    losses = _losses(str(tmp_path / "run"))
+    assert losses and all(np.isfinite(v) for v in losses.values())
+    intermediates = trainer.model.apply({"params": state.params, **state.collections},
+                                        np.zeros((1, 32, 32, 32, 4), np.float32), train=False,
+                                        capture_intermediates=True, mutable=["intermediates"])[1]
+    assert jnp.dtype(jnp.bfloat16) in {x.dtype for x in jax.tree.leaves(intermediates)}
