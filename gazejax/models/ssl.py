@@ -1,0 +1,201 @@
+"""Self-supervised two-view model of GazAT (Sec. 2.3.1) and its baselines: a registry encoder with a projection head,
+model attention maps at several layers, optional BYOL predictor, per-location region head, momentum encoder + MoCo
+queue, and a classifier head for fine-tuning.
+
+`SSLModel.__call__(x [B, H, W, C], x2=None, train=False)`:
+- one view (evaluation, fine-tuning): {"embedding": [B, F] pooled encoder features, "logits": [B, K],
+  "attention": {layer: [B, h, w]}, "cam": [B, h4, w4, K] (CNN only: sum_c w_ck F4_c, see below)}.
+- two views (pretraining): {"z_a", "z_g": [B, P] projections, "attention_a", "attention_g": {layer: [B, h, w]},
+  "embedding_a": [B, F], and, when configured, "p_a", "p_g" (BYOL predictor), "dense_a", "dense_g" [B, h, w, P]
+  (region head on the region layer), "zt_a", "zt_g" (momentum target, gradient stopped), "queue" [K, P] (MoCo keys
+  before this step's enqueue)}.
+
+Model attention: CNN layers give the channel mean of squared activations (`losses_ssl.activation_attention`);
+ViT layers give attention rollout (Abnar & Zuidema 2020: head-mean attention plus identity, row-normalised,
+multiplied through the layers; the class token's row over the patches) or the layer's own class-token attention
+("cls"). "cam": for a CNN whose logits are a linear layer on the global average of its last map F4, Grad-CAM's
+channel weights dy_k/dF4_c averaged over positions are w_ck / (h w), so Grad-CAM_k = ReLU(sum_c w_ck F4_c) / (h w):
+ReLU of "cam" is Grad-CAM exactly, up to that positive constant (Selvaraju et al. 2017, Sec. 3.1).
+
+Momentum target (BYOL, MoCo v2): the non-"params" collection "target" holds a copy of the online tower's parameters
+(encoder + projector); each training call on two views first updates it, target <- m target + (1 - m) online
+(stop-gradient), then encodes both views with it in training mode (batch statistics; its running statistics are
+never used and not kept). The "queue" collection holds MoCo's keys `[K, P]` and write pointer; each training call
+enqueues the target keys of view g. The trainer applies the model with every non-param collection mutable and
+stores what it returns, so both advance exactly once per step; fine-tuning (one view) leaves them unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gazejax.losses_ssl import activation_attention, l2_normalize
+from gazejax.models.cam import head_feature_map, headless_backbone
+
+VIT_ATTENTION = ("rollout", "cls")
+
+
+def is_vit(backbone: str) -> bool:
+    return backbone.startswith("vit")
+
+
+def vit_attention_maps(attention: Mapping[str, jax.Array], layers: Sequence[str], grid: int,
+                       mode: str = "rollout") -> dict[str, jax.Array]:
+    """Class-token attention over the patches `[B, grid, grid]` at each of `layers` ("encoder_layer_<i>") from the
+    per-layer softmax weights `[B, heads, T, T]` (T = 1 + grid^2); see the module docstring for the modes."""
+    if mode not in VIT_ATTENTION:
+        raise ValueError(f"models/ssl.py: vit attention must be one of {VIT_ATTENTION}, got {mode!r}")
+    wanted = {int(name.rsplit("_", 1)[-1]): name for name in layers}
+    maps, rollout = {}, None
+    for i in range(max(wanted) + 1):
+        a = jnp.mean(attention[f"encoder_layer_{i}"].astype(jnp.float32), axis=1)  # [B, T, T]
+        if mode == "rollout":
+            a = 0.5 * a + 0.5 * jnp.eye(a.shape[-1], dtype=a.dtype)
+            a = a / jnp.sum(a, axis=-1, keepdims=True)
+            rollout = a if rollout is None else a @ rollout
+            a = rollout
+        if i in wanted:
+            maps[wanted[i]] = a[:, 0, 1:].reshape(a.shape[0], grid, grid)
+    return maps
+
+
+class MLPHead(nn.Module):
+    """Dense "0" -> [BatchNorm "bn"] -> ReLU -> Dense "1" over the last axis (`[..., C] -> [..., out]`): SimCLR /
+    MoCo v2's 2-layer projection head, BYOL's projector and predictor (with BN), or a per-location head on a
+    feature map."""
+
+    hidden: int
+    out: int
+    batch_norm: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.Dense(self.hidden, dtype=self.dtype, name="0")(x)
+        if self.batch_norm:
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                             name="bn")(x)
+        return nn.Dense(self.out, dtype=self.dtype, name="1")(nn.relu(x)).astype(jnp.float32)
+
+
+class Tower(nn.Module):
+    """Encoder ("backbone", a headless registry network) + projection head ("projector"):
+    `x -> {"pooled", "z", "attention": {layer: [B, h, w]}, "region_features", "last_map"}`."""
+
+    backbone: str = "resnet50"
+    backbone_kwargs: Mapping[str, Any] | None = None
+    attention_layers: Sequence[str] = ("layer2", "layer3", "layer4")
+    region_layer: str = "layer4"
+    proj_hidden: int = 2048
+    proj_dim: int = 256
+    proj_bn: bool = False
+    vit_attention: str = "rollout"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
+        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype)
+        if is_vit(self.backbone):
+            out = net(x, train, return_attention=True)
+            grid = out["features"]["patch_grid"]
+            maps = vit_attention_maps(out["attention"], self.attention_layers, grid.shape[1], self.vit_attention)
+            region, last = grid, grid
+        else:
+            out = net(x, train)
+            feats = out["features"]
+            maps = {name: activation_attention(feats[name]) for name in self.attention_layers}
+            region, last = feats[self.region_layer], head_feature_map(self.backbone, feats)
+        z = MLPHead(self.proj_hidden, self.proj_dim, self.proj_bn, self.dtype, name="projector")(out["pooled"], train)
+        return {"pooled": out["pooled"].astype(jnp.float32), "z": z, "attention": maps,
+                "region_features": region, "last_map": last}
+
+
+class SSLModel(nn.Module):
+    """See the module docstring. `predictor_hidden` > 0 adds BYOL's predictor; `region_head` adds the per-location
+    head for the regional loss; `momentum` > 0 keeps a momentum target; `queue_size` > 0 keeps a MoCo queue.
+    `single_view_batch_stats=False` trains one-view inputs (fine-tuning) with the encoder in inference mode: batch
+    norm keeps the pretraining's running statistics (few-shot batches repeat a handful of images, whose batch
+    statistics would replace them), dropout off."""
+
+    backbone: str = "resnet50"
+    backbone_kwargs: Mapping[str, Any] | None = None
+    num_classes: int = 3
+    attention_layers: Sequence[str] = ("layer2", "layer3", "layer4")
+    region_layer: str = "layer4"
+    proj_hidden: int = 2048
+    proj_dim: int = 256
+    proj_bn: bool = False
+    predictor_hidden: int = 0
+    region_head: bool = False
+    momentum: float = 0.0
+    queue_size: int = 0
+    vit_attention: str = "rollout"
+    single_view_batch_stats: bool = True
+    dtype: Any = jnp.float32
+
+    def _tower_fields(self) -> dict[str, Any]:
+        return dict(backbone=self.backbone, backbone_kwargs=self.backbone_kwargs,
+                    attention_layers=tuple(self.attention_layers), region_layer=self.region_layer,
+                    proj_hidden=self.proj_hidden, proj_dim=self.proj_dim, proj_bn=self.proj_bn,
+                    vit_attention=self.vit_attention, dtype=self.dtype)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, x2: jax.Array | None = None, train: bool = False) -> dict[str, Any]:
+        tower = Tower(**self._tower_fields(), name="online")
+        classifier = nn.Dense(self.num_classes, name="classifier")
+        if x2 is None:  # fine-tuning with frozen normalisation statistics unless `single_view_batch_stats`
+            out = tower(x, train and self.single_view_batch_stats)
+            logits = classifier(out["pooled"]).astype(jnp.float32)
+            res = {"embedding": out["pooled"], "logits": logits, "attention": out["attention"]}
+            if not is_vit(self.backbone):
+                kernel = classifier.variables["params"]["kernel"]
+                res["cam"] = jnp.einsum("bhwc,ck->bhwk", out["last_map"].astype(jnp.float32), kernel)
+            return res
+        n = x.shape[0]
+        both = jnp.concatenate([x, x2], axis=0)  # one pass: batch statistics over the 2N views
+        out = tower(both, train)
+        if self.is_initializing():
+            classifier(out["pooled"])  # creates the fine-tuning head's parameters
+        res = {"z_a": out["z"][:n], "z_g": out["z"][n:], "embedding_a": out["pooled"][:n],
+               "attention_a": {k: v[:n] for k, v in out["attention"].items()},
+               "attention_g": {k: v[n:] for k, v in out["attention"].items()}}
+        if self.predictor_hidden > 0:
+            p = MLPHead(self.predictor_hidden, self.proj_dim, True, self.dtype, name="predictor")(out["z"], train)
+            res["p_a"], res["p_g"] = p[:n], p[n:]
+        if self.region_head:
+            dense = MLPHead(self.proj_hidden, self.proj_dim, False, self.dtype, name="region_head")(
+                out["region_features"], train)
+            res["dense_a"], res["dense_g"] = dense[:n], dense[n:]
+        if self.momentum > 0:
+            zt = self._momentum_target(both, train)
+            res["zt_a"], res["zt_g"] = zt[:n], zt[n:]
+            if self.queue_size > 0:
+                res["queue"] = self._queue(res["zt_g"], train)
+        return res
+
+    def _momentum_target(self, both: jax.Array, train: bool) -> jax.Array:
+        """Updates the "target" copy of the online tower's parameters by EMA, then encodes `both` with it."""
+        online = self.variables["params"]["online"]
+        target = self.variable("target", "params", lambda: jax.tree.map(jnp.array, online))
+        if train and not self.is_initializing():
+            m = self.momentum
+            target.value = jax.tree.map(lambda t, o: m * t + (1.0 - m) * jax.lax.stop_gradient(o), target.value,
+                                        online)
+        # Training mode: batch statistics; the fresh running statistics it returns are dropped (never used).
+        out, _ = Tower(**self._tower_fields(), parent=None).apply(
+            {"params": target.value}, both, True, mutable=["batch_stats"])
+        return jax.lax.stop_gradient(out["z"])
+
+    def _queue(self, keys: jax.Array, train: bool) -> jax.Array:
+        """MoCo's queue of past keys `[K, P]` (the value before this call); enqueues `keys` [N, P] when training."""
+        queue = self.variable("queue", "keys", lambda: l2_normalize(
+            jax.random.normal(self.make_rng("params"), (self.queue_size, self.proj_dim))))
+        ptr = self.variable("queue", "ptr", lambda: jnp.zeros((), jnp.int32))
+        before = queue.value
+        if train and not self.is_initializing():
+            queue.value = jax.lax.dynamic_update_slice(before, l2_normalize(keys), (ptr.value, 0))
+            ptr.value = (ptr.value + keys.shape[0]) % self.queue_size
+        return before
