@@ -116,3 +116,12 @@ def test_bad_arguments():
         jax.eval_shape(_tiny("ours").init, jax.random.key(0), odd)
     out = jax.eval_shape(_tiny("backbone").init_with_output, jax.random.key(0), odd)[0]
     assert out["logits"].shape == (2, 5)
+
+
+def test_aab_ffn_width_follows_aab_ffn_mult():
+    """The AAB sits on E4 = final_conv (320 channels here): its FFN is aab_ffn_mult x 320 wide."""
+    for mult in (1, 2):
+        model = SANAABClassifier(method="ours", backbone_kwargs=TINY, san_width=4, aab_heads=2, aab_head_dim=4,
+                                 aab_ffn_mult=mult)
+        aab = jax.eval_shape(model.init, jax.random.key(0), X)["params"]["aab"]
+        assert aab["ffn1"]["kernel"].shape == (320, 320 * mult) and aab["ffn2"]["kernel"].shape == (320 * mult, 320)
