@@ -71,6 +71,10 @@ def test_table1_learning_rates_and_plateau_stages():
     assert [st.early_stop_patience for st in ggcam.stages(c)] == [26, 26, 1]
     demo = ggcam.stages(ggcam_config.get_config(""))
     assert len(demo) == 1 and demo[0].early_stop_patience == 63
+    paper, demo = ggcam_config.get_config("preset=paper"), ggcam_config.get_config("")
+    assert (paper.table1.resnet_ggcam.sigma_sm, paper.table1.efficientnet_ggcam.sigma_sm) == (2.0e-9, 1.4e-11)
+    # the demo's ~470 steps cannot climb from Table 1's sigma_sm (see configs/ggcam.py _demo): it starts at 0.1
+    assert demo.table1.resnet_ggcam.sigma_sm == demo.table1.efficientnet_ggcam.sigma_sm == 0.1
 
 
 def test_anova_grid():
