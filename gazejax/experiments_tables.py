@@ -171,9 +171,11 @@ def aggregate(workdir: str, cells: list[dict], grid: dict, name_fn: Callable[[di
     lines = [f"# {grid.get('title', 'Sweep results')}", "", _legend(grid, specs, split, len(finished), len(cells)),
              ""]
     for spec in specs:
-        lines += [f"## {spec.get('title', '')}", ""] + _table(spec, finished, split) + [""]
+        own = spec.get("split", split)  # a table may read another split, e.g. "test@finetune_1pct" (a stage's test)
+        note = [f"Values: {own} split.", ""] if own != split else []
+        lines += [f"## {spec.get('title', '')}", ""] + note + _table(spec, finished, own) + [""]
         if spec.get("stats", True):
-            lines += ["Statistics:", ""] + _stats(spec, finished, split) + [""]
+            lines += ["Statistics:", ""] + _stats(spec, finished, own) + [""]
     markdown = "\n".join(lines) + "\n"
     with open(os.path.join(workdir, "tables.md"), "w") as f:
         f.write(markdown)

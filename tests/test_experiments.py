@@ -129,3 +129,25 @@ def test_tables_show_three_decimals_medians_and_anova(tmp_path):
     p = f_oneway(values["plain"], values["ours"]).pvalue
     assert f"p={p:.4g}" in md and "plain 0.733, ours 0.812" in md and "[median] where shown" in md
     assert experiments_tables._fmt([0.5], 1.0, 3) == "0.500" and experiments_tables._fmt([None], 1.0) == "n/a"
+
+
+def test_a_table_can_read_its_own_split(tmp_path):
+    """A table with "split" reads that key of results.json (e.g. a stage's test scores), others the grid's."""
+    from gazejax import experiments_tables
+
+    cells = [{"method": m, "seed": s} for m in ("a", "b") for s in range(2)]
+    for cell in cells:
+        folder = tmp_path / "cells" / experiments.cell_name(cell)
+        folder.mkdir(parents=True)
+        base = 0.6 if cell["method"] == "a" else 0.9
+        (folder / "results.json").write_text(json.dumps({"test": {"auroc": base},
+                                                         "test@finetune": {"auroc": base - 0.5}}))
+    tables = [{"title": "default", "row": "method", "metrics": (("auroc", "AUROC"),), "stats": False},
+              {"title": "stage", "row": "method", "metrics": (("auroc", "AUROC"),), "stats": False,
+               "split": "test@finetune"}]
+    md = experiments_tables.aggregate(str(tmp_path), cells, {"cells": cells, "tables": tables},
+                                      experiments.cell_name)["markdown"]
+    default, stage = md.split("## stage")
+    assert "| a | 0.600 (0.000) |" in default and "| b | 0.900 (0.000) |" in default
+    assert "Values: test@finetune split." in stage
+    assert "| a | 0.100 (0.000) |" in stage and "| b | 0.400 (0.000) |" in stage
