@@ -86,6 +86,20 @@ def _table(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> l
     return [markdown_table(header, body)]
 
 
+def _anova_text(groups: list[list[float]]) -> str:
+    """`F=.., p=..` of a one-way ANOVA across the groups, or why there is none."""
+    from gazejax.metrics import stats
+
+    if len(groups) < 2 or any(len(g) < 2 for g in groups):
+        return "n/a (needs >= 2 repeats per row)"
+    if all(np.ptp(g) == 0 for g in groups):  # no within-row variance: F is 0/0 or x/0, say so in words
+        if len({g[0] for g in groups}) == 1:
+            return "n/a (every repeat of every row has the same value)"
+        return "F=inf, p=0 (no spread within rows)"
+    anova = stats.one_way_anova(*groups)
+    return f"F={anova['F']:.3f}, p={anova['p']:.4g}"
+
+
 def _stats(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> list[str]:
     """ANOVA across rows (repeats as samples) and paired t-tests of each row vs the reference row (cases)."""
     from gazejax.metrics import stats
@@ -99,12 +113,10 @@ def _stats(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> l
             groups = [[res.get(split, {}).get(metric) for c, res, _ in finished
                        if _rowval(c, row_key) == r and c.get(col_key) == col] for r in rows]
             groups = [_finite(g) for g in groups]
-            anova = stats.one_way_anova(*groups) if len(groups) > 1 and all(len(g) > 1 for g in groups) else None
             scale, digits = _scale(spec, metric), _digits(spec, metric)
             medians = ", ".join(f"{spec.get('row_labels', {}).get(r, r)} {np.median(g) * scale:.{digits}f}"
                                 for r, g in zip(rows, groups) if g)
-            line = [f"{name}", "" if col is None else str(col), medians,
-                    f"F={anova['F']:.3f}, p={anova['p']:.4g}" if anova else "n/a (needs >= 2 repeats per row)"]
+            line = [f"{name}", "" if col is None else str(col), medians, _anova_text(groups)]
             if ref is not None:
                 tests = []
                 for r in rows:

@@ -151,3 +151,12 @@ def test_a_table_can_read_its_own_split(tmp_path):
     assert "| a | 0.600 (0.000) |" in default and "| b | 0.900 (0.000) |" in default
     assert "Values: test@finetune split." in stage
     assert "| a | 0.100 (0.000) |" in stage and "| b | 0.400 (0.000) |" in stage
+
+
+def test_anova_text_without_spread():
+    from gazejax.experiments_tables import _anova_text
+
+    assert _anova_text([[1.0, 1.0], [1.0, 1.0]]).startswith("n/a (every repeat")
+    assert _anova_text([[1.0, 1.0], [0.9, 0.9]]).startswith("F=inf, p=0")
+    assert _anova_text([[1.0], [0.9, 0.8]]).startswith("n/a (needs >= 2")
+    assert _anova_text([[0.1, 0.3], [0.5, 0.7]]) == "F=8.000, p=0.1056"  # by hand: MSB 0.16 / MSW 0.02
