@@ -371,6 +371,27 @@ def _augment_config(value) -> transforms2d.AugmentConfig | None:
     return transforms2d.AugmentConfig.from_dict(values) if values.pop("enabled", True) else None
 
 
+EGD_CXR_DICOM_HEIGHT = 3056  # EGD-CXR's DICOM height ("2544 x 3056"): the frame papers give gaze blurs in
+
+
+def source_pixels(config, sigma_dicom: float) -> float:
+    """A gaze blur given in EGD-CXR DICOM pixels, in source pixels of the data used: unchanged for real data,
+    scaled by synthetic height / 3056 for the synthetic set (the blob covers the same share of the image)."""
+    if config.data.root:
+        return float(sigma_dicom)
+    return float(sigma_dicom) * float(config.data.synthetic.size[0]) / EGD_CXR_DICOM_HEIGHT
+
+
+def bundle_with_gaze_sigma(config, sigma, process_index: int = 0, process_count: int = 1) -> DataBundle:
+    """`make_data_bundle` of a copy of `config` whose data.gaze_sigma is `sigma` (the caller's resolved value)."""
+    import copy
+
+    resolved = copy.deepcopy(config)
+    with resolved.unlocked():
+        resolved.data.gaze_sigma = sigma
+    return make_data_bundle(resolved, process_index, process_count)
+
+
 def make_data_bundle(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
     """DataBundle for a CXR method from `config.data` (dataset, root, mimic_root, cache_dir, image_size,
     label_set, label_policy, split, ratio, seed, gaze_grids, gaze_kind, gaze_sigma, augment; optional

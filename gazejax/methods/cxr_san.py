@@ -20,7 +20,6 @@ KL of the predicted gaze against the target on images with gaze. Report: `gazeja
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import warnings
@@ -43,7 +42,6 @@ log = logging.getLogger("gazejax")
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")  # cxr_labels "5label"
 SLUGS = tuple(f.replace(" ", "_") for f in FINDINGS)  # the findings in metric and column names
 GRID_NAMES = {16: "san", E4_STRIDE: "e4"}  # gaze stride -> name of its data.gaze_grids entry
-DICOM_HEIGHT = 3056  # EGD-CXR's DICOM height: the frame gaze_sigma (150 px) is given in
 EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", "gaze_san", "gaze_e4")
 
 
@@ -135,10 +133,10 @@ def gaze_sigma(config) -> float | str:
     """data.gaze_sigma in source pixels of the data used: a number is in EGD-CXR DICOM pixels and is scaled by
     synthetic height / 3056 for the synthetic set (same share of the image); "dataset" (REFLACX: 1 degree of
     visual angle per fixation) passes through."""
+    from gazejax.data import cxr_pipeline
+
     sigma = config.data.gaze_sigma
-    if isinstance(sigma, str) or config.data.root:
-        return sigma
-    return float(sigma) * float(config.data.synthetic.size[0]) / DICOM_HEIGHT
+    return sigma if isinstance(sigma, str) else cxr_pipeline.source_pixels(config, sigma)
 
 
 def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
@@ -148,12 +146,9 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
         raise ValueError(f"methods/cxr_san.py: data.label_set must be '5label' (Table 4's findings), got "
                          f"{config.data.label_set!r}")
     check_gaze_grid(config)
-    resolved = copy.deepcopy(config)
-    with resolved.unlocked():
-        resolved.data.gaze_sigma = gaze_sigma(config)
-    log.info("SAN+AAB CXR gaze targets: sigma %s source px, grids %s", resolved.data.gaze_sigma,
-             dict(config.data.gaze_grids))
-    return cxr_pipeline.make_data_bundle(resolved, process_index, process_count)
+    sigma = gaze_sigma(config)
+    log.info("SAN+AAB CXR gaze targets: sigma %s source px, grids %s", sigma, dict(config.data.gaze_grids))
+    return cxr_pipeline.bundle_with_gaze_sigma(config, sigma, process_index, process_count)
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

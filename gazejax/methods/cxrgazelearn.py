@@ -20,7 +20,6 @@ per-image scores in `cases` so the experiment runner can pair them (t-tests); Gr
 """
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import os
@@ -33,7 +32,7 @@ from scipy.special import softmax
 from gazejax import losses, models
 from gazejax.losses_cxrgazelearn import triplet_loss
 from gazejax.methods.base import DataBundle, Method, Stage, iterate_in_batches
-from gazejax.methods.ggcam import CLASSES, DICOM_HEIGHT, classification_metrics
+from gazejax.methods.ggcam import CLASSES, classification_metrics
 from gazejax.metrics import saliency as sal_metrics
 
 log = logging.getLogger("gazejax")
@@ -136,8 +135,9 @@ def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tupl
 def gaze_sigma(config) -> float:
     """data.gaze_sigma (DICOM pixels) in source pixels of the data used: scaled by the synthetic height / 3056
     for the synthetic set, so a blob covers the same share of the image."""
-    sigma = float(config.data.gaze_sigma)
-    return sigma if config.data.root else sigma * float(config.data.synthetic.size[0]) / DICOM_HEIGHT
+    from gazejax.data import cxr_pipeline
+
+    return cxr_pipeline.source_pixels(config, float(config.data.gaze_sigma))
 
 
 def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
@@ -147,10 +147,7 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
     if grid != size:
         raise ValueError(f"methods/cxrgazelearn.py: data.gaze_grids.saliency {grid} must equal data.image_size "
                          f"{size} (the saliency maps are predicted at the input grid)")
-    resolved = copy.deepcopy(config)
-    with resolved.unlocked():
-        resolved.data.gaze_sigma = gaze_sigma(config)
-    return cxr_pipeline.make_data_bundle(resolved, process_index, process_count)
+    return cxr_pipeline.bundle_with_gaze_sigma(config, gaze_sigma(config), process_index, process_count)
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

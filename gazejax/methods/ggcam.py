@@ -18,7 +18,6 @@ Stages: Table 1's Adam lr; the reference code's ReduceLROnPlateau(0.1) + early s
 """
 from __future__ import annotations
 
-import copy
 import csv
 import logging
 import math
@@ -42,7 +41,6 @@ log = logging.getLogger("gazejax")
 CLASSES = ("Normal", "CHF", "pneumonia")  # label indices 0, 1, 2 (gazejax.data.cxr_labels "3class")
 VARIANTS = ("ggcam", "plain")
 CAM_STRIDE = 32  # every gazejax 2D CNN backbone's deepest map is at 1/32 of the input
-DICOM_HEIGHT = 3056  # EGD-CXR's DICOM height ("2544 x 3056", Sec. 4.1), the frame of Table 1's blur B
 ORGANS = {1: ("mediastanum",), 2: ("left_lung", "right_lung")}  # Eq. 12's S^Y: heart (CHF), lungs (pneumonia)
 EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", "gaze_cam", "organ_masks", "has_organ_masks")
 
@@ -137,7 +135,9 @@ def gaze_sigma(config) -> float:
     given for real data, scaled by synthetic height / 3056 for the synthetic set, so it covers the same share of
     the image."""
     blur = float(table1_row(config, "ggcam").blur)
-    return blur if config.data.root else blur * float(config.data.synthetic.size[0]) / DICOM_HEIGHT
+    from gazejax.data import cxr_pipeline
+
+    return cxr_pipeline.source_pixels(config, blur)
 
 
 def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
@@ -147,11 +147,9 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
     if grid != expected:
         raise ValueError(f"methods/ggcam.py: data.gaze_grids.cam {grid} must be the CAM grid image_size / 32 = "
                          f"{expected}")
-    resolved = copy.deepcopy(config)
-    with resolved.unlocked():
-        resolved.data.gaze_sigma = gaze_sigma(config)
-    log.info("GG-CAM gaze maps: Algorithm 1 with B = %.1f source pixels at grid %s", resolved.data.gaze_sigma, grid)
-    return cxr_pipeline.make_data_bundle(resolved, process_index, process_count)
+    sigma = gaze_sigma(config)
+    log.info("GG-CAM gaze maps: Algorithm 1 with B = %.1f source pixels at grid %s", sigma, grid)
+    return cxr_pipeline.bundle_with_gaze_sigma(config, sigma, process_index, process_count)
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------
