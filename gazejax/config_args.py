@@ -24,6 +24,8 @@ def add_engine_fields(c: ml_collections.ConfigDict) -> None:
     if "data" in c and "source" not in c.data:
         c.data.source = "files"             # files = the data set's own folders | tfds = array_record via tfds
         c.data.tfds_dir = ""                # TFDS data_dir; "" = <cache>/tfds, built from data.root on first use
+    if "data" in c and "num_workers" not in c.data:
+        c.data.num_workers = 0              # Grain worker processes for the training pipeline; 0 = in-process threads
     if "model" in c and "dtype" in c.model and "dtype" not in c:
         c.dtype = c.model.get_ref("dtype")  # compute dtype, one value: --config.dtype=bfloat16 sets model.dtype too
     if "remat" not in c:

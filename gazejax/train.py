@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gazejax import optim, parallel, profiling
+from gazejax import optim, parallel, profiling, train_data
 from gazejax import methods as methods_lib
 from gazejax.checkpoint import Checkpointer, PreemptionFlag, abstract_like
 from gazejax.logs import MetricWriter, ProgressBar
@@ -178,23 +178,11 @@ class Trainer:
         return predict
 
     # ---- data --------------------------------------------------------------------------------------------
-    def train_iterator(self, data, stage, data_state: dict | None):
-        import grain
-
-        cfg = self.config
-        local_bs = parallel.local_batch_size(cfg.batch_size, self.mesh)
+    def train_iterator(self, data, stage, data_state: dict | None) -> train_data.TrainIterator:
         train, _, augment = data.train_set(stage.train_set)
-        ds = train.shuffle(seed=cfg.seed).repeat(stage.epochs)
-        if augment is not None:  # seeded by the global index, before sharding: the same for any process count
-            ds = ds.seed(cfg.seed + 7).random_map(augment)
-        ds = ds[jax.process_index()::jax.process_count()]
-        ds = ds.batch(local_bs, drop_remainder=True)
-        read = grain.ReadOptions(num_threads=cfg.data.get("num_threads", 2),
-                                 prefetch_buffer_size=cfg.data.get("prefetch", 2))
-        it = iter(ds.to_iter_dataset(read))
-        if data_state:
-            it.set_state(data_state)
-        return it
+        return train_data.train_iterator(self.config, train, augment,
+                                         parallel.local_batch_size(self.config.batch_size, self.mesh), stage.epochs,
+                                         data_state, where=self.workdir)
 
     # ---- evaluation --------------------------------------------------------------------------------------
     def evaluate_split(self, state: TrainState, data, split: str, out_dir: str | None = None, stage=None) -> dict:
@@ -241,50 +229,53 @@ class Trainer:
         prof = profiling.StepProfiler(cfg.get("profile"), self.workdir, self.writer)
         accum: dict[str, float] = {}
         n_accum = 0
-        for step_in_stage in range(start, total):
-            batch = parallel.to_global(next(it), self.mesh)
-            if step_in_stage == start:
-                step_fn = prof.compile(step_fn, state, batch)
-            prof.before_step(int(step_in_stage))
-            t0 = time.perf_counter()
-            state, metrics = step_fn(state, batch)
-            metrics = jax.device_get(metrics)
-            prof.after_step(int(step_in_stage), time.perf_counter() - t0)
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                self.ckpt.wait()
-                raise NonFiniteLossError(
-                    f"loss became {loss} at step {step_in_stage} of stage {stage.name!r}; stopped without saving "
-                    f"this step (last good checkpoint: {self.ckpt.latest_step()}). Lower the learning rate or "
-                    f"check the data.")
-            global_step = int(meta.get("global_offset", 0)) + step_in_stage + 1
-            for k, v in metrics.items():  # logged values are means over the logging interval
-                accum[k] = accum.get(k, 0.0) + float(v)
-            n_accum += 1
-            if (step_in_stage + 1) % cfg.get("log_every_steps", 10) == 0 or step_in_stage + 1 == total:
-                self.writer.write(global_step, {f"train/{k}": v / n_accum for k, v in accum.items()})
-                accum, n_accum = {}, 0
-            bar.update(1, loss=loss)
-            done = step_in_stage + 1
-            meta = dict(meta, step_in_stage=done, epoch=done // steps_per_epoch, global_step=global_step)
-            monitor = None
-            if done % eval_every == 0 or done == total:
-                monitor, meta = self._validate(stage, state, data, global_step, meta)
-            bad_evals = int(meta.get("bad_evals", 0))
-            stop_early = stage.early_stop_patience > 0 and bad_evals >= stage.early_stop_patience
-            finished = done == total or stop_early
-            stop = preempt.raised  # read once per step; a collective when there are several processes
-            if finished or monitor is not None or done % ckpt_every == 0 or stop:
-                meta["finished_stage"] = finished
-                # "monitor" is set only on the checkpoint whose validation produced it (best_step reads it)
-                self.ckpt.save(global_step, state, it.get_state(), dict(meta, monitor=monitor), monitor=monitor,
-                               force=True)
-            if stop:
-                self.ckpt.wait()
-                raise Preempted(f"stopped by SIGTERM at step {global_step}; checkpoint saved, rerun to resume")
-            if stop_early:
-                log.info("early stop in stage %s after %d evaluations without progress", stage.name, bad_evals)
-                break
+        try:
+            for step_in_stage in range(start, total):
+                batch = parallel.to_global(next(it), self.mesh)
+                if step_in_stage == start:
+                    step_fn = prof.compile(step_fn, state, batch)
+                prof.before_step(int(step_in_stage))
+                t0 = time.perf_counter()
+                state, metrics = step_fn(state, batch)
+                metrics = jax.device_get(metrics)
+                prof.after_step(int(step_in_stage), time.perf_counter() - t0)
+                loss = float(metrics["loss"])
+                if not np.isfinite(loss):
+                    self.ckpt.wait()
+                    raise NonFiniteLossError(
+                        f"loss became {loss} at step {step_in_stage} of stage {stage.name!r}; stopped without saving "
+                        f"this step (last good checkpoint: {self.ckpt.latest_step()}). Lower the learning rate or "
+                        f"check the data.")
+                global_step = int(meta.get("global_offset", 0)) + step_in_stage + 1
+                for k, v in metrics.items():  # logged values are means over the logging interval
+                    accum[k] = accum.get(k, 0.0) + float(v)
+                n_accum += 1
+                if (step_in_stage + 1) % cfg.get("log_every_steps", 10) == 0 or step_in_stage + 1 == total:
+                    self.writer.write(global_step, {f"train/{k}": v / n_accum for k, v in accum.items()})
+                    accum, n_accum = {}, 0
+                bar.update(1, loss=loss)
+                done = step_in_stage + 1
+                meta = dict(meta, step_in_stage=done, epoch=done // steps_per_epoch, global_step=global_step)
+                monitor = None
+                if done % eval_every == 0 or done == total:
+                    monitor, meta = self._validate(stage, state, data, global_step, meta)
+                bad_evals = int(meta.get("bad_evals", 0))
+                stop_early = stage.early_stop_patience > 0 and bad_evals >= stage.early_stop_patience
+                finished = done == total or stop_early
+                stop = preempt.raised  # read once per step; a collective when there are several processes
+                if finished or monitor is not None or done % ckpt_every == 0 or stop:
+                    meta["finished_stage"] = finished
+                    # "monitor" is set only on the checkpoint whose validation produced it (best_step reads it)
+                    self.ckpt.save(global_step, state, it.get_state(), dict(meta, monitor=monitor), monitor=monitor,
+                                   force=True)
+                if stop:
+                    self.ckpt.wait()
+                    raise Preempted(f"stopped by SIGTERM at step {global_step}; checkpoint saved, rerun to resume")
+                if stop_early:
+                    log.info("early stop in stage %s after %d evaluations without progress", stage.name, bad_evals)
+                    break
+        finally:
+            it.close()  # stops Grain worker processes, also on preemption or a non-finite loss
         bar.close()
         prof.finish()
         self.writer.flush()

@@ -117,3 +117,36 @@ def test_brats_method_reads_the_same_examples_from_tfds(tiny_brats_root, tmp_pat
     rng = [np.random.default_rng(5), np.random.default_rng(5)]
     _assert_same_examples(files.augment(files.train[0], rng[0]), tfds_.augment(tfds_.train[0], rng[1]))
     assert [r.case_id for r in files.splits["test"]] == [r.case_id for r in tfds_.splits["test"]]
+
+
+def test_gazat_reads_the_same_items_from_tfds(tmp_path, no_tensorflow):
+    """GazAT's bundle (per-fixation readers, reader weights, REFLACX finding boxes, examples, splits) is the same from
+    the folders and from the TFDS records (which therefore store each fixation's reader and the boxes)."""
+    from configs import gazat as gazat_config
+    from gazejax.data.synthetic import cxr as synth
+    from gazejax.data import reflacx
+    from gazejax.methods import gazat_data
+
+    root, mimic_root = synth.generate_reflacx(str(tmp_path / "synthetic"), images=30, seed=2, size=(96, 80))
+    readings = sorted({str(r) for rec in reflacx.REFLACX(root, mimic_root).records() for r in rec.fixations.readers})
+    bundles = {}
+    for source in ("files", "tfds"):
+        c = gazat_config.get_config("method=gazat")
+        c.data.update({"root": root, "mimic_root": mimic_root, "cache_dir": str(tmp_path / "cache"),
+                       "image_size": (48, 40), "source": source})
+        c.data.reader_weights = {r: 2.0 for r in readings[::2]}  # every other reading (REFLACX reader = reading id)
+        c.finetune.label_fractions = (0.5,)
+        c.batch_size = 4
+        bundles[source] = gazat_data.make_bundle(c, lambda ex, rng: ex, lambda ex, rng: ex)
+    files, tfds_ = bundles["files"], bundles["tfds"]
+    assert os.path.isdir(tmp_path / "cache" / "tfds" / "reflacx")  # really built and read through TFDS
+    assert files.info["test_ids"] == tfds_.info["test_ids"] and files.num_train == tfds_.num_train
+    held_out = files.splits["test"].items + files.splits["val"].items
+    assert max(len(it.reader_weights) for it in held_out) > 1  # several readers, weights and boxes: not trivial
+    assert 2.0 in np.concatenate([it.reader_weights for it in held_out]) and sum(len(it.findings) for it in held_out)
+    for a, b in zip(held_out, tfds_.splits["test"].items + tfds_.splits["val"].items):
+        np.testing.assert_array_equal(a.readers, b.readers)
+        np.testing.assert_array_equal(a.reader_weights, b.reader_weights)
+        np.testing.assert_allclose(a.findings, b.findings, rtol=1e-6)
+    _assert_same_examples(files.train[0], tfds_.train[0])
+    _assert_same_examples(files.train_sets["label_50pct"][1], tfds_.train_sets["label_50pct"][1])

@@ -114,10 +114,16 @@ def _records(config) -> tuple[list[cxr_pipeline.CXRCase], dict[str, CXRRecord], 
     cache = d.cache_dir or os.path.join(os.path.expanduser("~/.cache/gazejax"), "cxr_" + hashlib.sha1(
         os.path.abspath(root).encode()).hexdigest()[:12])
     options = dict(d.reader.to_dict() if hasattr(d.reader, "to_dict") else d.reader)
-    cases = cxr_pipeline.prepare_records(d.dataset, root, mimic_root, cache, tuple(d.image_size),
-                                         label_set=d.label_set, label_policy=d.label_policy or None,
-                                         reader_options=options)
-    raw = {r.dicom_id: r for r in _reader(d.dataset, root, mimic_root, options).records()}
+    load, store = cxr_pipeline.prepare_records, cache
+    if d.get("source", "files") == "tfds":  # the TFDS data set (built from root on first use) replaces the cache
+        from gazejax.data.tfds import cxr as tfds_cxr
+
+        load, store = tfds_cxr.prepare_records, d.get("tfds_dir", "") or os.path.join(cache, "tfds")
+        raw = tfds_cxr.raw_records(d.dataset, root, mimic_root, store, tuple(d.image_size), reader_options=options)
+    else:
+        raw = {r.dicom_id: r for r in _reader(d.dataset, root, mimic_root, options).records()}
+    cases = load(d.dataset, root, mimic_root, store, tuple(d.image_size), label_set=d.label_set,
+                 label_policy=d.label_policy or None, reader_options=options)
     if d.label_set == "3class":
         cases = [c for c in cases if c.label_mask]
     return cases, raw, {"root": root, "mimic_root": mimic_root, "cache": cache}

@@ -65,8 +65,9 @@ def _find_roots(manual_dir: str, folder: str) -> tuple[str, str]:
 class _CXRBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared by EGD-CXR and REFLACX; `roots=(root, mimic_root)` replaces the manual folder."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Resized images, organ masks, fixations in the resized frame, raw labels."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Resized images, organ masks, fixations in the resized frame, raw labels.",
+                     "1.1.0": "Each fixation's reader id and the reader's boxes (source pixels) in the records."}
     DATASET = ""  # gazejax.data.cxr_pipeline data set name
     FOLDER = ""  # folder of the data set inside the manual folder
     READER: type = type(None)  # the data set's reader class (gazejax.data.egd_cxr.EGDCXR, reflacx.REFLACX)
@@ -123,7 +124,9 @@ def _light_row(rec: cxr_labels.CXRRecord, case: cxr_pipeline.CXRCase) -> dict:
         "image_shape": case.image_shape, "source_shape": case.source_shape, "scale_yx": case.scale_yx,
         "points_yx": case.points_yx, "durations": case.durations, "sigma_yx": case.sigma_yx,
         "labels": {k: float(v) for k, v in rec.labels.items()}, "mask_names": case.mask_names,
-        "has_masks": case.has_masks, "meta": case.meta})
+        "has_masks": case.has_masks, "meta": case.meta,
+        "fixation_readers": [str(r) for r in rec.fixations.readers],
+        "boxes": {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in rec.boxes.items()}})
 
 
 def _example(row: dict, case: cxr_pipeline.CXRCase) -> dict:
@@ -199,6 +202,37 @@ def prepare_records(dataset: str, root: str | None, mimic_root: str | None, data
     """`cxr_pipeline.prepare_records` with the TFDS data set `dataset` in `data_dir` as the cache: the records (same
     order, fields and examples) of its config for (image_size, pad, reader_options), built there from `root` and
     `mimic_root` first when missing (both may be None for a data set built before)."""
+    rows, cls, data_dir, config = _built(dataset, root, mimic_root, data_dir, image_size, pad, reader_options)
+    labels, masks = cxr_labels.make_labels([_stub(r) for r in rows], label_set, label_policy)
+    reader = common.ExampleReader(cls, data_dir, "train", config=config)
+    return [_case(r, i, reader, labels[i], masks[i]) for i, r in enumerate(rows)]
+
+
+def raw_records(dataset: str, root: str | None, mimic_root: str | None, data_dir: str, image_size: Sequence[int],
+                *, pad: str = "symmetric", reader_options: Mapping[str, Any] | None = None
+                ) -> dict[str, cxr_labels.CXRRecord]:
+    """dicom_id -> the reader's record as stored in the built data set (labels, each fixation's reader id, boxes in
+    source pixels; no image path, fixations without positions: those are in the cases), for methods that need the
+    per-reader fields `prepare_records`' cases drop (GazAT)."""
+    rows, *_ = _built(dataset, root, mimic_root, data_dir, image_size, pad, reader_options)
+    if rows and "fixation_readers" not in rows[0]:
+        raise ValueError(f"{data_dir}: TFDS {dataset} was built before reader ids were stored; rebuild it")
+    return {r["dicom_id"]: _stub(r) for r in rows}
+
+
+def _stub(row: dict) -> cxr_labels.CXRRecord:
+    readers = np.asarray(row.get("fixation_readers", []), str)
+    fix = cxr_labels.Fixations(points=np.zeros((len(readers), 2), np.float32),
+                               durations=np.zeros(len(readers), np.float32), readers=readers)
+    return cxr_labels.CXRRecord(dicom_id=row["dicom_id"], patient_id=row["patient_id"], study_id=row["study_id"],
+                                image_path="", labels=row["labels"], fixations=fix,
+                                boxes={k: np.asarray(v, np.float32).reshape(-1, 4)
+                                       for k, v in row.get("boxes", {}).items()})
+
+
+def _built(dataset, root, mimic_root, data_dir, image_size, pad, reader_options):
+    """The rows of `dataset`'s config in `data_dir` (built from `root` first when missing), the builder class, the
+    expanded data_dir and the builder config."""
     if dataset not in BUILDERS:
         raise ValueError(f"dataset must be one of {tuple(BUILDERS)}, got {dataset!r}")
     data_dir, config = os.path.expanduser(data_dir), make_config(image_size, pad, reader_options)
@@ -209,10 +243,4 @@ def prepare_records(dataset: str, root: str | None, mimic_root: str | None, data
         raise FileNotFoundError(f"{data_dir}: no built TFDS {dataset}/{config.name}; build it with python -m "
                                 f"gazejax.data.tfds build {dataset} --manual_dir=... --data_dir={data_dir}")
     common.ensure_built(builder)
-    rows = common.light_records(builder, "train")
-    stubs = [cxr_labels.CXRRecord(dicom_id=r["dicom_id"], patient_id=r["patient_id"], study_id=r["study_id"],
-                                  image_path="", labels=r["labels"], fixations=cxr_labels.Fixations.empty())
-             for r in rows]
-    labels, masks = cxr_labels.make_labels(stubs, label_set, label_policy)
-    reader = common.ExampleReader(cls, data_dir, "train", config=config)
-    return [_case(r, i, reader, labels[i], masks[i]) for i, r in enumerate(rows)]
+    return common.light_records(builder, "train"), cls, data_dir, config
