@@ -35,6 +35,8 @@ def main(argv) -> int:
     config = _CONFIG.value
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/brats.py")
+    import jax
+
     from gazejax import logs, parallel, train
 
     parallel.maybe_initialize_distributed(config)
@@ -58,7 +60,8 @@ def main(argv) -> int:
     if test:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in test.items() if not k.endswith("_std"))
         print(f"test: {shown}")
-    print(f"report: {os.path.abspath(os.path.join(workdir, 'report.md'))}")
+    if jax.process_index() == 0:  # only process 0 writes the report
+        print(f"report: {os.path.abspath(os.path.join(workdir, 'report.md'))}")
     return 0
 
 

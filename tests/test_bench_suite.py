@@ -1,0 +1,79 @@
+"""Benchmark suite: every row's config parses, commands carry the preset's step count and flags, failed rows stay
+visible, and the table shows the numbers of the JSON files (hand-made results)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+
+import pytest
+
+from gazejax.benchmarks import suite
+
+
+def _config(row):
+    """The row's config as `--config=path:arg` gives it (the module's get_config(arg))."""
+    path, _, arg = row.config.partition(":")
+    spec = importlib.util.spec_from_file_location("cfg_" + row.key, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+@pytest.mark.parametrize("preset", ["demo", "paper"])
+def test_every_row_config_exists_and_names_a_stage_it_has(preset):
+    from gazejax import methods
+
+    keys = [r.key for r in suite.ROWS[preset]]
+    assert len(keys) == len(set(keys)) and all(preset in k for k in keys)
+    for row in suite.ROWS[preset]:
+        c = _config(row)
+        assert c.preset == preset
+        for flag in row.overrides:
+            dotted, value = flag.removeprefix("--config.").split("=")
+            *parents, last = dotted.split(".")
+            node = c
+            for p in parents:
+                node = node[p]
+            assert last in node, (row.key, flag)
+            node[last] = type(node[last])(value)
+        if row.stage:
+            names = [s.name for s in methods.get(c.method_family).stages(c)]
+            assert row.stage in names, (row.key, names)
+
+
+def test_command_uses_the_preset_step_count_stage_and_torch_only_where_marked(tmp_path):
+    demo = next(r for r in suite.ROWS["demo"] if r.stage)
+    cmd = suite.command(demo, "demo", str(tmp_path), "/x/python", ["--config.seed=3"])
+    assert "--steps=5" in cmd and f"--stage={demo.stage}" in cmd and "--config.seed=3" in cmd
+    assert "--compare-torch" not in cmd and f"--json={tmp_path / (demo.key + '.json')}" in cmd
+    paper = next(r for r in suite.ROWS["paper"] if r.torch)
+    cmd = suite.command(paper, "paper", str(tmp_path), "/x/python", [])
+    assert "--steps=2" in cmd and "--compare-torch" in cmd and "--torch-python=/x/python" in cmd
+    assert "--compare-torch" not in suite.command(paper, "paper", str(tmp_path), None, [])
+
+
+def _result(train_ms: float, infer_ms: float, flops: float) -> dict:
+    part = lambda ms: {"compile_s": 2.0, "step_s_median": ms / 1e3, "samples_per_s": 2 / (ms / 1e3),  # noqa: E731
+                       "flops_per_step": flops, "flops_per_s": flops / (ms / 1e3), "mfu": flops / (ms / 1e3) / 2e11}
+    return {"batch_size": 2, "input_shapes": [[2, 48, 48, 48, 4]], "train": part(train_ms), "infer": part(infer_ms),
+            "memory": {"max_rss_bytes": 3 * 2**30}}
+
+
+def test_table_shows_measured_and_failed_rows(tmp_path):
+    first, second, third = suite.ROWS["demo"][:3]
+    (tmp_path / f"{first.key}.json").write_text(json.dumps(_result(1000.0, 250.0, 8e9)))
+    (tmp_path / f"{second.key}.failed.json").write_text(json.dumps({"failed": "out of memory (killed)"}))
+    (tmp_path / f"{third.key}.json").write_text(json.dumps(_result(500.0, 100.0, 1e9)))
+    time.sleep(0.01)
+    (tmp_path / f"{third.key}.failed.json").write_text(json.dumps({"failed": "timed out after 60 s"}))
+    lines = suite.table(str(tmp_path), ["demo"]).splitlines()
+    assert len(lines) == 5  # header, rule, three rows
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    # 8 GFLOP in 1 s = 8 GFLOP/s = 4.0 % of 0.2 TFLOP/s; 8 GFLOP in 0.25 s = 32 GFLOP/s = 16.0 %
+    assert cells[2:10] == ["2, 48x48x48", "2.0 / 2.0 s", "1000 / 250 ms", "2 / 8", "8", "8 / 32", "4.0 / 16.0 %",
+                           "3.0 GiB"]
+    assert "out of memory" in lines[3] and "timed out" in lines[4]  # the latest attempt wins over an older result
+    os.utime(tmp_path / f"{third.key}.failed.json", (0, 0))
+    assert "500 / 100 ms" in suite.table(str(tmp_path), ["demo"]).splitlines()[4]
