@@ -119,6 +119,11 @@ def _label(row: Row) -> str:
     return f"{row.label} ({row.note})" if row.note else row.label
 
 
+def _num(x: float) -> str:
+    """3 significant digits without exponents (5780, not 5.78e+03)."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _ms(s: dict) -> str:
     return f"{s['step_s_median'] * 1e3:.0f}"
 
@@ -145,9 +150,9 @@ def table(out: str, presets: list[str]) -> str:
                 shape = "x".join(str(s) for s in r["input_shapes"][0][1:-1])
                 lines.append(
                     f"| {preset} | {_label(row)} | {r['batch_size']}, {shape} | {tr['compile_s']:.1f} / "
-                    f"{inf['compile_s']:.1f} s | {_ms(tr)} / {_ms(inf)} ms | {tr['samples_per_s']:.3g} / "
-                    f"{inf['samples_per_s']:.3g} | {tr['flops_per_step'] / 1e9:.3g} | {tr['flops_per_s'] / 1e9:.3g} / "
-                    f"{inf['flops_per_s'] / 1e9:.3g} | {100 * tr['mfu']:.1f} / {100 * inf['mfu']:.1f} % | "
+                    f"{inf['compile_s']:.1f} s | {_ms(tr)} / {_ms(inf)} ms | {_num(tr['samples_per_s'])} / "
+                    f"{_num(inf['samples_per_s'])} | {_num(tr['flops_per_step'] / 1e9)} | "
+                    f"{_num(tr['flops_per_s'] / 1e9)} / {_num(inf['flops_per_s'] / 1e9)} | {100 * tr['mfu']:.1f} / {100 * inf['mfu']:.1f} % | "
                     f"{r['memory']['max_rss_bytes'] / 2**30:.1f} GiB | {ratio} |")
     return "\n".join(lines)
 
