@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.aab_heads = 4                         # AAB attention heads
     m.aab_head_dim = 64                     # c_h, channels per head
     m.dtype = "float32"                     # compute dtype (params stay float32)
+    m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
     m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)
 
     c.loss = ml_collections.ConfigDict()

@@ -84,7 +84,7 @@ def table1_row(config, method: str | None = None):
 def _backbone_kwargs(config) -> dict[str, Any]:
     m, family = config.model, backbone_family(config.model.backbone)
     if family == "resnet":
-        return {"in_channels": 1, "width": int(m.resnet_width)}
+        return {"in_channels": 1, "width": int(m.resnet_width), "conv_impl": str(m.get("conv_impl", "auto"))}
     if family == "efficientnet":
         return {"in_channels": 1, "width_mult": float(m.efficientnet_width_mult),
                 "depth_mult": float(m.efficientnet_depth_mult)}

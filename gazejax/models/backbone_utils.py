@@ -11,6 +11,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from gazejax.models.conv_impl import conv_general_dilated_for
+
 STEM_MODES = ("repeat", "adapt")
 
 # torch BatchNorm: running = (1 - 0.1) * running + 0.1 * batch, i.e. flax momentum 0.9.
@@ -61,12 +63,15 @@ def batch_norm(train: bool, dtype: Any, eps: float = TORCH_BN_EPS, name: str | N
 
 
 def torch_conv(features: int, kernel: int, stride: int = 1, groups: int = 1, use_bias: bool = False,
-               dtype: Any = jnp.float32, name: str | None = None, padding: int | None = None) -> nn.Conv:
-    """Conv2d with torch's symmetric padding ((k - 1) // 2 unless given) and He-normal (fan_out) init."""
+               dtype: Any = jnp.float32, name: str | None = None, padding: int | None = None,
+               conv_impl: str = "auto") -> nn.Conv:
+    """Conv2d with torch's symmetric padding ((k - 1) // 2 unless given) and He-normal (fan_out) init, computed
+    as `conv_impl` (`gazejax.models.conv_impl.IMPLS`; the parameters are the same whichever)."""
     pad = (kernel - 1) // 2 if padding is None else padding
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
                    feature_group_count=groups, use_bias=use_bias, dtype=dtype,
-                   kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"), name=name)
+                   kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                   conv_general_dilated=conv_general_dilated_for(conv_impl), name=name)
 
 
 class ConvNormAct(nn.Module):

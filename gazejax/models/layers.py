@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gazejax.models.conv_impl import conv_general_dilated_for
+
 Dtype = Any
 
 # torch `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: N(0, 2 / (C_out * prod(kernel))), untruncated.
@@ -52,11 +54,13 @@ def conv(
     use_bias: bool = False,
     dtype: Dtype = jnp.float32,
     name: str | None = None,
+    conv_impl: str = "auto",
 ) -> nn.Conv:
     """Convolution `[B, *S, in_features] -> [B, *S, features]`, kernel k per axis, padding dilation*(k//2).
 
     Bias off by default (a norm follows); kaiming-normal fan_out kernel init and torch's uniform bias init, as
-    open_brats2020. Call inside a compact method, where the input's rank and channels are known.
+    open_brats2020. `conv_impl` picks the formulation (`conv_impl.IMPLS`; same parameters whichever). Call inside
+    a compact method, where the input's rank and channels are known.
     """
     pad = dilation * (kernel_size // 2)
     fan_in = in_features * kernel_size**spatial_dims
@@ -70,13 +74,16 @@ def conv(
         param_dtype=jnp.float32,
         kernel_init=kaiming_normal_fan_out,
         bias_init=functools.partial(torch_bias_init, fan_in=fan_in),
+        conv_general_dilated=conv_general_dilated_for(conv_impl),
         name=name,
     )
 
 
-def conv1x1(x: jax.Array, features: int, dtype: Dtype = jnp.float32, name: str | None = None) -> jax.Array:
+def conv1x1(x: jax.Array, features: int, dtype: Dtype = jnp.float32, name: str | None = None,
+            conv_impl: str = "auto") -> jax.Array:
     """Applies a 1x1(x1) convolution with bias to `x` (open_brats2020's `conv1x1`, used for heads)."""
-    layer = conv(features, spatial_rank(x), x.shape[-1], kernel_size=1, use_bias=True, dtype=dtype, name=name)
+    layer = conv(features, spatial_rank(x), x.shape[-1], kernel_size=1, use_bias=True, dtype=dtype, name=name,
+                 conv_impl=conv_impl)
     return layer(x)
 
 
@@ -98,11 +105,12 @@ class ConvNormAct(nn.Module):
     features: int
     dilation: int = 1
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n, c_in = spatial_rank(x), x.shape[-1]
-        x = conv(self.features, n, c_in, 3, self.dilation, dtype=self.dtype, name="conv")(x)
+        x = conv(self.features, n, c_in, 3, self.dilation, dtype=self.dtype, name="conv", conv_impl=self.conv_impl)(x)
         x = group_norm(self.features, self.dtype, name="bn")(x)
         return nn.relu(x)
 
@@ -114,11 +122,12 @@ class UBlock(nn.Module):
     features: int
     dilation: int = 1
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ConvNormAct(self.mid_features, self.dilation, self.dtype, name="ConvBnRelu1")(x)
-        return ConvNormAct(self.features, self.dilation, self.dtype, name="ConvBnRelu2")(x)
+        x = ConvNormAct(self.mid_features, self.dilation, self.dtype, self.conv_impl, name="ConvBnRelu1")(x)
+        return ConvNormAct(self.features, self.dilation, self.dtype, self.conv_impl, name="ConvBnRelu2")(x)
 
 
 def max_pool(x: jax.Array, factor: int | Sequence[int] = 2) -> jax.Array:

@@ -31,14 +31,15 @@ class BasicBlock(nn.Module):
     stride: int = 1
     dtype: Any = jnp.float32
     expansion: int = 1
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        y = torch_conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv1")(x)
+        y = torch_conv(self.planes, 3, self.stride, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(x)
         y = nn.relu(batch_norm(train, self.dtype, name="bn1")(y))
-        y = torch_conv(self.planes, 3, dtype=self.dtype, name="conv2")(y)
+        y = torch_conv(self.planes, 3, dtype=self.dtype, conv_impl=self.conv_impl, name="conv2")(y)
         y = batch_norm(train, self.dtype, name="bn2")(y)
-        return nn.relu(y + _shortcut(x, self.planes, self.stride, train, self.dtype))
+        return nn.relu(y + _shortcut(x, self.planes, self.stride, train, self.dtype, self.conv_impl))
 
 
 class Bottleneck(nn.Module):
@@ -48,35 +49,37 @@ class Bottleneck(nn.Module):
     stride: int = 1
     dtype: Any = jnp.float32
     expansion: int = 4
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         out = self.planes * self.expansion
-        y = torch_conv(self.planes, 1, dtype=self.dtype, name="conv1")(x)
+        y = torch_conv(self.planes, 1, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(x)
         y = nn.relu(batch_norm(train, self.dtype, name="bn1")(y))
-        y = torch_conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv2")(y)
+        y = torch_conv(self.planes, 3, self.stride, dtype=self.dtype, conv_impl=self.conv_impl, name="conv2")(y)
         y = nn.relu(batch_norm(train, self.dtype, name="bn2")(y))
-        y = torch_conv(out, 1, dtype=self.dtype, name="conv3")(y)
+        y = torch_conv(out, 1, dtype=self.dtype, conv_impl=self.conv_impl, name="conv3")(y)
         y = batch_norm(train, self.dtype, name="bn3")(y)
-        return nn.relu(y + _shortcut(x, out, self.stride, train, self.dtype))
+        return nn.relu(y + _shortcut(x, out, self.stride, train, self.dtype, self.conv_impl))
 
 
-def _shortcut(x: jnp.ndarray, out: int, stride: int, train: bool, dtype: Any) -> jnp.ndarray:
+def _shortcut(x: jnp.ndarray, out: int, stride: int, train: bool, dtype: Any, conv_impl: str) -> jnp.ndarray:
     """Identity, or torchvision's `downsample` (1x1 strided conv "0" + BN "1") when the shape changes."""
     if stride == 1 and x.shape[-1] == out:
         return x
     # Created inside the calling block's compact scope, so the path is <block>/downsample/{0,1}.
-    return _Downsample(out, stride, dtype, name="downsample")(x, train)
+    return _Downsample(out, stride, dtype, conv_impl, name="downsample")(x, train)
 
 
 class _Downsample(nn.Module):
     features: int
     stride: int
     dtype: Any
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = torch_conv(self.features, 1, self.stride, dtype=self.dtype, name="0")(x)
+        x = torch_conv(self.features, 1, self.stride, dtype=self.dtype, conv_impl=self.conv_impl, name="0")(x)
         return batch_norm(train, self.dtype, name="1")(x)
 
 
@@ -92,12 +95,14 @@ class ResNetStage(nn.Module):
     stride: int
     dtype: Any = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         block = nn.remat(_BLOCKS[self.block], static_argnums=(2,)) if self.remat else _BLOCKS[self.block]
         for j in range(self.num_blocks):
-            x = block(self.planes, self.stride if j == 0 else 1, self.dtype, name=str(j))(x, train)
+            x = block(self.planes, self.stride if j == 0 else 1, self.dtype, conv_impl=self.conv_impl,
+                      name=str(j))(x, train)
         return x
 
 
@@ -113,6 +118,7 @@ class ResNet(nn.Module):
       width: base width (64 in torchvision); stage i has width * 2**i planes. Small values give tiny test nets.
       dtype: computation dtype (parameters stay float32).
       remat: recompute each residual block's activations in the backward pass instead of storing them.
+      conv_impl: convolution formulation (`gazejax.models.conv_impl.IMPLS`); parameters are the same whichever.
     """
 
     block: str = "basic"
@@ -123,19 +129,20 @@ class ResNet(nn.Module):
     width: int = 64
     dtype: Any = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
         if self.block not in _BLOCKS:
             raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {self.block!r}")
         x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
-        x = torch_conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(x)
+        x = torch_conv(self.width, 7, 2, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(x)
         x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
         features = {"stem": x}
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, num_blocks in enumerate(self.stage_sizes):
             x = ResNetStage(self.block, self.width * 2**i, num_blocks, 1 if i == 0 else 2, self.dtype,
-                            self.remat, name=f"layer{i + 1}")(x, train)
+                            self.remat, self.conv_impl, name=f"layer{i + 1}")(x, train)
             features[f"layer{i + 1}"] = x
         pooled = global_avg_pool(x)
         logits = classifier_head(pooled, self.num_classes, "fc", self.dtype)

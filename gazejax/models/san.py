@@ -33,6 +33,7 @@ class SAN(nn.Module):
     width: int = 32
     groups: int = 2
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -47,9 +48,9 @@ class SAN(nn.Module):
         h = avg_pool(x, INPUT_DOWNSAMPLING)
         for g in range(self.groups):
             w = self.width * 2**g
-            h = UBlock(w, w, dtype=self.dtype, name=f"group{g + 1}")(h)
+            h = UBlock(w, w, dtype=self.dtype, conv_impl=self.conv_impl, name=f"group{g + 1}")(h)
             h = max_pool(h, 2)
-        gaze = conv1x1(h, 1, self.dtype, name="gaze_head").astype(jnp.float32)
+        gaze = conv1x1(h, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)
         chex.assert_shape(h, (batch, *grid, self.width * 2 ** (self.groups - 1)))
         chex.assert_shape(gaze, (batch, *grid, 1))
         return h, gaze

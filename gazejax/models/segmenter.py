@@ -92,6 +92,7 @@ class GazeSegmenter(nn.Module):
     backbone: str = "equiunet"
     norm: str | None = None
     remat: bool = False  # per-block rematerialisation of the EquiUnet encoder/decoder (memory for compute)
+    conv_impl: str = "auto"  # convolution formulation (conv_impl.IMPLS) of EquiUnet, SAN and the 1x1 heads
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class GazeSegmenter(nn.Module):
         *skips, e4 = features
         gaze, gaze_extra = None, []
         if self.method in _SAN_METHODS:
-            m2, gaze = SAN(self.san_width, dtype=self.dtype, name="san")(x, train)
+            m2, gaze = SAN(self.san_width, dtype=self.dtype, conv_impl=self.conv_impl, name="san")(x, train)
             e4 = self._fuse(e4, m2, train)
         elif self.method == "tasn":
             e4, structure, detail = TrilinearAttention(self.dtype, name="tasn")(e4, train)
@@ -112,7 +113,7 @@ class GazeSegmenter(nn.Module):
         out = decoder((*skips, e4), train)
         seg = out.seg
         if self.method == "gaze_star":
-            full_gaze = conv1x1(out.last, 1, self.dtype, name="gaze_head").astype(jnp.float32)
+            full_gaze = conv1x1(out.last, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)
             gaze = avg_pool(full_gaze, GRID_DOWNSAMPLING)
             if not train:
                 seg = gaze_modulated_logits(seg, full_gaze)
@@ -158,8 +159,8 @@ class GazeSegmenter(nn.Module):
         if self.method == "cbam":
             return (CBAMEquiUnetEncoder(w, dtype=dt, name="encoder"),
                     CBAMEquiUnetDecoder(k, w, deep, dt, name="decoder"))
-        return (EquiUnetEncoder(w, dt, self.remat, name="encoder"),
-                EquiUnetDecoder(k, w, deep, dt, self.remat, name="decoder"))
+        return (EquiUnetEncoder(w, dt, self.remat, self.conv_impl, name="encoder"),
+                EquiUnetDecoder(k, w, deep, dt, self.remat, self.conv_impl, name="decoder"))
 
     @staticmethod
     def _to_gaze_grid(logits: jax.Array, x: jax.Array) -> jax.Array:
@@ -171,7 +172,8 @@ class GazeSegmenter(nn.Module):
         """e4' from e4 and SAN's M2: AAB (ours) or concatenation + 1x1 conv (+SAN*)."""
         if self.method == "san_star":
             up = resize_align_corners(m2, e4.shape[1:-1]).astype(e4.dtype)
-            return conv1x1(jnp.concatenate([e4, up], axis=-1), e4.shape[-1], self.dtype, name="san_fuse")
+            return conv1x1(jnp.concatenate([e4, up], axis=-1), e4.shape[-1], self.dtype, name="san_fuse",
+                           conv_impl=self.conv_impl)
         return AAB(self.aab_heads, self.aab_head_dim, dtype=self.dtype, name="aab")(e4, m2, train)
 
     def _survival(self, e4: jax.Array) -> jax.Array | None:

@@ -43,6 +43,7 @@ class EquiUnetEncoder(nn.Module):
     width: int = 48
     dtype: Dtype = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
@@ -53,7 +54,7 @@ class EquiUnetEncoder(nn.Module):
             if level:
                 x = max_pool(x, 2)
             w = self.width * 2**level
-            x = ublock(self.remat)(w, w, dtype=self.dtype, name=f"encoder{level + 1}")(x)
+            x = ublock(self.remat)(w, w, dtype=self.dtype, conv_impl=self.conv_impl, name=f"encoder{level + 1}")(x)
             features.append(x)
         batch, spatial = x.shape[0], x.shape[1:-1]
         chex.assert_shape(features[-1], (batch, *spatial, 8 * self.width))
@@ -82,26 +83,28 @@ class EquiUnetDecoder(nn.Module):
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, features: tuple[jax.Array, ...], train: bool = False) -> DecoderOutput:
         del train
         e1, e2, e3, e4 = features
-        w, UBlock = self.width, ublock(self.remat)  # noqa: N806 (a module class)
+        w, UBlock, ci = self.width, ublock(self.remat), self.conv_impl  # noqa: N806 (a module class)
         chex.assert_rank([e1, e2, e3, e4], e1.ndim)
         chex.assert_axis_dimension(e4, -1, 8 * w)
-        bottom = UBlock(8 * w, 8 * w, dilation=2, dtype=self.dtype, name="bottom")(e4)
-        bottom_2 = ConvNormAct(4 * w, dtype=self.dtype, name="bottom_2")(jnp.concatenate([e4, bottom], -1))
-        d3 = UBlock(4 * w, 2 * w, dtype=self.dtype, name="decoder3")(self._skip(e3, bottom_2))
-        d2 = UBlock(2 * w, w, dtype=self.dtype, name="decoder2")(self._skip(e2, d3))
-        d1 = UBlock(w, w, dtype=self.dtype, name="decoder1")(self._skip(e1, d2))
-        seg = conv1x1(d1, self.num_classes, self.dtype, name="outconv").astype(jnp.float32)
+        bottom = UBlock(8 * w, 8 * w, dilation=2, dtype=self.dtype, conv_impl=ci, name="bottom")(e4)
+        bottom_2 = ConvNormAct(4 * w, dtype=self.dtype, conv_impl=ci, name="bottom_2")(
+            jnp.concatenate([e4, bottom], -1))
+        d3 = UBlock(4 * w, 2 * w, dtype=self.dtype, conv_impl=ci, name="decoder3")(self._skip(e3, bottom_2))
+        d2 = UBlock(2 * w, w, dtype=self.dtype, conv_impl=ci, name="decoder2")(self._skip(e2, d3))
+        d1 = UBlock(w, w, dtype=self.dtype, conv_impl=ci, name="decoder1")(self._skip(e1, d2))
+        seg = conv1x1(d1, self.num_classes, self.dtype, name="outconv", conv_impl=ci).astype(jnp.float32)
         chex.assert_shape(seg, (*e1.shape[:-1], self.num_classes))
         deep = []
         if self.deep_supervision:
             heads = {"deep_bottom": (bottom, 8), "deep_bottom2": (bottom_2, 8), "deep3": (d3, 4), "deep2": (d2, 2)}
             for name, (feature, factor) in heads.items():
-                logits = conv1x1(feature, self.num_classes, self.dtype, name=name)
+                logits = conv1x1(feature, self.num_classes, self.dtype, name=name, conv_impl=ci)
                 deep.append(upsample_linear(logits, factor).astype(jnp.float32))
             chex.assert_equal_shape([seg, *deep])
         return DecoderOutput(seg, deep, d1)
@@ -124,13 +127,14 @@ class EquiUnet(nn.Module):
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
         check_spatial(x, DOWNSAMPLING, "unet3d.py EquiUnet")
         chex.assert_axis_dimension(x, -1, self.in_channels)
-        features = EquiUnetEncoder(self.width, self.dtype, self.remat, name="encoder")(x, train)
+        features = EquiUnetEncoder(self.width, self.dtype, self.remat, self.conv_impl, name="encoder")(x, train)
         out = EquiUnetDecoder(
-            self.num_classes, self.width, self.deep_supervision, self.dtype, self.remat, name="decoder"
+            self.num_classes, self.width, self.deep_supervision, self.dtype, self.remat, self.conv_impl, name="decoder"
         )(features, train)
         return {"seg": out.seg, "deep": out.deep}

@@ -1,0 +1,159 @@
+"""Alternative formulations of `jax.lax.conv_general_dilated` for channels-last convolutions (XLA:CPU runs its
+native convolutions well below its matmul rate), selected by name and passed to `nn.Conv(conv_general_dilated=...)`
+so that parameter names, shapes and checkpoints are identical whichever formulation runs.
+
+Inputs `[B, *S, C_in]`, kernels `[*K, C_in, C_out]`, outputs `[B, *S_out, C_out]` (flax's NHWC/HWIO numbers).
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+ConvFn = Callable[..., jax.Array]
+IMPLS = ("auto", "xla", "mixed", "taps", "im2col", "depth2d")
+# What "auto" resolves to per backend at trace time (see `resolve`); accelerators keep their native convolutions.
+AUTO = {"cpu": "mixed"}
+# _depth2d_bwd takes the native 3D filter gradient from this many channels (in and out) and output voxels on.
+NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
+
+
+def resolve(impl: str) -> str:
+    """The concrete formulation for `impl` ("auto" -> by the default backend, `AUTO`, else "xla")."""
+    if impl not in IMPLS:
+        raise ValueError(f"conv_impl.py: unknown conv_impl {impl!r}; expected one of {', '.join(IMPLS)}")
+    return AUTO.get(jax.default_backend(), "xla") if impl == "auto" else impl
+
+
+def conv_general_dilated_for(impl: str) -> ConvFn:
+    """A function with `lax.conv_general_dilated`'s signature computing the convolution as `impl`:
+
+    - "xla": the native `lax.conv_general_dilated`.
+    - "taps": one `[B*S_out, C_in] x [C_in, C_out]` matmul per kernel tap on a shifted (strided) view, summed.
+    - "im2col": the k^n shifted views concatenated over channels, one `[B*S_out, k^n C_in] x [k^n C_in, C_out]`
+      matmul.
+    - "depth2d": a 3D convolution as the sum over depth taps of native 2D convolutions with depth folded into
+      the batch (2D inputs go to "xla").
+    - "mixed": per layer, what was fastest on XLA:CPU (2-core Zen 4): 1x1 kernels as one matmul ("taps"), 3D
+      kernels as "depth2d", other 2D kernels native ("xla").
+    - "auto": one of the above by backend (`AUTO`), chosen when the function is built.
+    Cases the formulations do not cover fall back to `lax.conv_general_dilated`: dimension numbers other than
+    channels-last/HWIO, input (transposed-conv) dilation, grouped convolutions and batch groups.
+    """
+    impl = resolve(impl)
+    if impl == "xla":
+        return lax.conv_general_dilated
+    return functools.partial(_conv, impl=impl)
+
+
+def _channels_last(ndim: int) -> lax.ConvDimensionNumbers:
+    lhs = (0, ndim - 1) + tuple(range(1, ndim - 1))
+    return lax.ConvDimensionNumbers(lhs, (ndim - 1, ndim - 2) + tuple(range(ndim - 2)), lhs)
+
+
+def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: str | Sequence[tuple[int, int]],
+          lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+          dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
+          precision: Any = None, preferred_element_type: Any = None, *, impl: str) -> jax.Array:
+    n = lhs.ndim - 2
+    strides = tuple(window_strides) or (1,) * n
+    dilation = tuple(rhs_dilation or (1,) * n)
+    numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    covered = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))
+               and feature_group_count == 1 and batch_group_count == 1 and not (impl == "depth2d" and n != 3))
+    if not covered:
+        return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, dilation, dimension_numbers,
+                                        feature_group_count, batch_group_count, precision, preferred_element_type)
+    kernel = rhs.shape[:n]
+    if impl == "mixed":
+        impl = "taps" if all(k == 1 for k in kernel) else "depth2d" if n == 3 else "xla"
+    if impl == "xla":
+        return lax.conv_general_dilated(lhs, rhs, strides, padding, None, dilation, dimension_numbers,
+                                        precision=precision, preferred_element_type=preferred_element_type)
+    if isinstance(padding, str):
+        dilated = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+        padding = lax.padtype_to_pads(lhs.shape[1:-1], dilated, strides, padding)
+    out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+    zero = jnp.zeros((), lhs.dtype)
+    x = lax.pad(lhs, zero, [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+    out = [(s - (k - 1) * d - 1) // st + 1 for s, k, d, st in zip(x.shape[1:-1], kernel, dilation, strides)]
+    if impl == "depth2d":
+        return _depth2d(x, rhs, out, strides, dilation, precision, out_dtype)
+    views = [_view(x, tap, dilation, strides, out) for tap in itertools.product(*map(range, kernel))]
+    acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype  # sum bf16 partial products in f32
+    if impl == "im2col":
+        patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+        w = rhs.reshape(-1, rhs.shape[-1])
+        return _matmul(patches, w, precision, acc).astype(out_dtype)
+    w = rhs.reshape(-1, *rhs.shape[-2:])
+    y = sum(_matmul(v, w[i], precision, acc) for i, v in enumerate(views))
+    return y.astype(out_dtype)
+
+
+def _view(x: jax.Array, tap: Sequence[int], dilation: Sequence[int], strides: Sequence[int],
+          out: Sequence[int]) -> jax.Array:
+    """The padded input seen by kernel tap `tap`: `[B, *out, C]` (strided slice)."""
+    start = [0] + [t * d for t, d in zip(tap, dilation)] + [0]
+    limit = [x.shape[0]] + [s + (o - 1) * st + 1 for s, o, st in zip(start[1:-1], out, strides)] + [x.shape[-1]]
+    return lax.slice(x, start, limit, [1, *strides, 1])
+
+
+def _matmul(x: jax.Array, w: jax.Array, precision: Any, acc: Any) -> jax.Array:
+    """`[..., C_in] x [C_in, C_out] -> [..., C_out]` accumulated in `acc`."""
+    return lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
+                           preferred_element_type=acc)
+
+
+def _depth2d(x: jax.Array, rhs: jax.Array, out: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
+             precision: Any, out_dtype: Any) -> jax.Array:
+    """Padded `[B, D, H, W, C]` conv as the sum over depth taps of 2D convs on `[B * D_out, H, W, C]`."""
+    y = _depth2d_vjp(x, rhs, tuple(out), tuple(strides), tuple(dilation), precision)
+    return y.astype(out_dtype)
+
+
+def _depth2d_sum(x: jax.Array, rhs: jax.Array, out: tuple[int, ...], strides: tuple[int, ...],
+                 dilation: tuple[int, ...], precision: Any) -> jax.Array:
+    """Sum over depth taps t of conv2d(x[:, t*dil_d :: stride_d] with depth folded into batch, rhs[t]), float32."""
+    b = x.shape[0]
+    y = 0
+    for t in range(rhs.shape[0]):
+        start = t * dilation[0]
+        xs = lax.slice_in_dim(x, start, start + (out[0] - 1) * strides[0] + 1, strides[0], axis=1)
+        xs = xs.reshape(b * out[0], *xs.shape[2:])
+        y = y + lax.conv_general_dilated(xs, rhs[t], strides[1:], "VALID", None, dilation[1:], _channels_last(4),
+                                         precision=precision, preferred_element_type=jnp.float32)
+    return y.reshape(b, out[0], *y.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _depth2d_vjp(x, rhs, out, strides, dilation, precision):
+    return _depth2d_sum(x, rhs, out, strides, dilation, precision)
+
+
+def _depth2d_fwd(x, rhs, out, strides, dilation, precision):
+    return _depth2d_sum(x, rhs, out, strides, dilation, precision), (x, rhs)
+
+
+def _depth2d_bwd(out, strides, dilation, precision, residuals, g):
+    """dx through the 2D convs (fast on XLA:CPU); dW through the native 3D filter gradient when both channel
+    counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices is slow there), else the 2D one."""
+    x, rhs = residuals
+    _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision), x)
+    voxels = x.shape[0] * np.prod(out)
+    if min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS:
+        def native(w):
+            return lax.conv_general_dilated(x, w, strides, "VALID", None, dilation, _channels_last(5),
+                                            precision=precision, preferred_element_type=jnp.float32)
+        _, dw_fn = jax.vjp(native, rhs)
+    else:
+        _, dw_fn = jax.vjp(lambda w: _depth2d_sum(x, w, out, strides, dilation, precision), rhs)
+    return dx_fn(g)[0], dw_fn(g)[0]
+
+
+_depth2d_vjp.defvjp(_depth2d_fwd, _depth2d_bwd)
