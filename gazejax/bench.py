@@ -176,7 +176,11 @@ def _machine(config, n_dev: int) -> dict:
 
     device = jax.devices()[0]
     dtype = compute_dtype(config)
-    out = {"platform": device.platform, "device_kind": device.device_kind, "devices": n_dev,
+    from gazejax.models.conv_impl import resolve
+
+    model = config.get("model") or {}
+    conv = resolve(str(model.get("conv_impl", "auto"))) if hasattr(model, "get") else "xla"
+    out = {"platform": device.platform, "device_kind": device.device_kind, "devices": n_dev, "conv_impl": conv,
            "processes": jax.process_count(), "compute_dtype": dtype, "cpu_count": os.cpu_count()}
     if device.platform == "cpu":  # forced host devices share the cores: the machine's matmul rate is the peak
         out["peak_flops_per_s"], out["peak_source"] = matmul_peak(dtype), f"measured {dtype} matmul (2048^3)"
