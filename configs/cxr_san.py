@@ -81,6 +81,7 @@ def _model(backbone: str) -> ml_collections.ConfigDict:
     m.aab_ffn_mult = 2                      # AAB feed-forward hidden width = aab_ffn_mult x E4 channels
     m.dropout = -1.0                        # head dropout; < 0 = the backbone's own (EffNet/MobileNet 0.2, ResNet 0)
     m.dtype = "float32"                     # compute dtype (params stay float32)
+    m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
     m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)
     return m
 

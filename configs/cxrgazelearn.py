@@ -76,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.fusion_dropout = 0.25
     m.detach = True                         # saliency / fusion losses never reach the encoders they read
     m.dtype = "float32"                     # compute dtype (params stay float32)
+    m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
     m.init_from = ""                        # converted ImageNet DenseNet-201 (python -m gazejax.models.convert)
 
     c.loss = lo = ml_collections.ConfigDict()

@@ -102,6 +102,7 @@ def _model(c: ml_collections.ConfigDict, backbone: str) -> None:
     m.proj_dim = 256                        # ... to 256
     m.predictor_hidden = 4096               # BYOL predictor hidden width (Grill et al.)
     m.dtype = "float32"                     # compute dtype (params stay float32)
+    m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
     m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)
 
     c.loss = lo = ml_collections.ConfigDict()  # L = L_contrast + alpha L_attn + beta L_regional (Sec. 2.3.4)

@@ -87,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.sigma_ce_init = 1.0                   # "set sigma_ce = 1" (Sec. 3.4); the reference code uses exp(7)
     m.dropout = -1.0                        # head dropout; < 0 = the backbone's own (EffNet 0.2, ResNet 0)
     m.dtype = "float32"                     # compute dtype (params stay float32)
-    m.conv_impl = "auto"                    # ResNet conv formulation (models/conv_impl.py); auto = by backend
+    m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
     m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)
 
     c.optim = o = ml_collections.ConfigDict()

@@ -1,5 +1,6 @@
 """Convolution formulations of gazejax.models.conv_impl against lax.conv_general_dilated (outputs and gradients),
 and models built with different conv_impl sharing parameters and outputs."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -124,3 +125,106 @@ def test_san_aab_build_model_passes_conv_impl():
         "backbone": "equiunet", "width": 8, "nnunet_width": 8, "dmfnet_width": 32, "deep_supervision": False,
         "san_width": 8, "aab_heads": 2, "aab_head_dim": 16, "dtype": "float32", "conv_impl": "taps"}})
     assert san_aab.build_model(config).conv_impl == "taps"
+
+
+def _tiny_models():
+    from gazejax.models.densenet import DenseNet
+    from gazejax.models.dmfnet import DMFNet
+    from gazejax.models.efficientnet import efficientnet_b0
+    from gazejax.models.mobilenet import mobilenet_v2
+    from gazejax.models.nnunet3d import NNUNet3D
+    from gazejax.models.saliency_unet import SaliencyUNet
+    from gazejax.models.vit import VisionTransformer
+
+    img = (1, 32, 32, 3)
+    return {
+        "densenet": (lambda i: DenseNet(4, (1, 1), 8, 2, num_classes=3, conv_impl=i), img),
+        "efficientnet_b0": (lambda i: efficientnet_b0(width_mult=0.25, depth_mult=0.25, num_classes=3,
+                                                      conv_impl=i), img),
+        "mobilenet_v2": (lambda i: mobilenet_v2(width_mult=0.25, setting=((1, 16, 1, 1), (6, 24, 2, 2)),
+                                                num_classes=3, conv_impl=i), img),
+        "nnunet3d": (lambda i: NNUNet3D(width=2, deep_supervision=True, conv_impl=i), (1, 16, 16, 16, 4)),
+        "dmfnet": (lambda i: DMFNet(width=16, deep_supervision=True, conv_impl=i), (1, 16, 16, 16, 4)),
+        "saliency_unet": (lambda i: SaliencyUNet((4, 4, 8, 8, 8), "res_se", se_reduction=2, conv_impl=i),
+                          (1, 32, 32, 1)),
+        "vit_tiny": (lambda i: VisionTransformer(32, 16, 1, 2, 8, 16, num_classes=3, conv_impl=i), img),
+    }
+
+
+def _random_variables(shapes):
+    """Fan-in scaled random kernels (outputs stay finite through deep nets), positive BN statistics."""
+    rng = np.random.default_rng(0)
+
+    def draw(path, a):
+        if "batch_stats" in jax.tree_util.keystr(path):
+            return jnp.asarray(np.abs(rng.normal(0, 0.3, a.shape)) + 0.5, a.dtype)
+        scale = 1 / np.sqrt(np.prod(a.shape[:-1])) if len(a.shape) > 1 else 0.3
+        return jnp.asarray(rng.normal(0, scale, a.shape), a.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.mark.parametrize("name", sorted(_tiny_models()))
+def test_backbones_share_parameters_and_outputs(name):
+    make, shape = _tiny_models()[name]
+    x = jax.random.normal(jax.random.key(0), shape)
+    ref, other = make("xla"), make("mixed")
+    shapes = jax.eval_shape(ref.init, jax.random.key(1), x)
+    assert jax.tree.structure(jax.eval_shape(other.init, jax.random.key(1), x)) == jax.tree.structure(shapes)
+    assert jax.tree.leaves(jax.eval_shape(other.init, jax.random.key(1), x)) == jax.tree.leaves(shapes)
+    variables = _random_variables(shapes)
+    want = jax.tree.leaves(jax.jit(ref.apply)(variables, x))
+    got = jax.tree.leaves(jax.jit(other.apply)(variables, x))
+    assert len(got) == len(want)
+    for g, r in zip(got, want):
+        assert np.all(np.isfinite(r)) and np.any(r != 0)
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
+
+
+def _conv_fns(model, *inputs):
+    """The `conv_general_dilated` of every nn.Conv the model runs (recorded while tracing its init)."""
+    found = []
+
+    def record(next_fun, args, kwargs, context):
+        if type(context.module) is nn.Conv and context.method_name == "__call__":
+            found.append(context.module.conv_general_dilated)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda *x: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *x),
+                       *inputs)
+    return found
+
+
+# (config module, method module, config argument, model-block overrides): every method's build_model
+BUILDS = [
+    ("brats", "san_aab", "method=ours", {"backbone": "nnunet"}),
+    ("brats", "san_aab", "method=tasn", {"backbone": "dmfnet"}),
+    ("brats", "san_aab", "method=cbam", {}),
+    ("cxr_san", "cxr_san", "method=ours,backbone=mobilenet_v2", {}),
+    ("cxr_san", "cxr_san", "method=gaze_star,backbone=efficientnet_b0", {}),
+    ("ggcam", "ggcam", "method=ggcam,backbone=efficientnet_b0", {}),
+    ("ggcam", "ggcam", "method=plain,backbone=densenet201", {}),
+    ("cxrgazelearn", "cxrgazelearn", "method=cxrgazelearn", {}),
+    ("cxrgazelearn", "cxrgazelearn", "method=mt_unet", {}),
+    ("gazat", "gazat", "method=gazat", {}),
+    ("gazat", "gazat", "method=simclr,backbone=vit_b_16", {}),
+]
+
+
+@pytest.mark.parametrize("cfg_name, method_name, arg, overrides", BUILDS,
+                         ids=[f"{m}-{a}" for _, m, a, _ in BUILDS])
+def test_build_model_forwards_conv_impl_to_every_conv(cfg_name, method_name, arg, overrides):
+    """config.model.conv_impl reaches every nn.Conv of each method's model ("taps": no default gives it)."""
+    import importlib
+
+    config = importlib.import_module(f"configs.{cfg_name}").get_config(arg)
+    config.model.update(overrides)
+    config.model.conv_impl = "taps"
+    method = importlib.import_module(f"gazejax.methods.{method_name}")
+    model = method.build_model(config)
+    batch = {k: jnp.asarray(v) for k, v in method.init_batch(config).items()}
+    fns = _conv_fns(model, *method.METHOD.model_inputs(batch))
+    assert fns, "no convolution traced"
+    wrong = [f for f in fns if getattr(f, "keywords", {}).get("impl") != "taps"]
+    assert not wrong, f"{len(wrong)} of {len(fns)} convolutions ignore config.model.conv_impl"

@@ -74,7 +74,8 @@ def build_model(config) -> SANAABClassifier:
     return SANAABClassifier(backbone=m.backbone, num_classes=len(FINDINGS), method=config.method,
                             san_width=int(m.san_width), aab_heads=int(m.aab_heads), aab_head_dim=int(m.aab_head_dim),
                             aab_ffn_mult=int(m.aab_ffn_mult), backbone_kwargs=_backbone_kwargs(config),
-                            dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype))
+                            dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype),
+                            conv_impl=str(m.get("conv_impl", "auto")))
 
 
 def init_batch(config) -> dict[str, np.ndarray]:

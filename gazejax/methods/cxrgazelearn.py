@@ -73,17 +73,18 @@ def build_model(config):
     m, method = config.model, config.method
     _plan(config)
     widths, dtype = tuple(int(w) for w in m.unet_widths), jnp.dtype(m.dtype)
+    common = {"dtype": dtype, "conv_impl": str(m.get("conv_impl", "auto"))}
     if method == "cxrgazelearn":
         return models.build("cxrgazelearn", widths=widths, encoder_kwargs=encoder_kwargs(config),
                             hidden=int(m.fusion_hidden), dropout=float(m.fusion_dropout), detach=bool(m.detach),
-                            dtype=dtype)
+                            **common)
     if method in ("dnet201", "dnet201_cl"):
-        return models.build("densenet_encoder", **encoder_kwargs(config), dtype=dtype)
+        return models.build("densenet_encoder", **encoder_kwargs(config), **common)
     if method == "mt_unet":
         return models.build("mt_unet", widths=widths, num_classes=len(CLASSES), hidden=int(m.fusion_hidden),
-                            dropout=float(m.fusion_dropout), dtype=dtype)
+                            dropout=float(m.fusion_dropout), **common)
     return models.build("saliency_unet", widths=widths, encoder="res_se" if method == "res_se_unet" else "plain",
-                        dtype=dtype)
+                        **common)
 
 
 def init_batch(config) -> dict[str, np.ndarray]:

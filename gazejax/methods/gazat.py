@@ -118,7 +118,7 @@ def build_model(config) -> nn.Module:
                     proj_hidden=int(m.proj_hidden), proj_dim=int(m.proj_dim), proj_bn=objective == "byol",
                     predictor_hidden=int(m.predictor_hidden) if objective == "byol" else 0, region_head=gaze_losses,
                     momentum=float(momentum), queue_size=int(config.moco.queue_size) if objective == "moco" else 0,
-                    vit_attention=m.vit_attention, dtype=jnp.dtype(m.dtype),
+                    vit_attention=m.vit_attention, dtype=jnp.dtype(m.dtype), conv_impl=str(m.get("conv_impl", "auto")),
                     single_view_batch_stats=config.method == "supervised" or not config.finetune.freeze_norm)
 
 

@@ -83,12 +83,13 @@ def table1_row(config, method: str | None = None):
 
 def _backbone_kwargs(config) -> dict[str, Any]:
     m, family = config.model, backbone_family(config.model.backbone)
+    common = {"in_channels": 1, "conv_impl": str(m.get("conv_impl", "auto"))}  # every backbone takes conv_impl
     if family == "resnet":
-        return {"in_channels": 1, "width": int(m.resnet_width), "conv_impl": str(m.get("conv_impl", "auto"))}
+        return {**common, "width": int(m.resnet_width)}
     if family == "efficientnet":
-        return {"in_channels": 1, "width_mult": float(m.efficientnet_width_mult),
+        return {**common, "width_mult": float(m.efficientnet_width_mult),
                 "depth_mult": float(m.efficientnet_depth_mult)}
-    return {"in_channels": 1}
+    return common
 
 
 def build_model(config) -> nn.Module:

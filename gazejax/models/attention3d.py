@@ -56,11 +56,13 @@ class SpatialAttention(nn.Module):
     kernel_size: int = 7
     relu: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         pooled = jnp.concatenate([jnp.mean(x, -1, keepdims=True), jnp.max(x, -1, keepdims=True)], -1)
-        logits = conv(1, spatial_rank(x), 2, self.kernel_size, dtype=self.dtype, name="conv")(pooled)
+        logits = conv(1, spatial_rank(x), 2, self.kernel_size, dtype=self.dtype, name="conv",
+                      conv_impl=self.conv_impl)(pooled)
         logits = group_norm(1, self.dtype, name="bn")(logits)
         if self.relu:
             logits = nn.relu(logits)
@@ -73,11 +75,12 @@ class CBAM(nn.Module):
 
     reduction: int = REDUCTION
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # of the spatial gate's conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = ChannelAttention(self.reduction, self.dtype, name="ChannelGate")(x)
-        return SpatialAttention(dtype=self.dtype, name="SpatialGate")(x)
+        return SpatialAttention(dtype=self.dtype, conv_impl=self.conv_impl, name="SpatialGate")(x)
 
 
 class CBAMEquiUnetEncoder(nn.Module):
@@ -91,6 +94,7 @@ class CBAMEquiUnetEncoder(nn.Module):
     width: int = 48
     reduction: int = REDUCTION
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
@@ -100,8 +104,8 @@ class CBAMEquiUnetEncoder(nn.Module):
         for level in range(4):
             x = max_pool(x, 2) if level else x
             w = self.width * 2**level
-            x, logits = CBAM(self.reduction, self.dtype, name=f"cbam{level + 1}")(
-                UBlock(w, w, dtype=self.dtype, name=f"encoder{level + 1}")(x))
+            x, logits = CBAM(self.reduction, self.dtype, self.conv_impl, name=f"cbam{level + 1}")(
+                UBlock(w, w, dtype=self.dtype, conv_impl=self.conv_impl, name=f"encoder{level + 1}")(x))
             features.append(x)
             maps.append(logits)
         return tuple(features), tuple(maps)
@@ -120,18 +124,19 @@ class CBAMEquiUnetDecoder(EquiUnetDecoder):
     def __call__(self, features: tuple[jax.Array, ...], train: bool = False) -> DecoderOutput:
         del train
         e1, e2, e3, e4 = features
-        w, dt = self.width, self.dtype
-        bottom, _ = CBAM(self.reduction, dt, name="cbam_bottom")(UBlock(8 * w, 8 * w, 2, dt, name="bottom")(e4))
-        bottom_2 = ConvNormAct(4 * w, dtype=dt, name="bottom_2")(jnp.concatenate([e4, bottom], -1))
-        bottom_2, _ = CBAM(self.reduction, dt, name="cbam_bottom_2")(bottom_2)
-        d3 = UBlock(4 * w, 2 * w, dtype=dt, name="decoder3")(self._skip(e3, bottom_2))
-        d2 = UBlock(2 * w, w, dtype=dt, name="decoder2")(self._skip(e2, d3))
-        d1 = UBlock(w, w, dtype=dt, name="decoder1")(self._skip(e1, d2))
-        seg = conv1x1(d1, self.num_classes, dt, name="outconv").astype(jnp.float32)
+        w, dt, ci = self.width, self.dtype, self.conv_impl  # conv_impl: EquiUnetDecoder's attribute
+        bottom, _ = CBAM(self.reduction, dt, ci, name="cbam_bottom")(
+            UBlock(8 * w, 8 * w, 2, dt, ci, name="bottom")(e4))
+        bottom_2 = ConvNormAct(4 * w, dtype=dt, conv_impl=ci, name="bottom_2")(jnp.concatenate([e4, bottom], -1))
+        bottom_2, _ = CBAM(self.reduction, dt, ci, name="cbam_bottom_2")(bottom_2)
+        d3 = UBlock(4 * w, 2 * w, dtype=dt, conv_impl=ci, name="decoder3")(self._skip(e3, bottom_2))
+        d2 = UBlock(2 * w, w, dtype=dt, conv_impl=ci, name="decoder2")(self._skip(e2, d3))
+        d1 = UBlock(w, w, dtype=dt, conv_impl=ci, name="decoder1")(self._skip(e1, d2))
+        seg = conv1x1(d1, self.num_classes, dt, name="outconv", conv_impl=ci).astype(jnp.float32)
         deep = []
         if self.deep_supervision:
             heads = {"deep_bottom": (bottom, 8), "deep_bottom2": (bottom_2, 8), "deep3": (d3, 4), "deep2": (d2, 2)}
-            deep = deep_heads(heads, self.num_classes, dt)
+            deep = deep_heads(heads, self.num_classes, dt, ci)
         return DecoderOutput(seg, deep, d1)
 
 
@@ -167,6 +172,7 @@ class TrilinearAttention(nn.Module):
     """
 
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # of `fuse` (conv_impl.IMPLS)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -176,7 +182,8 @@ class TrilinearAttention(nn.Module):
         logits_s = group_norm(1, self.dtype, name="structure_norm")(structure).astype(jnp.float32)
         logits_d = group_norm(1, self.dtype, name="detail_norm")(detail).astype(jnp.float32)
         gated = [x * jax.nn.sigmoid(lg).astype(x.dtype) for lg in (logits_s, logits_d)]
-        refined = x + conv1x1(jnp.concatenate(gated, -1), x.shape[-1], self.dtype, name="fuse").astype(x.dtype)
+        refined = x + conv1x1(jnp.concatenate(gated, -1), x.shape[-1], self.dtype, name="fuse",
+                                 conv_impl=self.conv_impl).astype(x.dtype)
         return refined, logits_s, logits_d
 
     def _detail_index(self, maps: jax.Array, train: bool) -> jax.Array:

@@ -87,10 +87,12 @@ class ConvNormAct(nn.Module):
     activation: Callable | None = nn.relu
     eps: float = TORCH_BN_EPS
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        x = torch_conv(self.features, self.kernel, self.stride, self.groups, dtype=self.dtype, name="0")(x)
+        x = torch_conv(self.features, self.kernel, self.stride, self.groups, dtype=self.dtype, name="0",
+                       conv_impl=self.conv_impl)(x)
         x = batch_norm(train, self.dtype, self.eps, name="1")(x)
         return x if self.activation is None else self.activation(x)
 

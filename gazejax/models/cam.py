@@ -55,11 +55,14 @@ def head_feature_map(backbone: str, features: Mapping[str, jax.Array]) -> jax.Ar
     return _HEAD_MAPS[backbone_family(backbone)](features)
 
 
-def headless_backbone(parent: nn.Module, backbone: str, kwargs: Mapping[str, Any] | None, dtype: Dtype) -> nn.Module:
-    """`build(backbone, num_classes=0, dtype=dtype, **kwargs)` as the child "backbone" of `parent` (call inside
-    `parent`'s compact method), so its parameters sit under "backbone" exactly as in the plain backbone."""
+def headless_backbone(parent: nn.Module, backbone: str, kwargs: Mapping[str, Any] | None, dtype: Dtype,
+                      conv_impl: str = "auto") -> nn.Module:
+    """`build(backbone, num_classes=0, dtype=dtype, conv_impl=conv_impl, **kwargs)` as the child "backbone" of
+    `parent` (call inside `parent`'s compact method), so its parameters sit under "backbone" exactly as in the
+    plain backbone. A "conv_impl" in `kwargs` takes precedence over the argument."""
     # `build`'s first parameter is the registry name, so the Flax name is given by re-binding an unbound module.
-    net = build(backbone, **{"dtype": dtype, **dict(kwargs or {}), "num_classes": 0, "parent": None})
+    net = build(backbone, **{"dtype": dtype, "conv_impl": conv_impl, **dict(kwargs or {}), "num_classes": 0,
+                             "parent": None})
     return net.clone(parent=parent, name="backbone")
 
 
@@ -116,6 +119,7 @@ class GGCAMModel(nn.Module):
         Uses the "dropout" RNG stream when training.
       sigma_sm_init / sigma_ce_init: initial sigmas (None = Table 1 / 1.0); the params hold their logs.
       dtype: computation dtype of backbone and CAM (parameters, outputs float32).
+      conv_impl: the backbone's convolution formulation (`conv_impl.IMPLS`) unless `backbone_kwargs` sets one.
     """
 
     backbone: str = "efficientnet_v2_s"
@@ -126,11 +130,12 @@ class GGCAMModel(nn.Module):
     sigma_sm_init: float | None = None
     sigma_ce_init: float = SIGMA_CE_INIT
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array]:
         sigma_sm = self._sigma_sm_init()
-        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype)
+        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype, self.conv_impl)
         feats = head_feature_map(self.backbone, net(x, train)["features"])
         rate = getattr(net, "dropout", 0.0) if self.dropout is None else self.dropout
         if rate > 0:

@@ -85,6 +85,8 @@ class SANAABClassifier(nn.Module):
       backbone_kwargs: extra backbone constructor arguments (e.g. in_channels=1, width_mult).
       dropout: classifier dropout, None = the backbone's.
       dtype: computation dtype (parameters float32).
+      conv_impl: convolution formulation (`conv_impl.IMPLS`) of the backbone (unless `backbone_kwargs` sets one),
+        SAN and the gaze head; the parameters are the same whichever.
     """
 
     backbone: str = "efficientnet_b0"
@@ -97,19 +99,20 @@ class SANAABClassifier(nn.Module):
     backbone_kwargs: Mapping[str, Any] | None = None
     dropout: float | None = None
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array | None]:
         self._validate(x)
-        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype)
+        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype, self.conv_impl)
         e4 = head_feature_map(self.backbone, net(x, train)["features"])
         gaze = None
         if self.method == "ours":
-            m2, gaze = SAN(self.san_width, dtype=self.dtype, name="san")(x, train)
+            m2, gaze = SAN(self.san_width, dtype=self.dtype, conv_impl=self.conv_impl, name="san")(x, train)
             aab = AAB(self.aab_heads, self.aab_head_dim, self.aab_ffn_mult, dtype=self.dtype, name="aab")
             e4 = aab(e4, m2, train)
         elif self.method in ("gaze_star", "gaze_loss"):
-            gaze = conv1x1(e4, 1, self.dtype, name="gaze_head").astype(jnp.float32)
+            gaze = conv1x1(e4, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)
         if self.method == "gaze_star" and not train:
             pooled = gaze_attention_pool(e4, gaze)
         else:

@@ -37,13 +37,14 @@ class DenseLayer(nn.Module):
     bn_size: int = 4
     drop_rate: float = 0.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         y = nn.relu(batch_norm(train, self.dtype, name="norm1")(x))
-        y = torch_conv(self.bn_size * self.growth_rate, 1, dtype=self.dtype, name="conv1")(y)
+        y = torch_conv(self.bn_size * self.growth_rate, 1, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(y)
         y = nn.relu(batch_norm(train, self.dtype, name="norm2")(y))
-        y = torch_conv(self.growth_rate, 3, dtype=self.dtype, name="conv2")(y)
+        y = torch_conv(self.growth_rate, 3, dtype=self.dtype, conv_impl=self.conv_impl, name="conv2")(y)
         if self.drop_rate > 0:
             y = nn.Dropout(self.drop_rate, deterministic=not train)(y)
         return y
@@ -57,11 +58,12 @@ class DenseBlock(nn.Module):
     bn_size: int = 4
     drop_rate: float = 0.0
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         for i in range(self.num_layers):
-            new = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
+            new = DenseLayer(self.growth_rate, self.bn_size, self.drop_rate, self.dtype, self.conv_impl,
                              name=f"denselayer{i + 1}")(x, train)
             x = jnp.concatenate([x, new], axis=-1)
         return x
@@ -72,11 +74,12 @@ class Transition(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         x = nn.relu(batch_norm(train, self.dtype, name="norm")(x))
-        x = torch_conv(self.features, 1, dtype=self.dtype, name="conv")(x)
+        x = torch_conv(self.features, 1, dtype=self.dtype, conv_impl=self.conv_impl, name="conv")(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -103,6 +106,7 @@ class DenseNetFeatures(nn.Module):
     drop_rate: float
     dtype: Any = jnp.float32
     cut: str = ""
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
@@ -115,18 +119,18 @@ class DenseNetFeatures(nn.Module):
             feats[name] = value
             return name == self.cut
 
-        x = torch_conv(self.num_init_features, 7, 2, dtype=self.dtype, name="conv0")(x)
+        x = torch_conv(self.num_init_features, 7, 2, dtype=self.dtype, conv_impl=self.conv_impl, name="conv0")(x)
         x = nn.relu(batch_norm(train, self.dtype, name="norm0")(x))
         if keep("stem", x):
             return x, feats
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, num_layers in enumerate(self.block_config):
             x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
-                           name=f"denseblock{i + 1}")(x, train)
+                           self.conv_impl, name=f"denseblock{i + 1}")(x, train)
             if keep(f"denseblock{i + 1}", x):
                 return x, feats
             if i != len(self.block_config) - 1:
-                x = Transition(x.shape[-1] // 2, self.dtype, name=f"transition{i + 1}")(x, train)
+                x = Transition(x.shape[-1] // 2, self.dtype, self.conv_impl, name=f"transition{i + 1}")(x, train)
                 if keep(f"transition{i + 1}", x):
                     return x, feats
         x = batch_norm(train, self.dtype, name="norm5")(x)
@@ -144,6 +148,7 @@ class DenseNet(nn.Module):
       in_channels / stem_mode: see backbone_utils.prepare_input.
       dtype: computation dtype (parameters stay float32).
       cut: stop after this feature (module docstring); "" or "norm5" = the whole network.
+      conv_impl: convolution formulation (`gazejax.models.conv_impl.IMPLS`); parameters are the same whichever.
     """
 
     growth_rate: int = 32
@@ -156,6 +161,7 @@ class DenseNet(nn.Module):
     stem_mode: str = "repeat"
     dtype: Any = jnp.float32
     cut: str = ""
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
@@ -164,7 +170,8 @@ class DenseNet(nn.Module):
             raise ValueError(f"densenet.py: a DenseNet cut at {self.cut!r} has no classifier; pass num_classes=0")
         x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
         x, feats = DenseNetFeatures(self.growth_rate, tuple(self.block_config), self.num_init_features,
-                                    self.bn_size, self.drop_rate, self.dtype, cut=self.cut, name="features")(x, train)
+                                    self.bn_size, self.drop_rate, self.dtype, cut=self.cut,
+                                    conv_impl=self.conv_impl, name="features")(x, train)
         pooled = global_avg_pool(x if partial else nn.relu(x))
         logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype)
         return outputs(logits, feats, pooled)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gazejax.models.conv_impl import conv_general_dilated_for
 from gazejax.models.nnunet3d import deep_heads
 from gazejax.models.unet3d import DecoderOutput, check_spatial
 
@@ -81,6 +82,7 @@ class PreActConv(nn.Module):
     dilation: int = 1
     norm: str = "bn"
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS (grouped convs always run natively)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -88,7 +90,8 @@ class PreActConv(nn.Module):
         pad = [((k - 1) // 2 * self.dilation,) * 2 for k in self.kernel]
         return nn.Conv(self.features, tuple(self.kernel), strides=self.stride, padding=pad,
                        kernel_dilation=self.dilation, feature_group_count=self.groups, use_bias=False,
-                       dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_in, name="conv")(h)
+                       dtype=self.dtype, param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_in,
+                       conv_general_dilated=conv_general_dilated_for(self.conv_impl), name="conv")(h)
 
 
 class MFUnit(nn.Module):
@@ -106,11 +109,12 @@ class MFUnit(nn.Module):
     dilations: Sequence[int] = (1,)
     norm: str = "bn"
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c_in, f = x.shape[-1], self.features
-        conv = functools.partial(PreActConv, norm=self.norm, dtype=self.dtype)
+        conv = functools.partial(PreActConv, norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
         h = conv(c_in // 4, (1, 1, 1), name="conv1x1x1_in1")(x, train)
         h = conv(min(c_in, f), (1, 1, 1), name="conv1x1x1_in2")(h, train)
         if len(self.dilations) == 1:
@@ -130,10 +134,10 @@ class MFUnit(nn.Module):
 
 
 def _units(x: jax.Array, widths: Sequence[int], name: str, groups: int, dilations: Sequence[int], norm: str,
-           dtype: Dtype, train: bool) -> jax.Array:
+           dtype: Dtype, train: bool, conv_impl: str = "auto") -> jax.Array:
     """A block of MF/DMF units `{name}_0..`, the first with stride 2 (call inside a compact method)."""
     for i, w in enumerate(widths):
-        x = MFUnit(w, groups, 2 if i == 0 else 1, dilations, norm, dtype, name=f"{name}_{i}")(x, train)
+        x = MFUnit(w, groups, 2 if i == 0 else 1, dilations, norm, dtype, conv_impl, name=f"{name}_{i}")(x, train)
     return x
 
 
@@ -145,6 +149,7 @@ class DMFNetFields(nn.Module):
     groups: int = 16  # fibres per grouped conv (paper 16), scaled down by `fiber_groups` for narrow widths
     norm: str = "bn"  # one of NORMS
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     def fibres(self) -> tuple[int, int, int]:
         """(c, n, g): block width, stem width and the number of fibres of every grouped conv."""
@@ -153,7 +158,7 @@ class DMFNetFields(nn.Module):
 
     def shared_fields(self) -> dict[str, Any]:
         """This field set as keyword arguments, to build the parts with."""
-        return {k: getattr(self, k) for k in ("width", "stem_width", "groups", "norm", "dtype")}
+        return {k: getattr(self, k) for k in ("width", "stem_width", "groups", "norm", "dtype", "conv_impl")}
 
 
 class DMFNetEncoder(DMFNetFields):
@@ -166,9 +171,12 @@ class DMFNetEncoder(DMFNetFields):
         check_spatial(x, 8, "dmfnet.py DMFNetEncoder")
         c, n, g = self.fibres()
         x1 = nn.Conv(n, (3, 3, 3), strides=2, padding=[(1, 1)] * 3, use_bias=False, dtype=self.dtype,
-                     param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_in, name="encoder_block1")(x)
-        x2 = _units(x1, (c,) * 3, "encoder_block2", g, DILATIONS, self.norm, self.dtype, train)
-        e4 = _units(x2, (2 * c,) * 3, "encoder_block3", g, DILATIONS, self.norm, self.dtype, train)
+                     param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_in,
+                     conv_general_dilated=conv_general_dilated_for(self.conv_impl), name="encoder_block1")(x)
+        x2 = _units(x1, (c,) * 3, "encoder_block2", g, DILATIONS, self.norm, self.dtype, train,
+                    self.conv_impl)
+        e4 = _units(x2, (2 * c,) * 3, "encoder_block3", g, DILATIONS, self.norm, self.dtype, train,
+                    self.conv_impl)
         chex.assert_shape(e4, (x.shape[0], *(s // 8 for s in x.shape[1:-1]), 2 * c))
         return x1, x2, e4
 
@@ -190,18 +198,19 @@ class DMFNetDecoder(DMFNetFields):
         x1, x2, e4 = features
         c, n, g = self.fibres()
         m = self.bottom_mult * c
-        x = _units(e4, (m, m, 2 * c), "encoder_block4", g, (1,), self.norm, self.dtype, train)
+        x = _units(e4, (m, m, 2 * c), "encoder_block4", g, (1,), self.norm, self.dtype, train, self.conv_impl)
         levels = {}
         for i, (skip, w) in enumerate([(e4, 2 * c), (x2, c), (x1, n)], start=1):
             up = upsample_half_pixel(x, 2)
-            x = MFUnit(w, g, 1, (1,), self.norm, self.dtype, name=f"decoder_block{i}")(
+            x = MFUnit(w, g, 1, (1,), self.norm, self.dtype, self.conv_impl, name=f"decoder_block{i}")(
                 jnp.concatenate([skip, up], -1), train)
             levels[f"deep_block{i}"] = (x, 2 ** (4 - i))
         last = upsample_half_pixel(x, 2)
         seg = nn.Conv(self.num_classes, (1, 1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                      kernel_init=kaiming_normal_fan_in, name="seg")(last).astype(jnp.float32)
+                      kernel_init=kaiming_normal_fan_in, conv_general_dilated=conv_general_dilated_for(self.conv_impl),
+                      name="seg")(last).astype(jnp.float32)
         chex.assert_shape(seg, (*last.shape[:-1], self.num_classes))
-        deep = deep_heads(levels, self.num_classes, self.dtype) if self.deep_supervision else []
+        deep = deep_heads(levels, self.num_classes, self.dtype, self.conv_impl) if self.deep_supervision else []
         return DecoderOutput(seg, deep, last)
 
 

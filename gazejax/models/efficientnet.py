@@ -51,12 +51,14 @@ class SqueezeExcitation(nn.Module):
 
     squeeze: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         s = jnp.mean(x, axis=(1, 2), keepdims=True)
-        s = nn.silu(torch_conv(self.squeeze, 1, use_bias=True, dtype=self.dtype, name="fc1")(s))
-        s = torch_conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype, name="fc2")(s)
+        ci = self.conv_impl
+        s = nn.silu(torch_conv(self.squeeze, 1, use_bias=True, dtype=self.dtype, conv_impl=ci, name="fc1")(s))
+        s = torch_conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype, conv_impl=ci, name="fc2")(s)
         return x * nn.sigmoid(s)
 
 
@@ -76,6 +78,7 @@ class MBConv(nn.Module):
     sd_prob: float = 0.0
     eps: float = 1e-5
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -83,7 +86,7 @@ class MBConv(nn.Module):
         expanded = make_divisible(c_in * self.expand_ratio, 8)
 
         def conv(idx: int, c: int, k: int, s: int = 1, g: int = 1, act=nn.silu) -> ConvNormAct:
-            return ConvNormAct(c, k, s, g, act, self.eps, self.dtype, name=str(idx))
+            return ConvNormAct(c, k, s, g, act, self.eps, self.dtype, self.conv_impl, name=str(idx))
 
         layers = []
         if self.kind == "fused":
@@ -95,7 +98,7 @@ class MBConv(nn.Module):
             if expanded != c_in:
                 layers.append(conv(len(layers), expanded, 1))
             layers.append(conv(len(layers), expanded, self.kernel, self.stride, expanded))
-            layers.append(SqueezeExcitation(max(1, c_in // 4), self.dtype, name=str(len(layers))))
+            layers.append(SqueezeExcitation(max(1, c_in // 4), self.dtype, self.conv_impl, name=str(len(layers))))
             layers.append(conv(len(layers), self.out, 1, act=None))
         y = x
         for layer in layers:
@@ -126,13 +129,14 @@ class EfficientNetStage(nn.Module):
     eps: float = 1e-5
     dtype: Any = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         block = nn.remat(MBConv, static_argnums=(2,)) if self.remat else MBConv
         for j, sd_prob in enumerate(self.sd_probs):
             x = block(self.kind, self.expand_ratio, self.kernel, self.stride if j == 0 else 1, self.out, sd_prob,
-                       self.eps, self.dtype, name=str(j))(x, train)
+                       self.eps, self.dtype, self.conv_impl, name=str(j))(x, train)
         return x
 
 
@@ -145,11 +149,12 @@ class EfficientNetFeatures(nn.Module):
     eps: float
     dtype: Any = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
-        x = ConvNormAct(self.stages[0][4], 3, 2, activation=nn.silu, eps=self.eps, dtype=self.dtype, name="0")(
-            x, train)
+        x = ConvNormAct(self.stages[0][4], 3, 2, activation=nn.silu, eps=self.eps, dtype=self.dtype,
+                        conv_impl=self.conv_impl, name="0")(x, train)
         stride, feats = 2, {"stride2": x}
         total, block_id = sum(s[6] for s in self.stages), 0
         for i, (kind, ratio, kernel, s, _, out, layers) in enumerate(self.stages):
@@ -157,11 +162,11 @@ class EfficientNetFeatures(nn.Module):
             probs = [self.stochastic_depth_prob * (block_id + j) / total for j in range(layers)]
             block_id += layers
             x = EfficientNetStage(kind, ratio, kernel, s, out, probs, self.eps, self.dtype, self.remat,
-                                  name=str(i + 1))(x, train)
+                                  self.conv_impl, name=str(i + 1))(x, train)
             stride *= s
             feats[f"stride{stride}"] = x
         x = ConvNormAct(self.last_channel, 1, activation=nn.silu, eps=self.eps, dtype=self.dtype,
-                        name=str(len(self.stages) + 1))(x, train)
+                        conv_impl=self.conv_impl, name=str(len(self.stages) + 1))(x, train)
         feats["final_conv"] = x
         return x, feats
 
@@ -179,6 +184,7 @@ class EfficientNet(nn.Module):
       in_channels / stem_mode: see backbone_utils.prepare_input.
       dtype: computation dtype (parameters stay float32).
       remat: recompute each (Fused-)MBConv block's activations in the backward pass instead of storing them.
+      conv_impl: convolution formulation (`gazejax.models.conv_impl.IMPLS`); parameters are the same whichever.
     """
 
     stages: Sequence[tuple] = B0_STAGES
@@ -193,6 +199,7 @@ class EfficientNet(nn.Module):
     stem_mode: str = "repeat"
     dtype: Any = jnp.float32
     remat: bool = False
+    conv_impl: str = "auto"
 
     def scaled_stages(self) -> tuple:
         """The stage table after width/depth scaling."""
@@ -208,7 +215,7 @@ class EfficientNet(nn.Module):
         stages = self.scaled_stages()
         last = self.last_channel if self.last_channel is not None else 4 * stages[-1][5]
         x, feats = EfficientNetFeatures(stages, last, self.stochastic_depth_prob, self.bn_eps, self.dtype,
-                                        self.remat, name="features")(x, train)
+                                        self.remat, self.conv_impl, name="features")(x, train)
         pooled = global_avg_pool(x)
         logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype, self.dropout, train)
         return outputs(logits, feats, pooled)

@@ -45,17 +45,18 @@ class InvertedResidual(nn.Module):
     stride: int
     expand_ratio: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         c_in = x.shape[-1]
         hidden = int(round(c_in * self.expand_ratio))
-        y, idx = x, 0
+        y, idx, ci = x, 0, self.conv_impl
         if self.expand_ratio != 1:
-            y = ConvNormAct(hidden, 1, activation=relu6, dtype=self.dtype, name="0")(y, train)
+            y = ConvNormAct(hidden, 1, activation=relu6, dtype=self.dtype, conv_impl=ci, name="0")(y, train)
             idx = 1
-        y = ConvNormAct(hidden, 3, self.stride, hidden, relu6, dtype=self.dtype, name=str(idx))(y, train)
-        y = torch_conv(self.out, 1, dtype=self.dtype, name=str(idx + 1))(y)
+        y = ConvNormAct(hidden, 3, self.stride, hidden, relu6, dtype=self.dtype, conv_impl=ci, name=str(idx))(y, train)
+        y = torch_conv(self.out, 1, dtype=self.dtype, conv_impl=ci, name=str(idx + 1))(y)
         y = batch_norm(train, self.dtype, name=str(idx + 2))(y)
         return x + y if (self.stride == 1 and c_in == self.out) else y
 
@@ -67,21 +68,23 @@ class MobileNetV2Features(nn.Module):
     width_mult: float
     round_nearest: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
         first = make_divisible(32 * self.width_mult, self.round_nearest)
         last = make_divisible(1280 * max(1.0, self.width_mult), self.round_nearest)
-        x = ConvNormAct(first, 3, 2, activation=relu6, dtype=self.dtype, name="0")(x, train)
+        ci = self.conv_impl
+        x = ConvNormAct(first, 3, 2, activation=relu6, dtype=self.dtype, conv_impl=ci, name="0")(x, train)
         stride, idx, feats = 2, 1, {"stride2": x}
         for t, c, n, s in self.setting:
             out = make_divisible(c * self.width_mult, self.round_nearest)
             for i in range(n):
                 block_stride = s if i == 0 else 1
-                x = InvertedResidual(out, block_stride, t, self.dtype, name=str(idx))(x, train)
+                x = InvertedResidual(out, block_stride, t, self.dtype, ci, name=str(idx))(x, train)
                 stride, idx = stride * block_stride, idx + 1
                 feats[f"stride{stride}"] = x
-        x = ConvNormAct(last, 1, activation=relu6, dtype=self.dtype, name=str(idx))(x, train)
+        x = ConvNormAct(last, 1, activation=relu6, dtype=self.dtype, conv_impl=ci, name=str(idx))(x, train)
         feats["final_conv"] = x
         return x, feats
 
@@ -96,6 +99,7 @@ class MobileNetV2(nn.Module):
       num_classes: classes of the `classifier` head; 0 = no head (logits None).
       in_channels / stem_mode: see backbone_utils.prepare_input.
       dtype: computation dtype (parameters stay float32).
+      conv_impl: convolution formulation (`gazejax.models.conv_impl.IMPLS`); parameters are the same whichever.
     """
 
     width_mult: float = 1.0
@@ -106,12 +110,13 @@ class MobileNetV2(nn.Module):
     in_channels: int = 3
     stem_mode: str = "repeat"
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
         x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
         x, feats = MobileNetV2Features(tuple(self.setting), self.width_mult, self.round_nearest, self.dtype,
-                                       name="features")(x, train)
+                                       self.conv_impl, name="features")(x, train)
         pooled = global_avg_pool(x)
         logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype, self.dropout, train)
         return outputs(logits, feats, pooled)

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gazejax.models.conv_impl import conv_general_dilated_for
 from gazejax.models.layers import conv1x1, spatial_rank, upsample_linear
 from gazejax.models.unet3d import DecoderOutput, check_spatial
 
@@ -49,7 +50,8 @@ def downsampling(num_stages: int) -> int:
 
 
 def deep_heads(
-    features: dict[str, tuple[jax.Array, int]], num_classes: int, dtype: Dtype = jnp.float32
+    features: dict[str, tuple[jax.Array, int]], num_classes: int, dtype: Dtype = jnp.float32,
+    conv_impl: str = "auto",
 ) -> list[jax.Array]:
     """Deep-supervision heads: per `name: (feature, factor)`, a 1x1 conv (bias) to `num_classes` logits,
     up-sampled (align-corners linear) by `factor` to full resolution, float32; call inside a compact method.
@@ -58,17 +60,21 @@ def deep_heads(
     nnU-Net itself down-samples the target instead.
     """
     return [
-        upsample_linear(conv1x1(feature, num_classes, dtype, name=name), factor).astype(jnp.float32)
+        upsample_linear(conv1x1(feature, num_classes, dtype, name=name, conv_impl=conv_impl), factor)
+        .astype(jnp.float32)
         for name, (feature, factor) in features.items()
     ]
 
 
-def _conv(features: int, n: int, kernel: int, stride: int, dtype: Dtype, name: str, transposed: bool = False):
+def _conv(features: int, n: int, kernel: int, stride: int, dtype: Dtype, name: str, transposed: bool = False,
+          conv_impl: str = "auto"):
+    # nn.ConvTranspose has no conv_general_dilated hook: the (kernel = stride) up-sampling stays native.
     common = dict(strides=(stride,) * n, use_bias=True, dtype=dtype, param_dtype=jnp.float32,
                   bias_init=nn.initializers.zeros, name=name)
     if transposed:  # kernel == stride: each input voxel paints its own 2^n output block
         return nn.ConvTranspose(features, (kernel,) * n, padding="VALID", kernel_init=he_normal_transposed, **common)
-    return nn.Conv(features, (kernel,) * n, padding=[(kernel // 2,) * 2] * n, kernel_init=he_normal, **common)
+    return nn.Conv(features, (kernel,) * n, padding=[(kernel // 2,) * 2] * n, kernel_init=he_normal,
+                   conv_general_dilated=conv_general_dilated_for(conv_impl), **common)
 
 
 class ConvNormLReLU(nn.Module):
@@ -77,10 +83,11 @@ class ConvNormLReLU(nn.Module):
     features: int
     stride: int = 1
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = _conv(self.features, spatial_rank(x), 3, self.stride, self.dtype, "conv")(x)
+        x = _conv(self.features, spatial_rank(x), 3, self.stride, self.dtype, "conv", conv_impl=self.conv_impl)(x)
         # eps 1e-5 and two-pass variance: torch InstanceNorm3d(affine=True) semantics
         x = nn.InstanceNorm(1e-5, dtype=self.dtype, param_dtype=jnp.float32, use_fast_variance=False, name="norm")(x)
         return nn.leaky_relu(x, LEAKY_SLOPE)
@@ -92,11 +99,12 @@ class NNUNetStage(nn.Module):
     features: int
     first_stride: int = 1
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ConvNormLReLU(self.features, self.first_stride, self.dtype, name="convs_0")(x)
-        return ConvNormLReLU(self.features, 1, self.dtype, name="convs_1")(x)
+        x = ConvNormLReLU(self.features, self.first_stride, self.dtype, self.conv_impl, name="convs_0")(x)
+        return ConvNormLReLU(self.features, 1, self.dtype, self.conv_impl, name="convs_1")(x)
 
 
 class NNUNetEncoder(nn.Module):
@@ -105,6 +113,7 @@ class NNUNetEncoder(nn.Module):
     width: int = 32
     max_width: int = MAX_WIDTH
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, ...]:
@@ -112,7 +121,7 @@ class NNUNetEncoder(nn.Module):
         check_spatial(x, 2**E4_STAGE, "nnunet3d.py NNUNetEncoder")
         features = []
         for s, w in enumerate(stage_widths(self.width, E4_STAGE + 1, self.max_width)):
-            x = NNUNetStage(w, 1 if s == 0 else 2, self.dtype, name=f"stage{s}")(x)
+            x = NNUNetStage(w, 1 if s == 0 else 2, self.dtype, self.conv_impl, name=f"stage{s}")(x)
             features.append(x)
         return tuple(features)
 
@@ -133,6 +142,7 @@ class NNUNetDecoder(nn.Module):
     num_stages: int = 5
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS (the transposed convs stay native)
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array], train: bool = False) -> DecoderOutput:
@@ -141,22 +151,23 @@ class NNUNetDecoder(nn.Module):
             raise ValueError(f"nnunet3d.py: expected {E4_STAGE + 1} encoder features and num_stages > "
                              f"{E4_STAGE + 1}, got {len(features)} and {self.num_stages}")
         widths = stage_widths(self.width, self.num_stages, self.max_width)
-        n = spatial_rank(features[0])
+        n, ci = spatial_rank(features[0]), self.conv_impl
         skips, x = list(features), features[-1]
         for s in range(E4_STAGE + 1, self.num_stages):  # the 1/16 bottleneck (and deeper stages)
-            x = NNUNetStage(widths[s], 2, self.dtype, name=f"stage{s}")(x)
+            x = NNUNetStage(widths[s], 2, self.dtype, ci, name=f"stage{s}")(x)
             skips.append(x)
         skips.pop()  # the deepest stage is the decoder's input, not a skip
         levels = []
         for i, s in enumerate(reversed(range(len(skips)))):
             up = _conv(widths[s], n, 2, 2, self.dtype, f"transp{i}", transposed=True)(x)
-            x = NNUNetStage(widths[s], 1, self.dtype, name=f"up_stage{i}")(jnp.concatenate([up, skips[s]], -1))
+            x = NNUNetStage(widths[s], 1, self.dtype, ci, name=f"up_stage{i}")(jnp.concatenate([up, skips[s]], -1))
             levels.append((x, 2**s))
-        seg = _conv(self.num_classes, n, 1, 1, self.dtype, "seg")(x).astype(jnp.float32)
+        seg = _conv(self.num_classes, n, 1, 1, self.dtype, "seg", conv_impl=ci)(x).astype(jnp.float32)
         chex.assert_shape(seg, (*features[0].shape[:-1], self.num_classes))
         deep = []
         if self.deep_supervision:
-            deep = deep_heads({f"deep{i}": lv for i, lv in enumerate(levels[1:-1])}, self.num_classes, self.dtype)
+            deep = deep_heads({f"deep{i}": lv for i, lv in enumerate(levels[1:-1])}, self.num_classes, self.dtype,
+                              ci)
             chex.assert_equal_shape([seg, *deep])
         return DecoderOutput(seg, deep, x)
 
@@ -176,12 +187,13 @@ class NNUNet3D(nn.Module):
     max_width: int = MAX_WIDTH
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS (the transposed convs stay native)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
         check_spatial(x, downsampling(self.num_stages), "nnunet3d.py NNUNet3D")
         chex.assert_axis_dimension(x, -1, self.in_channels)
-        features = NNUNetEncoder(self.width, self.max_width, self.dtype, name="encoder")(x, train)
+        features = NNUNetEncoder(self.width, self.max_width, self.dtype, self.conv_impl, name="encoder")(x, train)
         out = NNUNetDecoder(self.num_classes, self.width, self.max_width, self.num_stages, self.deep_supervision,
-                            self.dtype, name="decoder")(features, train)
+                            self.dtype, self.conv_impl, name="decoder")(features, train)
         return {"seg": out.seg, "deep": out.deep}

@@ -18,16 +18,18 @@ import jax.numpy as jnp
 
 from gazejax.gradcam import grad_cam_from_head
 from gazejax.models.backbone_utils import batch_norm, global_avg_pool, prepare_input
+from gazejax.models.conv_impl import conv_general_dilated_for
 from gazejax.models.densenet import DenseNetFeatures
 
 ENCODER_BLOCKS = ("res_se", "plain")
 ENCODER_CUTS = ("transition3", "denseblock4")  # paper ("before the last dense block") | reference code
 
 
-def _conv(features: int, kernel: int, dtype: Any, name: str | None = None) -> nn.Conv:
-    """Conv2d with torch's 'same' padding and bias (torch nn.Conv2d defaults)."""
+def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, conv_impl: str = "auto") -> nn.Conv:
+    """Conv2d with torch's 'same' padding and bias (torch nn.Conv2d defaults), computed as `conv_impl`."""
     pad = (kernel - 1) // 2
-    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype, name=name)
+    return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), dtype=dtype,
+                   conv_general_dilated=conv_general_dilated_for(conv_impl), name=name)
 
 
 class ConvBNReLU(nn.Module):
@@ -35,10 +37,11 @@ class ConvBNReLU(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = _conv(self.features, 3, self.dtype, name="conv")(x)
+        x = _conv(self.features, 3, self.dtype, name="conv", conv_impl=self.conv_impl)(x)
         return nn.relu(batch_norm(train, self.dtype, name="bn")(x))
 
 
@@ -47,11 +50,12 @@ class DoubleConv(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = ConvBNReLU(self.features, self.dtype, name="conv1")(x, train)
-        return ConvBNReLU(self.features, self.dtype, name="conv2")(x, train)
+        x = ConvBNReLU(self.features, self.dtype, self.conv_impl, name="conv1")(x, train)
+        return ConvBNReLU(self.features, self.dtype, self.conv_impl, name="conv2")(x, train)
 
 
 class SqueezeExcitation(nn.Module):
@@ -75,12 +79,15 @@ class ResSEBlock(nn.Module):
     features: int
     reduction: int = 16
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        shortcut = _conv(self.features, 3, self.dtype, name="shortcut")(x)
-        y = ConvBNReLU(self.features, self.dtype, name="conv1")(x, train)
-        y = batch_norm(train, self.dtype, name="bn2")(_conv(self.features, 3, self.dtype, name="conv2")(y))
+        ci = self.conv_impl
+        shortcut = _conv(self.features, 3, self.dtype, name="shortcut", conv_impl=ci)(x)
+        y = ConvBNReLU(self.features, self.dtype, ci, name="conv1")(x, train)
+        y = _conv(self.features, 3, self.dtype, name="conv2", conv_impl=ci)(y)
+        y = batch_norm(train, self.dtype, name="bn2")(y)
         return SqueezeExcitation(self.reduction, self.dtype, name="se")(nn.relu(y + shortcut))
 
 
@@ -89,22 +96,24 @@ class UpConv(nn.Module):
 
     features: int
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return ConvBNReLU(self.features, self.dtype, name="up")(x, train)
+        return ConvBNReLU(self.features, self.dtype, self.conv_impl, name="up")(x, train)
 
 
 class SaliencyHead(nn.Module):
     """conv3x3-BN-ReLU (C -> C), then conv1x1 -> 1: saliency logits `[B, H, W, 1]` (float32)."""
 
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = ConvBNReLU(x.shape[-1], self.dtype, name="conv")(x, train)
-        return _conv(1, 1, self.dtype, name="out")(x).astype(jnp.float32)
+        x = ConvBNReLU(x.shape[-1], self.dtype, self.conv_impl, name="conv")(x, train)
+        return _conv(1, 1, self.dtype, name="out", conv_impl=self.conv_impl)(x).astype(jnp.float32)
 
 
 class FusionHead(nn.Module):
@@ -131,13 +140,14 @@ class SaliencyUNet(nn.Module):
     to e5's grid (widths[3] channels), concatenated with e5 and fused by a plain block (widths[3]) at the decoder
     start, then four up-steps with skips e4..e1 through widths[2], widths[1], widths[0], widths[0].
     Returns {"saliency": logits [B, H, W, 1], "decoder_pooled": GAP of the last decoder map [B, widths[0]],
-    "bottleneck_pooled": GAP(e5) [B, widths[4]]}.
+    "bottleneck_pooled": GAP(e5) [B, widths[4]]}. `conv_impl`: convolution formulation (conv_impl.IMPLS).
     """
 
     widths: Sequence[int] = (64, 128, 256, 512, 1024)
     encoder: str = "res_se"
     se_reduction: int = 16
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, injected: jax.Array | None = None, train: bool = False) -> dict:
@@ -146,26 +156,26 @@ class SaliencyUNet(nn.Module):
                              f"{self.encoder!r}, {tuple(self.widths)}")
         if x.ndim != 4 or x.shape[1] % 32 or x.shape[2] % 32:
             raise ValueError(f"saliency_unet.py: expected [B, H, W, C] with H, W multiples of 32, got {x.shape}")
-        w, skips = tuple(int(v) for v in self.widths), []
+        w, skips, ci = tuple(int(v) for v in self.widths), [], self.conv_impl
         h = x.astype(self.dtype)
         for i, width in enumerate(w):
             if i:
                 h = nn.max_pool(h, (2, 2), strides=(2, 2))
-            block = (ResSEBlock(width, self.se_reduction, self.dtype, name=f"enc{i + 1}") if self.encoder == "res_se"
-                     else DoubleConv(width, self.dtype, name=f"enc{i + 1}"))
+            block = (ResSEBlock(width, self.se_reduction, self.dtype, ci, name=f"enc{i + 1}")
+                     if self.encoder == "res_se" else DoubleConv(width, self.dtype, ci, name=f"enc{i + 1}"))
             h = block(h, train)
             skips.append(h)
         e5, dec_widths = skips.pop(), (w[3], w[2], w[1], w[0])
         h = e5
         if injected is not None:
             chex.assert_shape(injected, (x.shape[0], x.shape[1] // 32, x.shape[2] // 32, None))
-            up = UpConv(w[3], self.dtype, name="inject_up")(injected.astype(self.dtype), train)
-            h = DoubleConv(w[3], self.dtype, name="inject_fuse")(jnp.concatenate([e5, up], -1), train)
+            up = UpConv(w[3], self.dtype, ci, name="inject_up")(injected.astype(self.dtype), train)
+            h = DoubleConv(w[3], self.dtype, ci, name="inject_fuse")(jnp.concatenate([e5, up], -1), train)
             dec_widths = (w[2], w[1], w[0], w[0])
         for level, (width, skip) in enumerate(zip(dec_widths, reversed(skips))):
-            up = UpConv(width, self.dtype, name=f"up{4 - level}")(h, train)
-            h = DoubleConv(width, self.dtype, name=f"dec{4 - level}")(jnp.concatenate([skip, up], -1), train)
-        saliency = SaliencyHead(self.dtype, name="head")(h, train)
+            up = UpConv(width, self.dtype, ci, name=f"up{4 - level}")(h, train)
+            h = DoubleConv(width, self.dtype, ci, name=f"dec{4 - level}")(jnp.concatenate([skip, up], -1), train)
+        saliency = SaliencyHead(self.dtype, ci, name="head")(h, train)
         chex.assert_shape(saliency, (*x.shape[:3], 1))
         return {"saliency": saliency, "decoder_pooled": global_avg_pool(h), "bottleneck_pooled": global_avg_pool(e5)}
 
@@ -182,10 +192,12 @@ class MTUNet(nn.Module):
     hidden: int = 64
     dropout: float = 0.25
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict:
-        out = SaliencyUNet(self.widths, "plain", dtype=self.dtype, name="unet")(x, train=train)
+        out = SaliencyUNet(self.widths, "plain", dtype=self.dtype, conv_impl=self.conv_impl, name="unet")(
+            x, train=train)
         pooled = jnp.concatenate([out["bottleneck_pooled"], out["decoder_pooled"]], -1)
         logits = FusionHead(self.num_classes, self.hidden, self.dropout, self.dtype, name="classifier")(pooled, train)
         sigmas = {k: self.param(k, nn.initializers.zeros_init(), (), jnp.float32)
@@ -213,6 +225,7 @@ class DenseNetEncoder(nn.Module):
     bn_size: int = 4
     cut: str = "transition3"
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict:
@@ -221,7 +234,8 @@ class DenseNetEncoder(nn.Module):
         paper = self.cut == "transition3"
         last, feats = DenseNetFeatures(self.growth_rate, tuple(self.block_config), self.num_init_features,
                                        self.bn_size, 0.0, self.dtype, cut=self.cut if paper else "",
-                                       name="features")(prepare_input(x, 1, "repeat", self.dtype), train)
+                                       conv_impl=self.conv_impl, name="features")(
+            prepare_input(x, 1, "repeat", self.dtype), train)
         pooled_map = (last if paper else nn.relu(last)).astype(jnp.float32)
         head = nn.Dense(self.num_classes, dtype=self.dtype, name="dnet_head")
         pooled = global_avg_pool(pooled_map)
@@ -252,15 +266,17 @@ class CXRGazeLearnNet(nn.Module):
     dropout: float = 0.25
     detach: bool = True
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # conv_impl.IMPLS, of both encoders and the decoder
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict:
         enc_kwargs = dict(self.encoder_kwargs or {})
-        encoder = DenseNetEncoder(**enc_kwargs, dtype=self.dtype, name="densenet")
+        encoder = DenseNetEncoder(**enc_kwargs, dtype=self.dtype, conv_impl=self.conv_impl, name="densenet")
         nn.share_scope(self, encoder)  # "features/...", "dnet_head/..." at the root, as torchvision names them
         enc = encoder(x, train)
         stop = jax.lax.stop_gradient if self.detach else (lambda a: a)
-        sal = SaliencyUNet(self.widths, "res_se", dtype=self.dtype, name="res_se_unet")(x, stop(enc["map"]), train)
+        sal = SaliencyUNet(self.widths, "res_se", dtype=self.dtype, conv_impl=self.conv_impl,
+                           name="res_se_unet")(x, stop(enc["map"]), train)
         fused = stop(jnp.concatenate([enc["embedding"], sal["decoder_pooled"]], -1))
         logits = FusionHead(enc_kwargs.get("num_classes", 3), self.hidden, self.dropout, self.dtype,
                             name="fusion")(fused, train)

@@ -92,7 +92,7 @@ class GazeSegmenter(nn.Module):
     backbone: str = "equiunet"
     norm: str | None = None
     remat: bool = False  # per-block rematerialisation of the EquiUnet encoder/decoder (memory for compute)
-    conv_impl: str = "auto"  # convolution formulation (conv_impl.IMPLS) of EquiUnet, SAN and the 1x1 heads
+    conv_impl: str = "auto"  # convolution formulation (conv_impl.IMPLS) of every conv (backbone, SAN, heads)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class GazeSegmenter(nn.Module):
             m2, gaze = SAN(self.san_width, dtype=self.dtype, conv_impl=self.conv_impl, name="san")(x, train)
             e4 = self._fuse(e4, m2, train)
         elif self.method == "tasn":
-            e4, structure, detail = TrilinearAttention(self.dtype, name="tasn")(e4, train)
+            e4, structure, detail = TrilinearAttention(self.dtype, self.conv_impl, name="tasn")(e4, train)
             gaze, gaze_extra = self._to_gaze_grid(structure, x), [self._to_gaze_grid(detail, x)]
         elif self.method == "cbam":
             gaze = self._to_gaze_grid(cbam_maps[-1], x)
@@ -147,20 +147,20 @@ class GazeSegmenter(nn.Module):
     def _backbone_modules(self) -> tuple[nn.Module, nn.Module]:
         """The backbone's encoder (`x -> features`, E4 last) and decoder (`features -> DecoderOutput`)."""
         w = DEFAULT_WIDTH[self.backbone] if self.width is None else self.width
-        k, deep, dt = self.num_classes, self.deep_supervision, self.dtype
+        k, deep, dt, ci = self.num_classes, self.deep_supervision, self.dtype, self.conv_impl
         if self.backbone == "nnunet":
-            return (nnunet3d.NNUNetEncoder(w, dtype=dt, name="encoder"),
-                    nnunet3d.NNUNetDecoder(k, w, deep_supervision=deep, dtype=dt, name="decoder"))
+            return (nnunet3d.NNUNetEncoder(w, dtype=dt, conv_impl=ci, name="encoder"),
+                    nnunet3d.NNUNetDecoder(k, w, deep_supervision=deep, dtype=dt, conv_impl=ci, name="decoder"))
         if self.backbone == "dmfnet":
             norm = self.norm or "bn"
-            return (dmfnet.DMFNetEncoder(width=w, norm=norm, dtype=dt, name="encoder"),
-                    dmfnet.DMFNetDecoder(width=w, norm=norm, dtype=dt, num_classes=k, deep_supervision=deep,
-                                         name="decoder"))
+            return (dmfnet.DMFNetEncoder(width=w, norm=norm, dtype=dt, conv_impl=ci, name="encoder"),
+                    dmfnet.DMFNetDecoder(width=w, norm=norm, dtype=dt, conv_impl=ci, num_classes=k,
+                                         deep_supervision=deep, name="decoder"))
         if self.method == "cbam":
-            return (CBAMEquiUnetEncoder(w, dtype=dt, name="encoder"),
-                    CBAMEquiUnetDecoder(k, w, deep, dt, name="decoder"))
-        return (EquiUnetEncoder(w, dt, self.remat, self.conv_impl, name="encoder"),
-                EquiUnetDecoder(k, w, deep, dt, self.remat, self.conv_impl, name="decoder"))
+            return (CBAMEquiUnetEncoder(w, dtype=dt, conv_impl=ci, name="encoder"),
+                    CBAMEquiUnetDecoder(k, w, deep, dt, conv_impl=ci, name="decoder"))
+        return (EquiUnetEncoder(w, dt, self.remat, ci, name="encoder"),
+                EquiUnetDecoder(k, w, deep, dt, self.remat, ci, name="decoder"))
 
     @staticmethod
     def _to_gaze_grid(logits: jax.Array, x: jax.Array) -> jax.Array:

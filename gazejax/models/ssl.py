@@ -94,10 +94,11 @@ class Tower(nn.Module):
     proj_bn: bool = False
     vit_attention: str = "rollout"
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # the backbone's (conv_impl.IMPLS), unless backbone_kwargs sets one
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
-        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype)
+        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype, self.conv_impl)
         if is_vit(self.backbone):
             out = net(x, train, return_attention=True)
             grid = out["features"]["patch_grid"]
@@ -135,12 +136,13 @@ class SSLModel(nn.Module):
     vit_attention: str = "rollout"
     single_view_batch_stats: bool = True
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # the backbone's (conv_impl.IMPLS), unless backbone_kwargs sets one
 
     def _tower_fields(self) -> dict[str, Any]:
         return dict(backbone=self.backbone, backbone_kwargs=self.backbone_kwargs,
                     attention_layers=tuple(self.attention_layers), region_layer=self.region_layer,
                     proj_hidden=self.proj_hidden, proj_dim=self.proj_dim, proj_bn=self.proj_bn,
-                    vit_attention=self.vit_attention, dtype=self.dtype)
+                    vit_attention=self.vit_attention, dtype=self.dtype, conv_impl=self.conv_impl)
 
     @nn.compact
     def __call__(self, x: jax.Array, x2: jax.Array | None = None, train: bool = False) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gazejax.models.backbone_utils import classifier_head, outputs, prepare_input
+from gazejax.models.conv_impl import conv_general_dilated_for
 
 _LN_EPS = 1e-6  # torchvision's ViT LayerNorm
 
@@ -126,6 +127,7 @@ class VisionTransformer(nn.Module):
       num_classes: classes of the `head`; 0 = no head (logits None).
       in_channels / stem_mode: see backbone_utils.prepare_input (the stem is `conv_proj`).
       dtype: computation dtype (parameters stay float32).
+      conv_impl: formulation of `conv_proj` (`gazejax.models.conv_impl.IMPLS`); parameters are the same whichever.
     """
 
     image_size: int = 224
@@ -140,6 +142,7 @@ class VisionTransformer(nn.Module):
     in_channels: int = 3
     stem_mode: str = "repeat"
     dtype: Any = jnp.float32
+    conv_impl: str = "auto"  # of the patch embedding (conv_impl.IMPLS)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False, return_attention: bool = False) -> dict:
@@ -150,7 +153,8 @@ class VisionTransformer(nn.Module):
         x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
         p = self.patch_size
         x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    kernel_init=nn.initializers.lecun_normal(), name="conv_proj")(x)
+                    kernel_init=nn.initializers.lecun_normal(),
+                    conv_general_dilated=conv_general_dilated_for(self.conv_impl), name="conv_proj")(x)
         grid = x.shape[1]
         x = einops.rearrange(x, "b h w d -> b (h w) d")  # row-major patches, as torch's flatten(2)
         cls = self.param("class_token", nn.initializers.zeros, (1, 1, self.hidden_dim))
