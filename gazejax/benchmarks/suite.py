@@ -154,7 +154,8 @@ def table(out: str, presets: list[str]) -> str:
                          if "jax_over_torch_time" in tr else "")
                 shape = "x".join(str(s) for s in r["input_shapes"][0][1:-1])
                 lines.append(
-                    f"| {preset} | {_label(row)} | {r.get('conv_impl', 'xla')} | {r['batch_size']}, {shape} | {tr['compile_s']:.1f} / "
+                    f"| {preset} | {_label(row)} | {r.get('conv_impl', 'n/r')} | {r['batch_size']}, {shape} | "
+                    f"{tr['compile_s']:.1f} / "
                     f"{inf['compile_s']:.1f} s | {_ms(tr)} / {_ms(inf)} ms | {_num(tr['samples_per_s'])} / "
                     f"{_num(inf['samples_per_s'])} | {_num(tr['flops_per_step'] / 1e9)} | "
                     f"{_num(tr['flops_per_s'] / 1e9)} / {_num(inf['flops_per_s'] / 1e9)} | {100 * tr['mfu']:.1f} / {100 * inf['mfu']:.1f} % | "
