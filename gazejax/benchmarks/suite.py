@@ -158,7 +158,8 @@ def table(out: str, presets: list[str]) -> str:
                     f"{tr['compile_s']:.1f} / "
                     f"{inf['compile_s']:.1f} s | {_ms(tr)} / {_ms(inf)} ms | {_num(tr['samples_per_s'])} / "
                     f"{_num(inf['samples_per_s'])} | {_num(tr['flops_per_step'] / 1e9)} | "
-                    f"{_num(tr['flops_per_s'] / 1e9)} / {_num(inf['flops_per_s'] / 1e9)} | {100 * tr['mfu']:.1f} / {100 * inf['mfu']:.1f} % | "
+                    f"{_num(tr['flops_per_s'] / 1e9)} / {_num(inf['flops_per_s'] / 1e9)} | "
+                    f"{100 * tr['mfu']:.1f} / {100 * inf['mfu']:.1f} % | "
                     f"{r['memory']['max_rss_bytes'] / 2**30:.1f} GiB | {ratio} |")
     return "\n".join(lines)
 
