@@ -136,7 +136,9 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
         try:
             data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
             idx, st = _pick_stage(trainer.stages, stage)
-            batch = parallel.to_global(next(trainer.train_iterator(data, st, None)), trainer.mesh)
+            it = trainer.train_iterator(data, st, None)
+            batch = parallel.to_global(next(it), trainer.mesh)
+            it.close()  # stops Grain worker processes (data.num_workers > 0) before the timed steps
             variables = trainer.init_variables()
             tx = train._stage_tx(config, st, trainer.steps_per_epoch(data, st), variables["params"])
             state = trainer.new_state(variables, tx)
