@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gazejax.config_args import add_engine_fields, parse_arg
+from gazejax.engine.config_args import add_engine_fields, parse_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -16,13 +16,13 @@ ratio (share of the training part: 0.2/0.3/0.5/0.7 in Table 4; 1.0 = all of it),
 Table 4 reports "the average of the best 30 epochs": every validation also scores the test split
 (`track_test`), and the report gives (a) the mean test AUROC of the `best_n` evaluations with the best validation
 AUROC and (b) the mean of the `best_n` best test AUROCs, next to the best checkpoint's test AUROC (see
-`gazejax.methods.cxr_san_report`).
+`gazejax.methods.cxr_san.report`).
 """
 from __future__ import annotations
 
 import ml_collections
 
-from gazejax.config_args import add_engine_fields, parse_arg
+from gazejax.engine.config_args import add_engine_fields, parse_arg
 
 METHODS = ("backbone", "gaze_star", "gaze_loss", "ours")
 BACKBONES = ("efficientnet_b0", "mobilenet_v2", "resnet18")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gazejax.config_args import add_engine_fields, parse_arg
+from gazejax.engine.config_args import add_engine_fields, parse_arg
 
 METHODS = ("cxrgazelearn", "mt_unet", "dnet201_cl", "dnet201", "res_se_unet", "unet_s")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gazejax.config_args import add_engine_fields, parse_arg
+from gazejax.engine.config_args import add_engine_fields, parse_arg
 
 METHODS = ("gazat", "simclr", "byol", "moco", "mcgip", "random_maps", "supervised")
 BACKBONES = ("resnet50", "vit_b_16")

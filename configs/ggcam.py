@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from gazejax.config_args import add_engine_fields, parse_arg
+from gazejax.engine.config_args import add_engine_fields, parse_arg
 
 BACKBONES = ("resnet50", "efficientnet_v2_s")
 METHODS = ("ggcam", "plain")

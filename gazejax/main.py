@@ -37,7 +37,8 @@ def main(argv) -> int:
         raise app.UsageError("--config is required, e.g. --config=configs/brats.py")
     import jax
 
-    from gazejax import logs, parallel, train
+    from gazejax import methods
+    from gazejax.engine import logs, parallel, trainer as train
 
     parallel.maybe_initialize_distributed(config)
     logs.quiet_other_processes()  # INFO lines from process 0 only
@@ -45,9 +46,9 @@ def main(argv) -> int:
     print(f"workdir: {os.path.abspath(workdir)}", flush=True)
     try:
         if _MODE.value == "train":
-            results = train.train_and_evaluate(config, workdir)
+            results = train.train_and_evaluate(config, workdir, methods.get(config.method_family))
         else:
-            results = train.evaluate_only(config, workdir)
+            results = train.evaluate_only(config, workdir, methods.get(config.method_family))
     except train.Preempted as e:
         print(f"gazejax: {e}", file=sys.stderr)
         return 143

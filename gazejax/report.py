@@ -6,7 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gazejax.logs import read_metrics
+from gazejax.data import io
+from gazejax.engine.logs import read_metrics
 
 
 def _plt():
@@ -60,35 +61,6 @@ def loss_curve(workdir: str, path: str, keys: Sequence[str] = ("train/loss",)) -
     return path
 
 
-def _overlay(ax, base: np.ndarray, labels: np.ndarray, title: str) -> None:
-    colors = {1: (1.0, 0.1, 0.1), 2: (0.1, 0.9, 0.1), 4: (1.0, 0.9, 0.0)}
-    ax.imshow(base.T, cmap="gray", origin="lower")
-    rgba = np.zeros(labels.T.shape + (4,))
-    for value, color in colors.items():
-        rgba[labels.T == value] = color + (0.45,)
-    ax.imshow(rgba, origin="lower")
-    ax.set_title(title, fontsize=8), ax.axis("off")
-
-
-def brats_case_figure(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray, path: str, case_id: str) -> str:
-    """FLAIR/T1ce axial slice through the tumour with ground truth and prediction overlays."""
-    plt = _plt()
-    ref = gt if gt is not None and gt.any() else pred
-    z = int(np.argmax((ref > 0).sum(axis=(0, 1)))) if ref.any() else image.shape[2] // 2
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.3))
-    axes[0].imshow(image[:, :, z, 0].T, cmap="gray", origin="lower"), axes[0].set_title("FLAIR", fontsize=8)
-    axes[1].imshow(image[:, :, z, 2].T, cmap="gray", origin="lower"), axes[1].set_title("T1ce", fontsize=8)
-    axes[0].axis("off"), axes[1].axis("off")
-    truth = gt if gt is not None else np.zeros_like(pred)
-    _overlay(axes[2], image[:, :, z, 0], truth[:, :, z], "ground truth")
-    _overlay(axes[3], image[:, :, z, 0], pred[:, :, z], "prediction (red NCR, green ED, yellow ET)")
-    fig.suptitle(f"{case_id}, axial slice {z}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def gaze_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str, title: str) -> str:
     """Image slice, readers' gaze map and predicted gaze map (maps up-sampled to the image for display)."""
     plt = _plt()
@@ -106,3 +78,8 @@ def gaze_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: st
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def write_report(workdir: str, lines: Sequence[str]) -> str:
+    """Writes the lines as `<workdir>/report.md` (atomically: a reader never sees half a report); returns its path."""
+    return io.write_text(os.path.join(workdir, "report.md"), "\n".join(lines) + "\n")

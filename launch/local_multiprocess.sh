@@ -16,7 +16,7 @@
 #   PYTHON=...           interpreter (default: .venv/bin/python of this checkout if present, else python3)
 #
 # Each process gets GAZEJAX_COORDINATOR=127.0.0.1:PORT, GAZEJAX_NUM_PROCESSES=N and GAZEJAX_PROCESS_ID=i, which
-# gazejax.parallel.maybe_initialize_distributed turns into jax.distributed.initialize(). Only process 0 writes logs
+# gazejax.engine.parallel.maybe_initialize_distributed turns into jax.distributed.initialize(). Only process 0 writes logs
 # and the report; checkpoints are written by all processes together into the one --workdir.
 #
 # Example (2 processes x 2 CPU devices = the 4-device data-parallel run of one process with 4 devices):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gazejax import bench
+from gazejax.bench import step as bench
 from tests.conftest import tiny_brats_config
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gazejax.benchmarks import suite
+from gazejax.bench import suite
 
 
 def _config(row):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from nibabel.testing import data_path as NIBABEL_DATA
 
-from gazejax.data import brats
+from gazejax.data.brats import reader as brats
 from gazejax.data.errors import DataError
 from gazejax.data.synthetic import brats as synth
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from gazejax.methods import san_aab
+from gazejax.methods.san_aab import spec as san_aab
 from tests.conftest import tiny_brats_config
 
 

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gazejax.losses_gaze2d import ggcam_total, interpretability_hit, scale_mask, selective_mse
+from gazejax.methods.ggcam.losses import ggcam_total, selective_mse
+from gazejax.metrics.localization import interpretability_hit, scale_mask
 from gazejax.models import build
 from gazejax.models.cam import CAMLayer, GGCAMModel
 

@@ -119,7 +119,7 @@ def test_models_share_parameters_and_outputs(make, shape):
 
 
 def test_san_aab_build_model_passes_conv_impl():
-    from gazejax.methods import san_aab
+    from gazejax.methods.san_aab import spec as san_aab
 
     config = ml_collections.ConfigDict({"method": "ours", "model": {
         "backbone": "equiunet", "width": 8, "nnunet_width": 8, "dmfnet_width": 32, "deep_supervision": False,
@@ -221,10 +221,10 @@ def test_build_model_forwards_conv_impl_to_every_conv(cfg_name, method_name, arg
     config = importlib.import_module(f"configs.{cfg_name}").get_config(arg)
     config.model.update(overrides)
     config.model.conv_impl = "taps"
-    method = importlib.import_module(f"gazejax.methods.{method_name}")
+    method = importlib.import_module(f"gazejax.methods.{method_name}").METHOD
     model = method.build_model(config)
     batch = {k: jnp.asarray(v) for k, v in method.init_batch(config).items()}
-    fns = _conv_fns(model, *method.METHOD.model_inputs(batch))
+    fns = _conv_fns(model, *method.model_inputs(batch))
     assert fns, "no convolution traced"
     wrong = [f for f in fns if getattr(f, "keywords", {}).get("impl") != "taps"]
     assert not wrong, f"{len(wrong)} of {len(fns)} convolutions ignore config.model.conv_impl"

@@ -10,9 +10,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from gazejax import gaze
-from gazejax.data import cxr_pipeline as cp
-from gazejax.data import dicom, egd_cxr, transforms2d
+from gazejax.data import gaze
+from gazejax.data.cxr import pipeline as cp
+from gazejax.data.cxr import records as cxr_records
+from gazejax.engine.api import DataBundle
+from gazejax.data import dicom, transforms2d
+from gazejax.data.cxr import egd_cxr
 from gazejax.data.errors import DataError
 from gazejax.data.geometry import ResizeTransform
 from gazejax.data.synthetic import cxr as synth
@@ -27,14 +30,14 @@ def egd(tmp_path_factory):
     out = tmp_path_factory.mktemp("cxr")
     root, mimic = synth.generate_egd_cxr(str(out / "data"), images=30, seed=2, size=SRC)
     cache = str(out / "cache")
-    return root, mimic, cache, cp.prepare_records("egd_cxr", root, mimic, cache, SIZE)
+    return root, mimic, cache, cxr_records.prepare_records("egd_cxr", root, mimic, cache, SIZE)
 
 
 @pytest.fixture(scope="module")
 def refl(tmp_path_factory):
     out = tmp_path_factory.mktemp("reflacx")
     root, mimic = synth.generate_reflacx(str(out / "data"), images=30, seed=2, size=SRC)
-    return cp.prepare_records("reflacx", root, mimic, str(out / "cache"), SIZE, label_set="5label")
+    return cxr_records.prepare_records("reflacx", root, mimic, str(out / "cache"), SIZE, label_set="5label")
 
 
 def test_prepare_matches_readers_and_geometry(egd):
@@ -120,14 +123,14 @@ def test_augmented_example_keeps_gaze_and_masks_with_the_image(egd):
 
 def test_cache_reused_and_invalidated_by_a_changed_source(egd, tmp_path, monkeypatch):
     root, mimic, cache, records = egd
-    first = np.array(cp.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)[0].image())
+    first = np.array(cxr_records.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)[0].image())
     path = egd_cxr.EGDCXR(root, mimic).records()[0].image_path
 
     def no_decoding(*a, **k):
         raise AssertionError("DICOM decoded although cached")
 
     monkeypatch.setattr(dicom, "read", no_decoding)
-    again = cp.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)  # from the .npy files only
+    again = cxr_records.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)  # from the .npy files only
     np.testing.assert_array_equal(again[0].image(), first)
     monkeypatch.undo()
     ds = pydicom.dcmread(path)  # rewrite the source: new pixels, new mtime -> re-read
@@ -135,12 +138,12 @@ def test_cache_reused_and_invalidated_by_a_changed_source(egd, tmp_path, monkeyp
     ds.save_as(path)
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    changed = cp.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)
+    changed = cxr_records.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)
     np.testing.assert_allclose(changed[0].image(), ResizeTransform.fit(SRC, SIZE).apply(dicom.read(path)), atol=1e-6)
     assert np.abs(changed[0].image() - first).max() > 0.1
     os.remove(path)  # the cache is keyed on the source's stat: a missing source is an error, not a cache hit
     with pytest.raises(DataError, match="cannot stat DICOM"):
-        cp.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)
+        cxr_records.prepare_records("egd_cxr", root, mimic, str(tmp_path), SIZE)
 
 
 def test_splits_patient_level_stratified_and_test_fixed(egd):
@@ -157,7 +160,7 @@ def test_splits_patient_level_stratified_and_test_fixed(egd):
     assert [len(cx[k]) for k in ("train", "val", "test")] == [24, 3, 3]  # 30 * 100/1083 -> 3 test images
     sub = cp.split_records(records, "70/10/20", seed=0, ratio=0.3)["train"]
     assert len(sub) == round(0.3 * 21) and {r.dicom_id for r in sub} <= {r.dicom_id for r in parts["train"]}
-    fake = [cp.CXRCase("d%d" % i, "p%d" % (i // 2), "", "", SIZE, SRC, np.zeros((0, 2)), np.zeros(0), None,
+    fake = [cxr_records.CXRCase("d%d" % i, "p%d" % (i // 2), "", "", SIZE, SRC, np.zeros((0, 2)), np.zeros(0), None,
                        np.ones(2), np.int32(i % 3), np.bool_(True)) for i in range(1083)]
     big = cp.split_records(fake, "983/100")
     assert len(big["test"]) == 100 and len(big["train"]) + len(big["val"]) == 983 and len(big["val"]) == 98
@@ -178,7 +181,7 @@ def _config(dataset, cache_dir, **data):
 def test_data_bundle_from_config(tmp_path):
     import grain
 
-    bundle = cp.make_data_bundle(_config("egd_cxr", str(tmp_path)))
+    bundle = DataBundle(**cp.bundle_parts(_config("egd_cxr", str(tmp_path))))
     assert bundle.num_train == len(bundle.train) == 21 and len(bundle.splits["test"]) == 6
     ex = bundle.train[0]
     assert ex["image"].shape == SIZE + (1,) and ex["gaze_cam"].shape == (8, 8, 1)
@@ -190,6 +193,6 @@ def test_data_bundle_from_config(tmp_path):
     assert isinstance(test.examples, grain.MapDataset) and len(test.examples) == len(test.records)
     c = _config("reflacx", str(tmp_path), augment=None, label_set="5label", gaze_sigma="dataset", split="983/100",
                 ratio=0.5)
-    bundle = cp.make_data_bundle(c)
+    bundle = DataBundle(**cp.bundle_parts(c))
     assert bundle.augment is None and bundle.train[0]["label"].shape == (5,)
     assert len(bundle.splits["test"]) == 3 and bundle.num_train == 12  # 0.5 of the 24 training images

@@ -13,7 +13,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs import cxr_san as cxr_config
-from gazejax.methods import cxr_san, cxr_san_report
+from gazejax import methods
+from gazejax.methods.cxr_san import spec as cxr_san, report as cxr_san_report
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural_Effusion")
 
@@ -67,7 +68,7 @@ def test_remat_reaches_the_backbone():
 
 
 def test_table4_grid_and_its_tables(tmp_path):
-    from gazejax import experiments, experiments_tables
+    from gazejax.experiments import runner as experiments, tables as experiments_tables
 
     grid = cxr_config.get_grid("table4")
     assert len(grid["cells"]) == 4 * 4 * 5
@@ -275,7 +276,7 @@ def test_evaluate_with_a_stand_in_predictor(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- end to end
 def test_tiny_end_to_end_run_writes_report_with_auroc_table(tmp_path):
-    from gazejax import train
+    from gazejax.engine import trainer as train
 
     c = cxr_config.get_config("method=ours,backbone=resnet18")
     c.data.image_size = (64, 64)
@@ -285,7 +286,7 @@ def test_tiny_end_to_end_run_writes_report_with_auroc_table(tmp_path):
     c.model.update({"resnet_width": 4, "san_width": 2, "aab_heads": 1, "aab_head_dim": 4})
     c.batch_size, c.epochs, c.eval.batch, c.log_every_steps, c.best_n = 4, 2, 8, 1, 2
     c.checkpoint.async_save = False
-    train.train_and_evaluate(c, str(tmp_path / "run"))
+    train.train_and_evaluate(c, str(tmp_path / "run"), methods.get(c.method_family))
     saved = json.loads((tmp_path / "run" / "results.json").read_text())["test"]
     assert 0.0 <= saved["auroc"] <= 1.0 and saved["best_n_used"] == 2
     tracked = cxr_san_report.tracked_evaluations(str(tmp_path / "run"))

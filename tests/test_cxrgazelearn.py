@@ -19,9 +19,10 @@ from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 
 from configs import cxrgazelearn as cfg_lib
-from gazejax import optim
-from gazejax.losses_cxrgazelearn import triplet_loss
-from gazejax.methods import cxrgazelearn as M
+from gazejax import methods
+from gazejax.engine import optim
+from gazejax.methods.cxrgazelearn.losses import triplet_loss
+from gazejax.methods.cxrgazelearn import spec as M
 from gazejax.metrics import saliency as sal
 
 SQ2 = np.sqrt(2.0)
@@ -231,19 +232,19 @@ def test_report_tables_and_ttests_against_sibling_runs(tmp_path):
     own.mkdir()
     c = cfg_lib.get_config("")
     (own / "config.json").write_text(c.to_json_best_effort())
-    text = open(M.report(results, c, str(own))).read()
+    text = open(methods.get("cxrgazelearn").report(results, c, str(own))).read()
     assert "| Metric | Ours | MT-UNet |" in text and "| Metric | Ours | MT-UNet | UNet_S |" in text
     assert "| AUC ↑ | 0.950 | 0.810 |" in text
     t = ttest_rel(kl, kl_mt)
     assert f"t={t.statistic:.2f}, p={t.pvalue:.3g} (n=6)" in text
     assert (own / "figures" / "fig2.png").exists()
     other_seed = cfg_lib.get_config("seed=1")
-    assert M.report(results, other_seed, str(own)) and "Comparison runs found next to this one: none" in open(
+    assert methods.get("cxrgazelearn").report(results, other_seed, str(own)) and "Comparison runs found next to this one: none" in open(
         own / "report.md").read()
 
 
 def test_tables12_grid_aggregates_with_paired_tests(tmp_path):
-    from gazejax import experiments, experiments_tables
+    from gazejax.experiments import runner as experiments, tables as experiments_tables
 
     grid = cfg_lib.get_grid("tables12")
     assert [c["method"] for c in grid["cells"]][-1] == "cxrgazelearn"
@@ -289,13 +290,13 @@ def _scripted_monitor(method):
 
 
 def test_four_stages_freeze_and_hand_over_best_checkpoints(tmp_path, monkeypatch):
-    from gazejax import train
-    from gazejax.checkpoint import abstract_like
+    from gazejax.engine import trainer as train
+    from gazejax.engine.checkpoint import abstract_like
 
-    monkeypatch.setattr(M, "METHOD", _scripted_monitor(M.METHOD))
+    method = _scripted_monitor(methods.get("cxrgazelearn"))
     c = _tiny_config(tmp_path)
-    results = train.train_and_evaluate(c, str(tmp_path / "run"))
-    trainer = train.Trainer(c, str(tmp_path / "run"))
+    results = train.train_and_evaluate(c, str(tmp_path / "run"), method)
+    trainer = train.Trainer(c, str(tmp_path / "run"), method)
     variables = trainer.init_variables()
     by_step = {}
     for step in trainer.ckpt.manager.all_steps():

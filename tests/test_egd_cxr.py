@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from gazejax.data.cxr_labels import CXRRecord, Fixations, LabelPolicy, make_labels
-from gazejax.data.egd_cxr import CHEXPERT_COLUMNS, EGDCXR, display_pads, match_prefixes, screen_to_image
+from gazejax.data.cxr.labels import CXRRecord, Fixations, LabelPolicy, make_labels
+from gazejax.data.cxr.egd_cxr import CHEXPERT_COLUMNS, EGDCXR, display_pads, match_prefixes, screen_to_image
 from gazejax.data.errors import DataError
 from gazejax.data.synthetic.cxr import generate_egd_cxr, read_truth
 

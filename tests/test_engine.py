@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import tiny_brats_config
 
+from gazejax import methods
+
 
 def _losses(workdir: str) -> dict[int, float]:
     out = {}
@@ -26,11 +28,11 @@ def _losses(workdir: str) -> dict[int, float]:
 
 
 def test_resume_after_sigterm_reproduces_losses(tiny_brats_root, tmp_path, monkeypatch):
-    from gazejax import logs, train
+    from gazejax.engine import logs, trainer as train
 
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=2)
     full = str(tmp_path / "full")
-    train.train_and_evaluate(cfg, full)
+    train.train_and_evaluate(cfg, full, methods.get(cfg.method_family))
     reference = _losses(full)
     assert len(reference) >= 4
 
@@ -44,10 +46,10 @@ def test_resume_after_sigterm_reproduces_losses(tiny_brats_root, tmp_path, monke
     interrupted = str(tmp_path / "interrupted")
     monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
     with pytest.raises(train.Preempted):
-        train.train_and_evaluate(cfg, interrupted)
+        train.train_and_evaluate(cfg, interrupted, methods.get(cfg.method_family))
     assert max(_losses(interrupted)) == 3
     monkeypatch.setattr(train.ProgressBar, "update", original)
-    train.train_and_evaluate(cfg, interrupted)  # the same command again: resumes at step 4
+    train.train_and_evaluate(cfg, interrupted, methods.get(cfg.method_family))  # the same command again: resumes at step 4
     resumed = _losses(interrupted)
     assert sorted(resumed) == sorted(reference)
     np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [reference[s] for s in sorted(reference)],
@@ -60,13 +62,14 @@ def test_one_vs_two_devices_same_losses(tiny_brats_root, tmp_path):
         import json, sys
         sys.path.insert(0, {os.getcwd()!r})
         import jax
-        from gazejax import parallel, train
+        from gazejax import methods
+        from gazejax.engine import parallel, trainer as train
         from tests.conftest import tiny_brats_config
         assert jax.device_count() == 2, jax.devices()
         out = {{}}
         for n in (1, 2):
             cfg = tiny_brats_config({tiny_brats_root!r}, {str(tmp_path / "cache")!r}, batch_size=2, num_devices=n, epochs=2)
-            trainer = train.Trainer(cfg, {str(tmp_path)!r} + f"/run{{n}}")
+            trainer = train.Trainer(cfg, {str(tmp_path)!r} + f"/run{{n}}", methods.get(cfg.method_family))
             data = trainer.method.make_data(cfg)
             stage = trainer.stages[0]
             variables = trainer.init_variables()
@@ -90,8 +93,8 @@ def test_one_vs_two_devices_same_losses(tiny_brats_root, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_brats_root, tmp_path, monkeypatch):
-    from gazejax import train
-    from gazejax.data import brats_pipeline
+    from gazejax.engine import trainer as train
+    from gazejax.data.brats import pipeline as brats_pipeline
 
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=3, eval_every_epochs=1)
     original, calls = brats_pipeline.make_train_example, []
@@ -105,17 +108,17 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_brats_root, tmp_path
 
     monkeypatch.setattr(brats_pipeline, "make_train_example", poisoned)
     workdir = str(tmp_path / "nan")
-    trainer = train.Trainer(cfg, workdir)
+    trainer = train.Trainer(cfg, workdir, methods.get(cfg.method_family))
     n_train = trainer.method.make_data(cfg).num_train
     trainer.close()
     with pytest.raises(train.NonFiniteLossError, match="loss became nan"):
-        train.train_and_evaluate(cfg, workdir)
+        train.train_and_evaluate(cfg, workdir, methods.get(cfg.method_family))
     losses = _losses(workdir)
     assert all(np.isfinite(v) for v in losses.values()) and max(losses) >= n_train
     assert not os.path.exists(os.path.join(workdir, "report.md"))
     # the last good checkpoint (end of an epoch before the NaN) is intact and usable
     monkeypatch.setattr(brats_pipeline, "make_train_example", original)
-    results = train.evaluate_only(cfg, workdir)
+    results = train.evaluate_only(cfg, workdir, methods.get(cfg.method_family))
     assert np.isfinite(results["test"]["metrics"]["dice_WT"])
     assert os.path.exists(os.path.join(workdir, "report.md"))
 
@@ -125,12 +128,12 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(tiny_brats_root, tmp
     import jax
     import jax.numpy as jnp
 
-    from gazejax import train
+    from gazejax.engine import trainer as train
 
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=1)
     cfg.dtype = "bfloat16"
     assert cfg.model.dtype == "bfloat16"
-    trainer = train.Trainer(cfg, str(tmp_path / "run"))
+    trainer = train.Trainer(cfg, str(tmp_path / "run"), methods.get(cfg.method_family))
     try:
         data = trainer.method.make_data(cfg)
         state = trainer.train(data)

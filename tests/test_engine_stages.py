@@ -12,9 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gazejax import train
-from gazejax.config_args import add_engine_fields
-from gazejax.methods.base import DataBundle, Method, Stage
+from gazejax.engine import trainer as train
+from gazejax.engine.config_args import add_engine_fields
+from gazejax.engine.api import DataBundle, Method, Stage
 
 DIM = 3
 PROBE = np.eye(DIM, dtype=np.float32)  # predict(PROBE) reads the Dense kernel back
@@ -76,8 +76,7 @@ def _config() -> ml_collections.ConfigDict:
 def test_stages_choose_data_start_point_and_are_evaluated(tmp_path, monkeypatch):
     seen: dict = {}
     method = _make_method(seen)
-    monkeypatch.setattr(train.methods_lib, "get", lambda name: method)
-    results = train.train_and_evaluate(_config(), str(tmp_path))
+    results = train.train_and_evaluate(_config(), str(tmp_path), method)
 
     assert seen["loss_stages"] == {"a", "fresh", "from_a"}  # loss_fn traced once per stage with its Stage
     assert set(results["stages"]) == {"a", "fresh", "from_a"}
@@ -101,24 +100,23 @@ def test_stages_choose_data_start_point_and_are_evaluated(tmp_path, monkeypatch)
 def test_init_from_must_name_an_earlier_stage(tmp_path, monkeypatch):
     method = _make_method({})
     bad = lambda config: [Stage("a", epochs=1), Stage("b", epochs=1, init_from="later"), Stage("later", epochs=1)]
-    monkeypatch.setattr(train.methods_lib, "get", lambda name: Method(**{**method.__dict__, "stages": bad}))
     with pytest.raises(ValueError, match="init_from='later' names no earlier stage"):
-        train.train_and_evaluate(_config(), str(tmp_path))
+        train.train_and_evaluate(_config(), str(tmp_path), Method(**{**method.__dict__, "stages": bad}))
 
 
 def test_grad_accumulation_equals_the_full_batch(tmp_path, monkeypatch):
     """k micro-batches of a per-example-mean loss give the full batch's gradient, hence the same weights."""
     method = _make_method({})
     one = lambda config: [Stage("a", epochs=2, evaluate=True)]
-    monkeypatch.setattr(train.methods_lib, "get", lambda name: Method(**{**method.__dict__, "stages": one}))
+    method = Method(**{**method.__dict__, "stages": one})
     weights = {}
     for k in (1, 4):
         cfg = _config()
         cfg.grad_accum_steps = k
-        weights[k] = train.train_and_evaluate(cfg, str(tmp_path / f"k{k}"))["stages"]["a"]["weights"]
+        weights[k] = train.train_and_evaluate(cfg, str(tmp_path / f"k{k}"), method)["stages"]["a"]["weights"]
     assert not np.allclose(weights[1], 0.0)
     np.testing.assert_allclose(weights[4], weights[1], rtol=1e-5, atol=1e-6)
     cfg = _config()
     cfg.grad_accum_steps = 3
     with pytest.raises(ValueError, match="grad_accum_steps=3 must divide the per-device batch 8"):
-        train.train_and_evaluate(cfg, str(tmp_path / "k3"))
+        train.train_and_evaluate(cfg, str(tmp_path / "k3"), method)

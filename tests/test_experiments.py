@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from gazejax import experiments
+from gazejax.experiments import runner as experiments
 
 CONFIG = '''
 import ml_collections
@@ -46,7 +46,7 @@ def _fake_training(calls, fail_on=None):
 
 
 def test_kill_and_restart_skips_finished_cells(tmp_path, monkeypatch, capsys):
-    from gazejax import train
+    from gazejax.engine import trainer as train
 
     cfg = tmp_path / "cfg.py"
     cfg.write_text(CONFIG)
@@ -111,7 +111,7 @@ def test_seeds_restrict_or_repeat_cells():
 def test_tables_show_three_decimals_medians_and_anova(tmp_path):
     from scipy.stats import f_oneway
 
-    from gazejax import experiments_tables
+    from gazejax.experiments import tables as experiments_tables
 
     values = {"plain": [0.701, 0.742, 0.733], "ours": [0.812, 0.79, 0.845]}
     cells = [{"method": m, "seed": s} for m in values for s in range(3)]
@@ -133,7 +133,7 @@ def test_tables_show_three_decimals_medians_and_anova(tmp_path):
 
 def test_a_table_can_read_its_own_split(tmp_path):
     """A table with "split" reads that key of results.json (e.g. a stage's test scores), others the grid's."""
-    from gazejax import experiments_tables
+    from gazejax.experiments import tables as experiments_tables
 
     cells = [{"method": m, "seed": s} for m in ("a", "b") for s in range(2)]
     for cell in cells:
@@ -154,7 +154,7 @@ def test_a_table_can_read_its_own_split(tmp_path):
 
 
 def test_anova_text_without_spread():
-    from gazejax.experiments_tables import _anova_text
+    from gazejax.experiments.tables import _anova_text
 
     assert _anova_text([[1.0, 1.0], [1.0, 1.0]]).startswith("n/a (every repeat")
     assert _anova_text([[1.0, 1.0], [0.9, 0.9]]).startswith("F=inf, p=0")

@@ -14,10 +14,12 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from configs import gazat as gazat_config
+from gazejax import methods
 from gazejax.data import views
-from gazejax.experiments import apply_overrides
-from gazejax.methods import gazat, gazat_eval
-from gazejax.metrics import saliency
+from gazejax.experiments.runner import apply_overrides
+from gazejax.methods.gazat import spec as gazat, evaluate as gazat_eval
+from gazejax.metrics import classification as cls
+from gazejax.metrics import localization, saliency
 
 
 TINY_VIT = {"patch_size": 8, "num_layers": 3, "num_heads": 2, "hidden_dim": 16, "mlp_dim": 16}
@@ -194,7 +196,7 @@ def test_classification_metrics_match_sklearn():
     y = (rng.uniform(size=(30, 3)) > 0.5).astype(float)
     p = np.clip(0.4 * y + 0.6 * rng.uniform(size=(30, 3)), 0, 1)
     y[:4, 0] = np.nan
-    m = gazat_eval.classification_metrics(y, p, ("a", "b", "c"))
+    m = cls.summary(y, p, ("a", "b", "c"))
     known = np.isfinite(y[:, 0])
     aucs = [roc_auc_score(y[known, 0], p[known, 0])] + [roc_auc_score(y[:, k], p[:, k]) for k in (1, 2)]
     assert m["auroc"] == pytest.approx(np.mean(aucs)) and m["auroc_a"] == pytest.approx(aucs[0])
@@ -202,7 +204,7 @@ def test_classification_metrics_match_sklearn():
     assert m["f1"] == pytest.approx(np.mean(f1s))
     classes = rng.integers(0, 3, 40)
     probs = rng.dirichlet(np.ones(3), 40)
-    m = gazat_eval.classification_metrics(classes, probs, ("x", "y", "z"))
+    m = cls.summary(classes, probs, ("x", "y", "z"))
     assert m["auroc"] == pytest.approx(roc_auc_score(classes, probs, multi_class="ovr"))
     assert m["f1"] == pytest.approx(f1_score(classes, probs.argmax(1), average="macro"))
 
@@ -237,12 +239,12 @@ def test_alignment_scores_and_pointing_game_hit_rule():
     native, _ = gazat_eval.alignment(upsampled, truth[:1], 1.0, "c_", coarse)
     flat, _ = gazat_eval.alignment(upsampled, truth[:1], 1.0, "c_")
     assert native["c_pointing"] == 1.0 and flat["c_pointing"] == 0.0
-    assert gazat_eval.pointing_hit(np.zeros((2, 2)), truth[0]["distance"], 1e9) == 0.0  # constant map: a miss
+    assert localization.pointing_hit(np.zeros((2, 2)), truth[0]["distance"], 1e9) == 0.0  # constant map: a miss
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
 def test_tiny_end_to_end_run_writes_every_stage_and_the_report(tmp_path):
-    from gazejax import train
+    from gazejax.engine import trainer as train
 
     c = _tiny("gazat", backbone="vit_b_16")
     c.data.cache_dir = str(tmp_path / "cache")
@@ -252,7 +254,7 @@ def test_tiny_end_to_end_run_writes_every_stage_and_the_report(tmp_path):
     c.pretrain_epochs, c.finetune.epochs, c.eval_every_epochs, c.log_every_steps = 1, 1, 1, 1
     c.eval.batch, c.eval.saliency_grid, c.eval.probe_cs = 8, (8, 8), (0.1, 10.0)
     c.checkpoint.async_save = False
-    results = train.train_and_evaluate(c, str(tmp_path / "run"))
+    results = train.train_and_evaluate(c, str(tmp_path / "run"), methods.get(c.method_family))
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(saved) >= {"test@pretrain", "test@finetune_20pct"}
     pre, ft = saved["test@pretrain"], saved["test@finetune_20pct"]
@@ -269,9 +271,9 @@ def test_tiny_end_to_end_run_writes_every_stage_and_the_report(tmp_path):
 def test_finding_boxes_follow_the_resize_and_label_subsets_tile_to_a_batch():
     import types
 
-    from gazejax.data.cxr_labels import CXRRecord, Fixations
+    from gazejax.data.cxr.labels import CXRRecord, Fixations
     from gazejax.data.geometry import ResizeTransform
-    from gazejax.methods import gazat_data
+    from gazejax.methods.gazat import data as gazat_data
 
     box = np.array([[10.0, 20.0, 30.0, 60.0]])  # (xmin, ymin, xmax, ymax); two labels share the ellipse
     boxes = {"ellipse/Edema": box, "ellipse/Mass": box, "chest": np.array([[0.0, 0.0, 49.0, 99.0]])}
@@ -290,7 +292,7 @@ def test_finding_boxes_follow_the_resize_and_label_subsets_tile_to_a_batch():
 
 
 def test_tsne_keeps_separated_clusters_apart_and_matches_the_perplexity():
-    from gazejax.tsne import conditional_probabilities, tsne
+    from gazejax.analysis.tsne import conditional_probabilities, tsne
 
     rng = np.random.default_rng(5)
     labels = np.repeat(np.arange(3), 30)

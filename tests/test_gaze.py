@@ -1,4 +1,4 @@
-"""Tests of gazejax.gaze against independent truths: direct sums of Gaussians (quadrature over each cell, or values
+"""Tests of gazejax.data.gaze against independent truths: direct sums of Gaussians (quadrature over each cell, or values
 at cell centres), scipy's blur-then-downsample, the papers' formulas and hand-computed normalisations."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from gazejax import gaze
+from gazejax.data import gaze
 
 
 def _direct_sum(grid, points, weights, sigma, amplitude):
@@ -253,6 +253,6 @@ def test_bad_input_gives_one_line_errors():
         dict(points=np.zeros((3, 2)), sigma=1.0, in_shape=(4, 4), out_shape=(2, 2), mode="nearest"),
     ]
     for kwargs in cases:
-        with pytest.raises(ValueError, match="gazejax.gaze") as err:
+        with pytest.raises(ValueError, match="gazejax.data.gaze") as err:
             gaze.render_gaussians(weights=None, **kwargs)
         assert "\n" not in str(err.value)

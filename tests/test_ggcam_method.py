@@ -14,7 +14,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs import ggcam as ggcam_config
-from gazejax.methods import ggcam
+from gazejax import methods
+from gazejax.metrics import classification as cls
+from gazejax.methods.ggcam import spec as ggcam
 
 
 def _n_params(config) -> int:
@@ -91,7 +93,7 @@ def test_anova_grid():
 def test_anova_grid_aggregates_to_one_anova_per_backbone(tmp_path):
     from scipy.stats import f_oneway
 
-    from gazejax import experiments, experiments_tables
+    from gazejax.experiments import runner as experiments, tables as experiments_tables
 
     grid = ggcam_config.get_grid("anova")
     rng, values = np.random.default_rng(0), {}
@@ -181,7 +183,7 @@ def test_classification_metrics_match_sklearn():
     labels = rng.integers(0, 3, 40)
     probs = rng.dirichlet(np.ones(3), 40) + np.eye(3)[labels] * 0.3
     probs /= probs.sum(1, keepdims=True)
-    m = ggcam.classification_metrics(labels, probs)
+    m = cls.summary(labels, probs, ("Normal", "CHF", "pneumonia"))
     np.testing.assert_allclose(m["auroc"], roc_auc_score(labels, probs, multi_class="ovr"), rtol=1e-12)
     np.testing.assert_allclose(m["auroc_ovo"], roc_auc_score(labels, probs, multi_class="ovo"), rtol=1e-12)
     np.testing.assert_allclose(m["auroc_CHF"], roc_auc_score(labels == 1, probs[:, 1]), rtol=1e-12)
@@ -271,7 +273,7 @@ def test_make_data_checks_the_gaze_grid_and_scales_blur():
 
 # ---------------------------------------------------------------------------------------------------- end to end
 def test_tiny_end_to_end_run_writes_report_and_results(tmp_path):
-    from gazejax import train
+    from gazejax.engine import trainer as train
 
     c = ggcam_config.get_config("preset=demo,backbone=resnet18,method=ggcam")
     c.data.image_size = (64, 64)
@@ -282,7 +284,7 @@ def test_tiny_end_to_end_run_writes_report_and_results(tmp_path):
     c.model.resnet_width = 4
     c.batch_size, c.epochs, c.eval.batch, c.log_every_steps = 4, 2, 8, 1
     c.checkpoint.async_save = False
-    results = train.train_and_evaluate(c, str(tmp_path / "run"))
+    results = train.train_and_evaluate(c, str(tmp_path / "run"), methods.get(c.method_family))
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert np.isfinite(saved["test"]["auroc"]) and 0.0 <= saved["test"]["auroc"] <= 1.0
     assert saved["test"]["auroc"] == pytest.approx(results["test"]["metrics"]["auroc"])

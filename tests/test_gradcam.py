@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gazejax.gradcam import grad_cam, grad_cam_from_head
+from gazejax.analysis.gradcam import grad_cam, grad_cam_from_head
 from gazejax.models.saliency_unet import DenseNetEncoder
 
 RNG = np.random.default_rng(0)

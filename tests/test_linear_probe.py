@@ -1,4 +1,4 @@
-"""gazejax.linear_probe against scikit-learn: multinomial, binary and one-vs-rest multi-label logistic regression at
+"""gazejax.analysis.linear_probe against scikit-learn: multinomial, binary and one-vs-rest multi-label logistic regression at
 several C, and the validation sweep against StandardScaler + LogisticRegression at the chosen C."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from gazejax import linear_probe as lp
+from gazejax.analysis import linear_probe as lp
 
 
 def _data(n=80, d=6, k=3, seed=0):

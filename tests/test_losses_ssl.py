@@ -1,4 +1,4 @@
-"""gazejax.losses_ssl against hand-computed values and independent numpy loops: NT-Xent on a 2x2 case, McGIP's
+"""gazejax.methods.gazat.losses against hand-computed values and independent numpy loops: NT-Xent on a 2x2 case, McGIP's
 multi-positive form, BYOL, MoCo v2, attention transfer (L2 / KL) and the regional contrastive loss's regions."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import entropy
 
-from gazejax import losses_ssl as L
+from gazejax.methods.gazat import losses as L
 
 
 def _unit(x):

@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from gazejax import methods
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3  # optimiser steps per run (one per epoch: 5 training cases, global batch 4)
 
@@ -117,7 +119,7 @@ def test_two_processes_match_one_process(tiny_brats_root, tmp_path):
 
 
 def test_initialize_is_a_no_op_alone_and_checks_the_process_id(monkeypatch):
-    from gazejax import parallel
+    from gazejax.engine import parallel
     from tests.conftest import tiny_brats_config
 
     for key in [k for k in os.environ if k.startswith("GAZEJAX_")]:
@@ -136,14 +138,14 @@ def _worker(workdir: str, root: str, cache: str) -> None:
     """One process of a run: the real trainer end to end (train, checkpoint, evaluate, report)."""
     import jax
 
-    from gazejax import parallel, train
+    from gazejax.engine import parallel, trainer as train
     from tests.conftest import tiny_brats_config
 
     cfg = tiny_brats_config(root, cache, batch_size=4, epochs=STEPS)
     parallel.maybe_initialize_distributed(cfg)
     print(f"processes={jax.process_count()} devices={jax.device_count()} local={jax.local_device_count()}",
           flush=True)
-    train.train_and_evaluate(cfg, workdir)
+    train.train_and_evaluate(cfg, workdir, methods.get(cfg.method_family))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tests of gazejax.optim: Ranger against a float64 NumPy transcription of lessw2020's Ranger step, GC axes,
+"""Tests of gazejax.engine.optim: Ranger against a float64 NumPy transcription of lessw2020's Ranger step, GC axes,
 Lookahead, freezing and schedules."""
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from gazejax import optim
+from gazejax.engine import optim
 
 RNG = np.random.default_rng(0)
 KERNEL0 = RNG.normal(size=(3, 2))  # Flax layout (in, out)

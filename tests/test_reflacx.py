@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gazejax.data.cxr_labels import make_labels
+from gazejax.data.cxr.labels import make_labels
 from gazejax.data.errors import DataError
-from gazejax.data.reflacx import PHASE_LABELS, REFLACX
+from gazejax.data.cxr.reflacx import PHASE_LABELS, REFLACX
 from gazejax.data.synthetic.cxr import generate_reflacx, read_truth
 
 SIZE = (144, 120)

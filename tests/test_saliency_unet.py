@@ -177,7 +177,7 @@ def test_detach_cuts_saliency_and_fusion_gradients_at_the_encoders():
 def test_torchvision_densenet_checkpoint_initialises_the_encoder():
     from flax.traverse_util import flatten_dict
 
-    from gazejax.pretrained import merge
+    from gazejax.engine.pretrained import merge
 
     _, torch_like = _init_shapes(build("densenet201", num_classes=1000, in_channels=1, **TINY_DENSENET))
     _, ours = _init_shapes(build("cxrgazelearn", widths=TINY, encoder_kwargs=TINY_DENSENET))

@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gazejax import eval3d, losses
-from gazejax.data import brats_pipeline
-from gazejax.methods import san_aab
+from gazejax import methods
+from gazejax.methods.san_aab import evaluate as eval3d
+from gazejax import losses
+from gazejax.data.brats import pipeline as brats_pipeline
+from gazejax.methods.san_aab import spec as san_aab
 from tests.conftest import tiny_brats_config
 
 
@@ -95,10 +97,10 @@ def test_probs_to_labels_rebuilds_brats_labels():
 
 
 def test_loss_decreases_on_a_tiny_synthetic_batch(tiny_brats_root, tmp_path):
-    from gazejax import parallel, train
+    from gazejax.engine import parallel, trainer as train
 
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), **{"optim.name": "adam", "optim.lr": 1e-2})
-    trainer = train.Trainer(cfg, str(tmp_path / "run"))
+    trainer = train.Trainer(cfg, str(tmp_path / "run"), methods.get(cfg.method_family))
     data = trainer.method.make_data(cfg)
     example = data.augment(data.train[0], np.random.default_rng(0))
     batch = parallel.to_global(jax.tree.map(lambda x: np.asarray(x)[None], example), trainer.mesh)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage, stats
 
-from gazejax.data import brats
+from gazejax.data.brats import reader as brats
 from gazejax.data.synthetic import brats as synth
 from gazejax.data.synthetic.__main__ import main as synthetic_main
 

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from gazejax.data import egd_cxr, reflacx
+from gazejax.data.cxr import egd_cxr, reflacx
 from gazejax.data.synthetic import __main__ as synthetic_main
 from gazejax.data.synthetic import cxr, cxr_phantom
 

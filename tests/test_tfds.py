@@ -30,13 +30,15 @@ def _assert_same_examples(a: dict, b: dict) -> None:
 
 
 def test_brats2020_build_and_read(tiny_brats_root, tmp_path, no_tensorflow):
-    from gazejax.data import brats, brats_pipeline
+    from gazejax.data.brats import reader as brats
+    from gazejax.data.brats import pipeline as brats_pipeline
+    from gazejax.data.brats import records as brats_records
     from gazejax.data import tfds as gtfds
 
     data_dir = str(tmp_path / "tfds")
     records = brats_pipeline.tfds_records(tiny_brats_root, data_dir, "expert", 3.0)
     survival = brats.read_survival(tiny_brats_root)
-    files = [brats_pipeline.prepare_case(c, str(tmp_path / "cache"), os.path.join(tiny_brats_root, "gaze"), "expert",
+    files = [brats_records.prepare_case(c, str(tmp_path / "cache"), os.path.join(tiny_brats_root, "gaze"), "expert",
                                          3.0, survival) for c in brats.list_cases(tiny_brats_root)]
     assert [r.case_id for r in records] == [r.case_id for r in files] and len(records) == 8
     assert sum(r.has_gaze for r in records) == sum(r.has_gaze for r in files) > 0
@@ -62,7 +64,8 @@ def test_brats2020_build_and_read(tiny_brats_root, tmp_path, no_tensorflow):
 
 @pytest.mark.parametrize("dataset,label_set", [("egd_cxr", "3class"), ("reflacx", "5label")])
 def test_cxr_build_and_read(dataset, label_set, tmp_path, no_tensorflow):
-    from gazejax.data import cxr_pipeline
+    from gazejax.data.cxr import pipeline as cxr_pipeline
+    from gazejax.data.cxr import records as cxr_records
     from gazejax.data import tfds as gtfds
     from gazejax.data.synthetic import cxr as synth
     from gazejax.data.tfds import cxr as tfds_cxr
@@ -71,7 +74,7 @@ def test_cxr_build_and_read(dataset, label_set, tmp_path, no_tensorflow):
     root, mimic_root = make(str(tmp_path / "synthetic"), images=6, seed=1, size=(96, 80))
     data_dir = str(tmp_path / "tfds")
     records = tfds_cxr.prepare_records(dataset, root, mimic_root, data_dir, (64, 52), label_set=label_set)
-    files = cxr_pipeline.prepare_records(dataset, root, mimic_root, str(tmp_path / "cache"), (64, 52),
+    files = cxr_records.prepare_records(dataset, root, mimic_root, str(tmp_path / "cache"), (64, 52),
                                          label_set=label_set)
     assert [r.dicom_id for r in records] == [r.dicom_id for r in files] and len(records) == 6
     assert sum(r.has_gaze for r in records) > 0
@@ -103,7 +106,7 @@ def test_cli_builds_from_manual_folder_and_unbuilt_is_a_clear_error(tiny_brats_r
 
 def test_brats_method_reads_the_same_examples_from_tfds(tiny_brats_root, tmp_path, no_tensorflow):
     """`data.source=tfds` (built from data.root on first use) feeds san_aab the same training examples and splits."""
-    from gazejax.methods import san_aab
+    from gazejax.methods.san_aab import spec as san_aab
     from tests.conftest import tiny_brats_config
 
     bundles = {}
@@ -124,8 +127,8 @@ def test_gazat_reads_the_same_items_from_tfds(tmp_path, no_tensorflow):
     the folders and from the TFDS records (which therefore store each fixation's reader and the boxes)."""
     from configs import gazat as gazat_config
     from gazejax.data.synthetic import cxr as synth
-    from gazejax.data import reflacx
-    from gazejax.methods import gazat_data
+    from gazejax.data.cxr import reflacx
+    from gazejax.methods.gazat import data as gazat_data
 
     root, mimic_root = synth.generate_reflacx(str(tmp_path / "synthetic"), images=30, seed=2, size=(96, 80))
     readings = sorted({str(r) for rec in reflacx.REFLACX(root, mimic_root).records() for r in rec.fixations.readers})

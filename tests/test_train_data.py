@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gazejax import train
+from gazejax import methods
+from gazejax.engine import trainer as train
 from tests.conftest import tiny_brats_config
 
 
 def _iterator(root, tmp_path, workers, state=None):
     cfg = tiny_brats_config(root, str(tmp_path / "cache"), batch_size=2, epochs=3, **{"data.num_workers": workers})
-    trainer = train.Trainer(cfg, str(tmp_path / f"run{workers}"))
+    trainer = train.Trainer(cfg, str(tmp_path / f"run{workers}"), methods.get(cfg.method_family))
     data = trainer.method.make_data(cfg)
     try:
         return trainer.train_iterator(data, trainer.stages[0], state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gazejax import gaze
+from gazejax.data import gaze
 from gazejax.data import transforms2d as t2d
 
 H, W = 48, 40

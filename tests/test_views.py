@@ -1,11 +1,11 @@
-"""gazejax.data.views: gaze attention maps against gazejax.gaze's recipes, the gaze-guided view I_g (= I where A = 1,
+"""gazejax.data.views: gaze attention maps against gazejax.data.gaze's recipes, the gaze-guided view I_g (= I where A = 1,
 = T_strong(I) where A = 0), maps that move with the image, random maps, and gaze-free standard views."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gazejax import gaze
+from gazejax.data import gaze
 from gazejax.data import transforms2d, views
 
 SIZE = 32

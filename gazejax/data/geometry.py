@@ -1,6 +1,6 @@
 """Pad-then-resample geometry for radiographs, applied identically to images, masks and fixation coordinates.
 
-Coordinate convention (shared with `gazejax.gaze`): continuous pixel coordinates with pixel i centred at i, so
+Coordinate convention (shared with `gazejax.data.gaze`): continuous pixel coordinates with pixel i centred at i, so
 pixel i covers [i - 0.5, i + 0.5]; points are (x, y) = (column, row). A transform pads the [H, W] image to a canvas
 [Hc, Wc] (`pad_before` = (top, left) rows/columns of zeros first), then resamples the canvas to [Ho, Wo]:
 
@@ -11,7 +11,7 @@ pixel i covers [i - 0.5, i + 0.5]; points are (x, y) = (column, row). A transfor
     pixel j is canvas pixel j*d, hence  new = (old + pad) / d.
 
 `as_affine()` returns (scale, offset), both [2], with new = old * scale + offset per axis, in array-axis order (row,
-col) like `gazejax.gaze` (order="xy" for (x, y) points); `map_points` takes and returns (x, y) points.
+col) like `gazejax.data.gaze` (order="xy" for (x, y) points); `map_points` takes and returns (x, y) points.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ResizeTransform:
     def as_affine(self, order: str = "yx") -> tuple[np.ndarray, np.ndarray]:
         """(scale [2], offset [2]) with new = old * scale + offset, per axis (see module docstring).
 
-        order="yx" (default) is array-axis order, the `transform` argument of `gazejax.gaze.render_gaussians`
+        order="yx" (default) is array-axis order, the `transform` argument of `gazejax.data.gaze.render_gaussians`
         (equal to `gaze.pad_resize_transform(pad_before, 1 / cell)` for "area"); order="xy" matches (x, y) points.
         """
         if order not in ("yx", "xy"):

@@ -2,7 +2,7 @@
 together to the image, gaze maps and organ masks at any grid resolution, and to fixation points; brightness and
 contrast on the image only.
 
-Coordinates follow `gazejax.gaze`: continuous (row, col) with pixel i centred at i, covering [i - 0.5, i + 0.5]. An
+Coordinates follow `gazejax.data.gaze`: continuous (row, col) with pixel i centred at i, covering [i - 0.5, i + 0.5]. An
 array of shape [h, w] covers the same extent as the image [H, W] it belongs to: its cell m is centred at image
 coordinate (m + 0.5) * H / h - 0.5 per axis, so a coarse gaze map and the image are warped consistently.
 

@@ -24,9 +24,9 @@ from typing import Any, Mapping
 import numpy as np
 from scipy import ndimage
 
-from gazejax import gaze as gaze_lib
+from gazejax.data import gaze as gaze_lib
 from gazejax.data import transforms2d
-from gazejax.data.cxr_pipeline import transform_example
+from gazejax.data.cxr.pipeline import transform_example
 
 MODES = ("gaze", "standard")
 MAP_KINDS = ("duration", "count")

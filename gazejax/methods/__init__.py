@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from gazejax.methods.base import DataBundle, Method, Stage  # noqa: F401  (re-exported)
+from gazejax.engine.api import DataBundle, Method, Stage  # noqa: F401  (re-exported)
 
 _METHODS = {
     "san_aab": "gazejax.methods.san_aab:METHOD",

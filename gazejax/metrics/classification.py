@@ -186,3 +186,72 @@ def f1(labels: np.ndarray, pred: np.ndarray, num_classes: int, average: str = "m
     if average == "weighted":
         return float(np.sum(per_class * support) / support.sum()) if support.sum() else 0.0
     raise ValueError(f"f1: average must be 'macro', 'weighted' or 'micro', got {average!r}")
+
+
+def auroc_ovo(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Hand & Till's multi-class AUC: the mean over class pairs (a, b) of (AUC(a vs b by p_a) + AUC(b vs a by
+    p_b)) / 2 on the samples of a or b (scikit-learn `roc_auc_score(multi_class="ovo")`, macro). Pairs missing a
+    class are left out; NaN if none is left."""
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    pairs = []
+    for a in range(probs.shape[1]):
+        for b in range(a + 1, probs.shape[1]):
+            sel = (labels == a) | (labels == b)
+            both = [binary_auroc(labels[sel] == c, probs[sel, c]) for c in (a, b)]
+            if not np.isnan(both).any():
+                pairs.append(np.mean(both))
+    return float(np.mean(pairs)) if pairs else float("nan")
+
+
+def auroc(labels: np.ndarray, probs: np.ndarray, warn: bool = True) -> float:
+    """One AUROC for either task: `auroc_ovr` of int labels [N] against probs [N, C], or, for multi-label targets
+    [N, K] (float, NaN = unknown), the mean of the per-finding AUROCs over known labels (NaN findings left out).
+    `warn=False` silences the one-valued-class warning (e.g. when a linear probe scores many fits)."""
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    with warnings.catch_warnings():
+        if not warn:
+            warnings.simplefilter("ignore", RuntimeWarning)
+        if labels.ndim == 1:
+            return auroc_ovr(labels, probs)
+        per = _finding_aurocs(labels.astype(np.float64), probs)
+        return float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
+
+
+def _finding_aurocs(targets: np.ndarray, probs: np.ndarray) -> list[float]:
+    known = np.isfinite(targets)
+    return [binary_auroc(targets[known[:, k], k] > 0.5, probs[known[:, k], k]) for k in range(targets.shape[1])]
+
+
+def _multilabel_summary(targets: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    known, pred = np.isfinite(targets), probs >= 0.5
+    per = _finding_aurocs(targets, probs)
+    f1s = [precision_recall((targets[known[:, k], k] > 0.5).astype(int), pred[known[:, k], k].astype(int), 2)[1]
+           ["f1"] for k in range(targets.shape[1])]
+    out = {"auroc": float(np.nanmean(per)) if np.isfinite(per).any() else float("nan"),
+           "accuracy": float(np.mean(pred[known] == (targets[known] > 0.5))), "f1": float(np.mean(f1s))}
+    out.update({f"auroc_{n}": float(v) for n, v in zip(names, per)})
+    return out
+
+
+def summary(labels: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """The classification summary the chest X-ray methods report, keyed by metric and class name.
+
+    Single-label (labels int [N], probs [N, C]): auroc (one-vs-rest macro, `auroc_ovr`), auroc_ovo (Hand & Till),
+    accuracy, f1 (macro) and per class auroc_<name>, precision_<name>, recall_<name>, f1_<name>.
+    Multi-label (labels float [N, K], NaN = unknown; probs [N, K] per-finding probabilities): auroc (mean of the
+    per-finding AUROCs over known labels, NaN findings left out), accuracy and f1 (mean over findings) at 0.5, and
+    auroc_<name>.
+    """
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    if labels.ndim == 2:
+        return _multilabel_summary(labels.astype(np.float64), probs, names)
+    metrics = {"auroc": auroc_ovr(labels, probs), "auroc_ovo": auroc_ovo(labels, probs),
+               "accuracy": accuracy(labels, probs), "f1": f1(labels, probs, len(names))}
+    with warnings.catch_warnings():  # auroc_ovr has just warned about any class without both label values
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_class = auroc_per_class(labels, probs)
+    pr = precision_recall(labels, probs, len(names))
+    for c, name in enumerate(names):
+        metrics[f"auroc_{name}"] = per_class[c]
+        metrics.update({f"{k}_{name}": pr[c][k] for k in ("precision", "recall", "f1")})
+    return metrics

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gazejax.gradcam import grad_cam_from_head
+from gazejax.analysis.gradcam import grad_cam_from_head
 from gazejax.models.backbone_utils import batch_norm, global_avg_pool, prepare_input
 from gazejax.models.conv_impl import conv_general_dilated_for
 from gazejax.models.densenet import DenseNetFeatures

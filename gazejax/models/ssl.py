@@ -10,7 +10,7 @@ queue, and a classifier head for fine-tuning.
   (region head on the region layer), "zt_a", "zt_g" (momentum target, gradient stopped), "queue" [K, P] (MoCo keys
   before this step's enqueue)}.
 
-Model attention: CNN layers give the channel mean of squared activations (`losses_ssl.activation_attention`);
+Model attention: CNN layers give the channel mean of squared activations (`activation_attention`);
 ViT layers give attention rollout (Abnar & Zuidema 2020: head-mean attention plus identity, row-normalised,
 multiplied through the layers; the class token's row over the patches) or the layer's own class-token attention
 ("cls"). "cam": for a CNN whose logits are a linear layer on the global average of its last map F4, Grad-CAM's
@@ -32,10 +32,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gazejax.losses_ssl import activation_attention, l2_normalize
 from gazejax.models.cam import head_feature_map, headless_backbone
 
 VIT_ATTENTION = ("rollout", "cls")
+_EPS = 1e-8
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """x / ||x||_2 along `axis` (float32; a zero vector stays ~0)."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + _EPS)
+
+
+def activation_attention(features: jax.Array) -> jax.Array:
+    """Model attention `[B, h, w]` of a feature map `[B, h, w, C]`: the channel mean of squared activations
+    (Zagoruyko & Komodakis 2017, F^2_mean), differentiable."""
+    return jnp.mean(jnp.square(features.astype(jnp.float32)), axis=-1)
 
 
 def is_vit(backbone: str) -> bool:

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from gazejax.data.brats import MODALITIES
+from gazejax.data.brats.reader import MODALITIES
 
 TRAIN_DIR = "MICCAI_BraTS2020_TrainingData"
 VALIDATION_DIR = "MICCAI_BraTS2020_ValidationData"

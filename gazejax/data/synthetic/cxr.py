@@ -27,8 +27,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
-from gazejax.data import egd_cxr, reflacx
-from gazejax.data.cxr_labels import write_columns
+from gazejax.data.cxr import egd_cxr, reflacx
+from gazejax.data.cxr.labels import write_columns
 from gazejax.data.synthetic.cxr_phantom import CLASSES, phantom, sample_cases, scanpath
 
 _CHX = {"cardiomegaly": "cardiomegaly__chx", "edema": "edema__chx", "effusion": "pleural_effusion__chx",

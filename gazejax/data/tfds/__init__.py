@@ -5,7 +5,7 @@
 
 `data_source(name, data_dir)` opens a built data set with `tfds.data_source` ({split: random-access source} that
 Grain's MapDataset.source takes). Training configs read them with `config.data.source="tfds"` through
-`gazejax.data.brats_pipeline.tfds_records` and `gazejax.data.tfds.cxr.prepare_records`. Importing this package
+`gazejax.data.brats.pipeline.tfds_records` and `gazejax.data.tfds.cxr.prepare_records`. Importing this package
 does not import tensorflow_datasets; the builder modules do.
 """
 from __future__ import annotations

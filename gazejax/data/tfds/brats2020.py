@@ -1,7 +1,7 @@
 """TFDS builder `brats2020`: BraTS 2020 training (and validation) cases with gazejax's gaze files, as array_record,
 and `case_records`, the BraTS pipeline's records read from it (`config.data.source="tfds"`).
 
-An example holds what `gazejax.data.brats_pipeline.preprocess_case` makes of a case (the volume cropped to its
+An example holds what `gazejax.data.brats.records.preprocess_case` makes of a case (the volume cropped to its
 non-zero box and intensity-normalised, float32 [x, y, z, 4] in the order flair, t1, t1ce, t2; seg uint8 [x, y, z]),
 the crop box and original geometry, every reader's fixations in original voxel coordinates, and the survival row.
 Folds, data ratios and reader selection stay in the pipeline, so one build serves every experiment.
@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from gazejax.data import brats, brats_pipeline
+from gazejax.data.brats import reader as brats
+from gazejax.data.brats import records as brats_records
 from gazejax.data.tfds import common
 
 tfds = common.import_tfds()
@@ -93,7 +94,7 @@ class Brats2020(tfds.core.GeneratorBasedBuilder):
         rows = self.info.metadata["records"][split]
         for index, case_dir in enumerate(brats.list_cases(root)):
             case_id = os.path.basename(os.path.normpath(case_dir))
-            image, seg, meta = brats_pipeline.preprocess_case(case_dir)
+            image, seg, meta = brats_records.preprocess_case(case_dir)
             gaze_file = brats.gaze_path(gaze_dir, case_id) if os.path.isdir(gaze_dir) else None
             fix = brats.read_fixations(gaze_file) if gaze_file else None
             info = survival.get(case_id, {})
@@ -128,7 +129,7 @@ def _example(case_id: str, image: np.ndarray, seg: np.ndarray | None, meta: dict
 
 
 @dataclasses.dataclass
-class TFDSCaseRecord(brats_pipeline.CaseRecord, common.StoredArrays):
+class TFDSCaseRecord(brats_records.CaseRecord, common.StoredArrays):
     """A CaseRecord whose arrays come from the array_record files."""
 
     def image(self) -> np.ndarray:
@@ -148,10 +149,10 @@ def _fixations(row: dict | None) -> brats.Fixations | None:
 
 
 def case_records(data_dir: str, root: str | None, readers: str, sigma: float, split: str = "train"
-                 ) -> list[brats_pipeline.CaseRecord]:
+                 ) -> list[brats_records.CaseRecord]:
     """Records of `split` of the `brats2020` data set in `data_dir`, built from the BraTS folder `root` first when
     it is not there yet (root may be None for a data set built before). Same fields and examples as
-    `brats_pipeline.prepare_case` (gaze of `readers`, Gaussian `sigma` in voxels)."""
+    `brats_records.prepare_case` (gaze of `readers`, Gaussian `sigma` in voxels)."""
     data_dir = os.path.expanduser(data_dir)
     if root and not os.path.isdir(root):
         raise FileNotFoundError(f"{root}: no such BraTS folder to build the TFDS data set from")
@@ -161,6 +162,6 @@ def case_records(data_dir: str, root: str | None, readers: str, sigma: float, sp
                                 f"python -m gazejax.data.tfds build brats2020 --manual_dir=... --data_dir={data_dir}")
     common.ensure_built(builder)
     reader = common.ExampleReader(Brats2020, data_dir, split)
-    return [brats_pipeline.make_record(row["case_id"], row["meta"], _fixations(row["gaze"]), readers, sigma,
+    return [brats_records.make_record(row["case_id"], row["meta"], _fixations(row["gaze"]), readers, sigma,
                                        row["survival_class"], data_dir, cls=TFDSCaseRecord, reader=reader, index=i)
             for i, row in enumerate(common.light_records(builder, split))]

@@ -2,7 +2,7 @@
 masks, as array_record; and `prepare_records`, the CXR pipeline's records read from them (`data.source="tfds"`).
 
 One builder config per target image size, padding and reader options (e.g. "512x416_symmetric"): an example holds
-what `gazejax.data.cxr_pipeline.prepare_records` caches for an image (float32 [H, W] in [0, 1] padded to the aspect
+what `gazejax.data.cxr.pipeline.prepare_records` caches for an image (float32 [H, W] in [0, 1] padded to the aspect
 and area-resampled, organ masks bool [H, W, K]) and its record's fields: fixations in the resized frame (row, col),
 durations, per-fixation sigma, the source shape and every raw label value, so any label set / policy can be chosen
 when training.
@@ -18,7 +18,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gazejax.data import cxr_labels, cxr_pipeline, egd_cxr, reflacx
+from gazejax.data.cxr import egd_cxr, reflacx
+from gazejax.data.cxr import labels as cxr_labels
+from gazejax.data.cxr import records as cxr_records
 from gazejax.data.tfds import common
 
 tfds = common.import_tfds()
@@ -68,9 +70,9 @@ class _CXRBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.1.0")
     RELEASE_NOTES = {"1.0.0": "Resized images, organ masks, fixations in the resized frame, raw labels.",
                      "1.1.0": "Each fixation's reader id and the reader's boxes (source pixels) in the records."}
-    DATASET = ""  # gazejax.data.cxr_pipeline data set name
+    DATASET = ""  # gazejax.data.cxr.pipeline data set name
     FOLDER = ""  # folder of the data set inside the manual folder
-    READER: type = type(None)  # the data set's reader class (gazejax.data.egd_cxr.EGDCXR, reflacx.REFLACX)
+    READER: type = type(None)  # the data set's reader class (gazejax.data.cxr.egd_cxr.EGDCXR, reflacx.REFLACX)
 
     def __init__(self, *, roots: tuple[str, str] | None = None, **kwargs: Any):
         self._roots = roots
@@ -107,7 +109,7 @@ class _CXRBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         options = dict(cfg.reader_options)
         raw = self.READER(root, mimic_root, **options).records()
         with tempfile.TemporaryDirectory(prefix="gazejax_tfds_") as cache:  # the pipeline's resize, reused exactly
-            cases = cxr_pipeline.prepare_records(self.DATASET, root, mimic_root, cache, cfg.image_size, pad=cfg.pad,
+            cases = cxr_records.prepare_records(self.DATASET, root, mimic_root, cache, cfg.image_size, pad=cfg.pad,
                                                  label_set="5label", reader_options=options)
             for index, (rec, case) in enumerate(zip(raw, cases)):
                 row = _light_row(rec, case)
@@ -115,7 +117,7 @@ class _CXRBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 yield index, _example(row, case)
 
 
-def _light_row(rec: cxr_labels.CXRRecord, case: cxr_pipeline.CXRCase) -> dict:
+def _light_row(rec: cxr_labels.CXRRecord, case: cxr_records.CXRCase) -> dict:
     """The JSON fields of an example (everything but the image and masks)."""
     if rec.dicom_id != case.dicom_id:
         raise AssertionError(f"reader order changed between two reads: {rec.dicom_id} != {case.dicom_id}")
@@ -129,7 +131,7 @@ def _light_row(rec: cxr_labels.CXRRecord, case: cxr_pipeline.CXRCase) -> dict:
         "boxes": {k: np.asarray(v, np.float32).reshape(-1, 4) for k, v in rec.boxes.items()}})
 
 
-def _example(row: dict, case: cxr_pipeline.CXRCase) -> dict:
+def _example(row: dict, case: cxr_records.CXRCase) -> dict:
     n, size = len(row["points_yx"]), tuple(row["image_shape"])
     masks = case.masks()
     return {
@@ -171,7 +173,7 @@ BUILDERS = {"egd_cxr": EgdCxr, "reflacx": Reflacx}
 
 
 @dataclasses.dataclass
-class TFDSCXRCase(cxr_pipeline.CXRCase, common.StoredArrays):
+class TFDSCXRCase(cxr_records.CXRCase, common.StoredArrays):
     """A CXRCase whose image and masks come from the array_record files."""
 
     def image(self) -> np.ndarray:
@@ -198,8 +200,8 @@ def _case(row: dict, index: int, reader: common.ExampleReader, label, mask) -> T
 def prepare_records(dataset: str, root: str | None, mimic_root: str | None, data_dir: str,
                     image_size: Sequence[int], *, label_set: str = "3class", label_policy: Any = None,
                     pad: str = "symmetric", reader_options: Mapping[str, Any] | None = None,
-                    **unused: Any) -> list[cxr_pipeline.CXRCase]:
-    """`cxr_pipeline.prepare_records` with the TFDS data set `dataset` in `data_dir` as the cache: the records (same
+                    **unused: Any) -> list[cxr_records.CXRCase]:
+    """`gazejax.data.cxr.records.prepare_records` with the TFDS data set `dataset` in `data_dir` as the cache: the records (same
     order, fields and examples) of its config for (image_size, pad, reader_options), built there from `root` and
     `mimic_root` first when missing (both may be None for a data set built before)."""
     rows, cls, data_dir, config = _built(dataset, root, mimic_root, data_dir, image_size, pad, reader_options)

@@ -1,0 +1,1 @@
+"""Analyses of trained models shared by methods: Grad-CAM, linear probing, t-SNE."""

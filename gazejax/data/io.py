@@ -1,0 +1,58 @@
+"""File helpers every writer shares: atomic writes (a unique temporary file in the target folder, then a rename, so
+a reader, a second process or an interrupted run never sees a partial file) and the default cache folder of a data
+root."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+CACHE_HOME = "~/.cache/gazejax"
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w") -> Iterator[Any]:
+    """Opens a temporary file beside `path` for writing and renames it onto `path` when the block ends without an
+    exception (the temporary file is removed otherwise)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> str:
+    with atomic_file(path) as f:
+        f.write(text)
+    return path
+
+
+def write_json(path: str, obj: Any, indent: int | None = 2, **kwargs: Any) -> str:
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=indent, **kwargs)
+    return path
+
+
+def save_npy(path: str, array: np.ndarray) -> str:
+    """np.save, atomically: processes of a multi-host run sharing one cache folder may write the same file at once."""
+    with atomic_file(path, "wb") as f:
+        np.save(f, array)
+    return path
+
+
+def cache_dir(configured: str, kind: str, root: str) -> str:
+    """`configured` when set, else ~/.cache/gazejax/<kind>_<sha1 of root's absolute path, 12 hex digits>."""
+    if configured:
+        return configured
+    digest = hashlib.sha1(os.path.abspath(root).encode()).hexdigest()[:12]
+    return os.path.join(os.path.expanduser(CACHE_HOME), f"{kind}_{digest}")

@@ -1,0 +1,143 @@
+"""Orbax checkpoints of the train state, the data-iterator state and run metadata, with resume and preemption.
+
+One CheckpointManager in `<workdir>/checkpoints` keeps the last N steps plus, for every stage, the step with the
+best value of that stage's monitored validation metric. Saves are asynchronous and atomic (Orbax writes into a
+temporary directory and renames), so a killed run never leaves a half-written checkpoint behind. In a multi-process
+run every process calls save/restore (they are collectives): each writes the array shards it holds, process 0 the
+JSON items and the commit marker, so `workdir` must be one folder every host sees (NFS, Filestore, a gcsfuse mount).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+from typing import Any, Sequence
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
+
+from gazejax.engine import parallel
+
+MONITOR_KEY = "_monitor"  # sign-adjusted monitored metric (higher is better)
+STAGE_KEY = "_stage"
+
+
+@dataclasses.dataclass
+class _LatestPlusBestPerStage(pp.PreservationPolicy):
+    """Keeps the last `n` checkpoints and, per stage, the one with the highest `_monitor` metric."""
+
+    n: int
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+        keep = [i >= len(checkpoints) - self.n for i in range(len(checkpoints))]
+        best: dict[Any, tuple[float, int]] = {}
+        for i, info in enumerate(checkpoints):
+            metrics = info.metrics or {}
+            if MONITOR_KEY in metrics:
+                stage = metrics.get(STAGE_KEY, 0)
+                value = float(metrics[MONITOR_KEY])
+                if stage not in best or value > best[stage][0]:
+                    best[stage] = (value, i)
+        for _, i in best.values():
+            keep[i] = True
+        return keep
+
+
+class Checkpointer:
+    """Saves/restores {"state": pytree, "data": json, "meta": json} under `<workdir>/checkpoints`."""
+
+    def __init__(self, workdir: str, keep_last: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=_LatestPlusBestPerStage(n=max(1, keep_last)),
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict | None, meta: dict, monitor: float | None = None,
+             force: bool = False) -> None:
+        """Saves asynchronously; `monitor` (higher is better) marks the step as a best-candidate of its stage."""
+        metrics = None
+        if monitor is not None:
+            metrics = {MONITOR_KEY: float(monitor), STAGE_KEY: int(meta.get("stage", 0))}
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state or {}),
+            meta=ocp.args.JsonSave(meta),
+        )
+        self.manager.save(step, args=args, metrics=metrics, force=force)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Restores (state, data_state, meta) of `step`, placing arrays as `abstract_state`'s shardings say."""
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        )
+        out = self.manager.restore(step, args=args)
+        return out["state"], dict(out["data"] or {}), dict(out["meta"] or {})
+
+    def restore_meta(self, step: int) -> dict:
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"] or {})
+
+    def best_step(self, stage: int) -> int | None:
+        """The preserved step with the highest monitored metric of `stage`, or None."""
+        best = None
+        for step in self.manager.all_steps():
+            meta = self.restore_meta(step)
+            if meta.get("stage") != stage or meta.get("monitor") is None:
+                continue
+            if best is None or meta["monitor"] > best[0]:
+                best = (meta["monitor"], step)
+        return None if best is None else best[1]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) describing `tree`, for restoring into the same layout."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class PreemptionFlag:
+    """Set by SIGTERM so the training loop can save a checkpoint and exit cleanly (on every process together)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "PreemptionFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM,):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self._event.set()
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def raised(self) -> bool:
+        """Whether any process got the signal. Multi-process, this is a collective (every process reads it at the
+        same step): a process that saved alone would wait forever in Orbax's collective save."""
+        return parallel.any_process(self._event.is_set())
+
+    def set(self) -> None:
+        self._event.set()

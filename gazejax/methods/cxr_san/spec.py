@@ -1,0 +1,260 @@
+"""SAN + AAB for 5-finding chest X-ray classification (Huang et al., BMVC 2021, Sec. 4.2, Table 4) and the
+table's baselines, declared for the one trainer.
+
+Model: `gazejax.models.classifier2d.SANAABClassifier` on `[B, H, W, 1]` radiographs, 5 sigmoid outputs
+(Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion); its docstring says where the AAB sits and
+what it costs in parameters. Methods (`config.method`, Table 4's rows):
+- "backbone": the encoder + GAP + linear head; L = w1 L_cls. Gaze is never read.
+- "ours": SAN + AAB; L = w1 L_cls + w2 L_g, L_g = Eq. 4 (BCE) on SAN's gaze logits at the 1/16 grid.
+- "gaze_star" (+gaze*): a 1x1 gaze head on E4 (1/32) trained with Eq. 4; at inference the predicted gaze weights
+  the pooling (soft attention).
+- "gaze_loss" (+gaze loss): the same head trained with the KL saliency loss of the gaze-enhanced classifier the
+  paper borrows it from; it never enters the classification path.
+L_cls is the multi-label sigmoid BCE over known labels ("we apply the typical cross-entropy loss to replace L_seg",
+Sec. 3.3); w1 = config.loss.cls, w2 = config.loss.gaze (0.5 as in Sec. 4.1).
+Data: `gazejax.data.cxr.pipeline` with label_set "5label"; gaze targets `gaze_san` (1/16) and `gaze_e4` (1/32),
+Gaussians on the fixations divided by their max (Eq. 4 needs targets in [0, 1]). `make_data` refuses a config whose
+grid for the method is not image_size / gaze_stride(method).
+Evaluation: per-class AUROC and their mean (`multilabel_auroc`), the losses, and for the gaze variants the CC and
+KL of the predicted gaze against the target on images with gaze. Report: `gazejax.methods.cxr_san.report`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import expit, log_expit, softmax
+
+from gazejax import losses
+from gazejax.metrics import classification as cls
+from gazejax.metrics import saliency
+from gazejax.engine.api import DataBundle, Stage, iterate_in_batches
+from gazejax.models.classifier2d import E4_STRIDE, METHODS, SANAABClassifier, gaze_stride
+from gazejax.models.cam import backbone_family
+
+log = logging.getLogger("gazejax")
+
+FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")  # cxr_labels "5label"
+SLUGS = tuple(f.replace(" ", "_") for f in FINDINGS)  # the findings in metric and column names
+GRID_NAMES = {16: "san", E4_STRIDE: "e4"}  # gaze stride -> name of its data.gaze_grids entry
+EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", "gaze_san", "gaze_e4")
+
+
+def metric_key(finding: str) -> str:
+    """"Pleural Effusion" -> "auroc_Pleural_Effusion" (metric names without spaces)."""
+    return "auroc_" + SLUGS[FINDINGS.index(finding)]
+
+
+def _backbone_kwargs(config) -> dict[str, Any]:
+    m, family = config.model, backbone_family(config.model.backbone)
+    kwargs: dict[str, Any] = {"in_channels": 1}
+    if config.get("remat", False):  # per-block rematerialisation (engine field)
+        if family not in ("efficientnet", "resnet"):
+            raise ValueError(f"methods/cxr_san.py: remat=True is supported for EfficientNet and ResNet backbones, "
+                             f"not {m.backbone!r}")
+        kwargs["remat"] = True
+    if family == "efficientnet":
+        kwargs.update(width_mult=float(m.efficientnet_width_mult), depth_mult=float(m.efficientnet_depth_mult))
+    elif family == "mobilenet":
+        kwargs.update(width_mult=float(m.mobilenet_width_mult))
+    elif family == "resnet":
+        kwargs.update(width=int(m.resnet_width))
+    return kwargs
+
+
+def build_model(config) -> SANAABClassifier:
+    m = config.model
+    if config.method not in METHODS:
+        raise ValueError(f"methods/cxr_san.py: unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    return SANAABClassifier(backbone=m.backbone, num_classes=len(FINDINGS), method=config.method,
+                            san_width=int(m.san_width), aab_heads=int(m.aab_heads), aab_head_dim=int(m.aab_head_dim),
+                            aab_ffn_mult=int(m.aab_ffn_mult), backbone_kwargs=_backbone_kwargs(config),
+                            dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype),
+                            conv_impl=str(m.get("conv_impl", "auto")))
+
+
+def init_batch(config) -> dict[str, np.ndarray]:
+    return {"image": np.zeros((1, *config.data.image_size, 1), np.float32)}
+
+
+def param_counts(config) -> dict[str, int]:
+    """Parameters per top-level group ("backbone", "classifier", "san", "aab", "gaze_head") and "total"
+    (shapes only, `jax.eval_shape`)."""
+    model = build_model(config)
+    x = jax.ShapeDtypeStruct(init_batch(config)["image"].shape, jnp.float32)
+    params = jax.eval_shape(lambda v: model.init(jax.random.key(0), v, train=False), x)["params"]
+    counts = {k: sum(int(np.prod(p.shape)) for p in jax.tree.leaves(v)) for k, v in params.items()}
+    return {**counts, "total": sum(counts.values())}
+
+
+def gaze_target_key(method: str) -> str | None:
+    """The batch key of the gaze target a method trains with: "gaze_san" (ours), "gaze_e4" (gaze_star,
+    gaze_loss), None (backbone)."""
+    stride = gaze_stride(method)
+    return None if stride is None else f"gaze_{GRID_NAMES[stride]}"
+
+
+def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tuple[jnp.ndarray, dict]:
+    """L = w1 BCE(logits, labels) (+ w2 L_g on the method's gaze output and grid; see the module docstring)."""
+    del params, stage
+    w = config.loss
+    bce = losses.sigmoid_bce_multilabel(outputs["logits"], batch["label"], batch["label_mask"])
+    key = gaze_target_key(config.method)
+    if key is None:
+        return w.cls * bce, {"loss_bce": bce}
+    if config.method == "gaze_loss":  # the gaze-enhanced classifier's KL(gaze density || softmax(gaze logits))
+        gaze = losses.kl_saliency(outputs["gaze"], batch[key], batch["has_gaze"])
+    else:  # Eq. 4, Huang et al.
+        gaze = losses.gaze_bce(outputs["gaze"], batch[key], batch["has_gaze"])
+    return w.cls * bce + w.gaze * gaze, {"loss_bce": bce, "loss_gaze": gaze}
+
+
+def check_gaze_grid(config) -> None:
+    """ValueError unless `data.gaze_grids` holds the method's grid at image_size / gaze_stride(method)."""
+    stride, size = gaze_stride(config.method), tuple(int(s) for s in config.data.image_size)
+    if stride is None:
+        return
+    if any(s % E4_STRIDE for s in size):
+        raise ValueError(f"methods/cxr_san.py: data.image_size {size} must be multiples of {E4_STRIDE} for method "
+                         f"{config.method!r}")
+    name, expected = GRID_NAMES[stride], tuple(s // stride for s in size)
+    grids = dict(config.data.gaze_grids)
+    got = tuple(int(g) for g in grids[name]) if name in grids else None
+    if got != expected:
+        raise ValueError(f"methods/cxr_san.py: method {config.method!r} trains its gaze output at stride {stride}: "
+                         f"data.gaze_grids[{name!r}] must be image_size / {stride} = {expected}, got {got}")
+
+
+def gaze_sigma(config) -> float | str:
+    """data.gaze_sigma in source pixels of the data used: a number is in EGD-CXR DICOM pixels and is scaled by
+    synthetic height / 3056 for the synthetic set (same share of the image); "dataset" (REFLACX: 1 degree of
+    visual angle per fixation) passes through."""
+    from gazejax.data.cxr import pipeline as cxr_pipeline
+
+    sigma = config.data.gaze_sigma
+    return sigma if isinstance(sigma, str) else cxr_pipeline.source_pixels(config, sigma)
+
+
+def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
+    from gazejax.data.cxr import pipeline as cxr_pipeline
+
+    if config.data.label_set != "5label":
+        raise ValueError(f"methods/cxr_san.py: data.label_set must be '5label' (Table 4's findings), got "
+                         f"{config.data.label_set!r}")
+    check_gaze_grid(config)
+    sigma = gaze_sigma(config)
+    log.info("SAN+AAB CXR gaze targets: sigma %s source px, grids %s", sigma, dict(config.data.gaze_grids))
+    return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, sigma, process_index, process_count))
+
+
+# ---- evaluation --------------------------------------------------------------------------------------------------
+def auroc_metrics(targets: np.ndarray, probs: np.ndarray, known: np.ndarray) -> dict[str, float]:
+    """"auroc" (mean over findings with both label values) and "auroc_<finding>" from `[N, 5]` 0/1 targets,
+    scores and the known-label mask; each finding is scored on its known labels only."""
+    per_class = []
+    with warnings.catch_warnings():  # a finding without positives in a small split is NaN, reported as such
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for c in range(targets.shape[1]):
+            rows = known[:, c].astype(bool)
+            per_class.append(cls.multilabel_auroc(targets[rows, c:c + 1], probs[rows, c:c + 1])["per_class"][0])
+    finite = [a for a in per_class if np.isfinite(a)]
+    return {"auroc": float(np.mean(finite)) if finite else float("nan"),
+            **{metric_key(f): float(a) for f, a in zip(FINDINGS, per_class)}}
+
+
+def gaze_map(gaze_logits: np.ndarray, method: str) -> np.ndarray:
+    """Predicted gaze `[B, h, w, 1]` logits -> maps `[B, h, w]`: sigmoid for the Eq. 4 variants, a softmax over the
+    grid for gaze_loss (the distribution its KL loss trains)."""
+    g = np.asarray(gaze_logits, np.float64)[..., 0]
+    if method == "gaze_loss":
+        return softmax(g.reshape(len(g), -1), axis=1).reshape(g.shape)
+    return expit(g)
+
+
+def gaze_metrics(pred: np.ndarray, target: np.ndarray, has_gaze: np.ndarray) -> dict[str, float]:
+    """Mean CC and KL (MIT saliency benchmark) of predicted vs target gaze maps over images with gaze."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ccs = [saliency.cc(p, t) for p, t, h in zip(pred, target[..., 0], has_gaze) if h]
+        kls = [saliency.kl_div(p, t) for p, t, h in zip(pred, target[..., 0], has_gaze) if h]
+    mean = lambda v: float(np.nanmean(v)) if v and np.isfinite(v).any() else float("nan")  # noqa: E731
+    return {"gaze_cc": mean(ccs), "gaze_kl": mean(kls)}
+
+
+def _predict_padded(predict, images: np.ndarray, size: int) -> dict[str, np.ndarray | None]:
+    """`predict` on `images` padded (repeating the last) to `size` rows, so that every call of every split has one
+    shape and compiles once; outputs cut back to the real rows."""
+    n = len(images)
+    if n < size:
+        images = np.concatenate([images, np.repeat(images[-1:], size - n, axis=0)])
+    return {k: None if v is None else np.asarray(v)[:n] for k, v in predict(images).items()}
+
+
+def _predict_split(predict, split, config, n_figures: int) -> dict[str, Any]:
+    """Runs the model over an EvalSplit: stacked logits, gaze logits, labels and targets, plus the first
+    `n_figures` images with gaze as figure examples (image, target and predicted gaze maps)."""
+    parts: dict[str, list] = {"logits": [], "gaze": []}
+    figures, key = [], gaze_target_key(config.method)
+    for idx in iterate_in_batches(range(len(split)), int(config.eval.batch)):
+        examples = [split.examples[i] for i in idx]
+        batch = {k: np.stack([ex[k] for ex in examples]) for k in EVAL_KEYS if k in examples[0]}
+        images = batch.pop("image")
+        out = _predict_padded(predict, images, int(config.eval.batch))
+        parts["logits"].append(np.asarray(out["logits"], np.float32))
+        if out.get("gaze") is not None:
+            parts["gaze"].append(np.asarray(out["gaze"], np.float32))
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(v)
+        for j, i in enumerate(idx):
+            if key and len(figures) < n_figures and batch["has_gaze"][j]:
+                figures.append({"dicom_id": split.records[i].dicom_id, "image": images[j, ..., 0],
+                                "target": batch[key][j, ..., 0],
+                                "pred": gaze_map(out["gaze"][j:j + 1], config.method)[0],
+                                "label": batch["label"][j], "probs": expit(out["logits"][j].astype(np.float64))})
+    return {**{k: np.concatenate(v) for k, v in parts.items() if v}, "figures": figures}
+
+
+def evaluate(predict, split, config, out_dir: str | None = None, stage=None) -> dict:
+    """Metrics of one EvalSplit (module docstring); `out_dir` (the final test evaluation) also gets
+    predictions.csv and keeps `eval.figure_images` gaze examples for the report."""
+    del stage
+    if split is None or len(split) == 0:
+        return {"metrics": {}}
+    run = _predict_split(predict, split, config, int(config.eval.figure_images) if out_dir else 0)
+    targets, known = run["label"].astype(np.float32), run["label_mask"].astype(bool)
+    probs = expit(run["logits"].astype(np.float64))
+    metrics = auroc_metrics(targets, probs, known)
+    outputs = {"logits": jnp.asarray(run["logits"]), "gaze": jnp.asarray(run["gaze"]) if "gaze" in run else None}
+    total, terms = loss_fn(outputs, {k: jnp.asarray(v) for k, v in run.items() if k != "figures"}, None, config)
+    metrics.update(loss=float(total), **{k: float(v) for k, v in terms.items()})
+    key = gaze_target_key(config.method)
+    if key is not None:
+        metrics.update(gaze_metrics(gaze_map(run["gaze"], config.method), run[key], run["has_gaze"]))
+    bce = -(targets * log_expit(run["logits"]) + (1 - targets) * log_expit(-run["logits"]))  # per image, label
+    cases = [{"case_id": r.dicom_id, "scores": {"bce": float(np.mean(b[k])) if k.any() else float("nan"),
+                                                **{f"p_{n}": float(v) for n, v in zip(SLUGS, p)}}}
+             for r, b, k, p in zip(split.records, bce, known, probs)]
+    if out_dir is not None:
+        _write_predictions(os.path.join(out_dir, "predictions.csv"), split.records, targets, known, probs)
+    counts = {f: (int(np.sum(targets[known[:, c], c])), int(np.sum(known[:, c]))) for c, f in enumerate(FINDINGS)}
+    return {"metrics": metrics, "cases": cases, "figures": run["figures"], "positives": counts}
+
+
+def _write_predictions(path: str, records, targets, known, probs) -> None:
+    import csv
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["dicom_id"] + [f"label_{n}" for n in SLUGS] + [f"p_{n}" for n in SLUGS])
+        for r, t, k, p in zip(records, targets, known, probs):
+            writer.writerow([r.dicom_id] + [int(v) if m else "" for v, m in zip(t, k)] + [f"{v:.6f}" for v in p])
+
+
+def stages(config) -> list[Stage]:
+    return [Stage(name="train", epochs=int(config.epochs), monitor=config.monitor, monitor_mode="max")]

@@ -1,0 +1,148 @@
+"""GazAT's data: CXR records (REFLACX or EGD-CXR; the synthetic set by default) as examples that also carry each
+fixation's reader and the image's finding locations, the label subsets of the few-shot fine-tunings, and evaluation
+splits that carry the linear probe's training and validation examples.
+
+Example = `cxr_pipeline.base_example` (image [H, W, 1], label, label_mask, has_gaze, fixations [F, 2] (row, col)
+resized pixels, fixation_weights [F] s, fixation_sigma [F, 2], fixation_valid [F], EGD-CXR organ masks) plus
+fixation_reader [F] int32 (index of the fixation's reader in the image's reader list, -1 in padding),
+reader_weights [R] float32 (`data.reader_weights` by reader id, default 1; 0 in padding), findings [K, 4] float32
+(row0, col0, row1, col1) in resized pixels (REFLACX anomaly ellipses' bounding boxes with certainty >= 3) and
+finding_valid [K] bool.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from gazejax.data.cxr import pipeline as cxr_pipeline
+from gazejax.data import splits
+from gazejax.data.cxr.labels import CXRRecord
+from gazejax.data.cxr.records import CXRCase
+from gazejax.data.geometry import ResizeTransform
+from gazejax.data import transforms2d, views
+from gazejax.engine.api import DataBundle
+from gazejax.methods.gazat import spec as gazat
+
+log = logging.getLogger("gazejax")
+
+
+@dataclasses.dataclass
+class Item:
+    """A cached case with its per-fixation readers [N] int32, reader weights [R] and findings [K, 4]."""
+
+    case: CXRCase
+    readers: np.ndarray
+    reader_weights: np.ndarray
+    findings: np.ndarray
+
+    @property
+    def dicom_id(self) -> str:
+        return self.case.dicom_id
+
+
+@dataclasses.dataclass
+class GazATSplit:
+    """An evaluation split: its items and examples, plus the probe's training and validation examples."""
+
+    name: str
+    items: list[Item]
+    examples: Any
+    probe_train: Any
+    probe_val: Any
+    cache: dict = dataclasses.field(default_factory=dict)  # per-split values the evaluation computes once
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def finding_boxes(record: CXRRecord, case: CXRCase, pad: str = "symmetric") -> np.ndarray:
+    """REFLACX anomaly ellipses ("ellipse/<label>" boxes, (xmin, ymin, xmax, ymax) source pixels) -> [K, 4]
+    (row0, col0, row1, col1) in the resized image; [0, 4] when there are none (EGD-CXR)."""
+    boxes = [np.asarray(v, np.float32).reshape(-1, 4) for k, v in record.boxes.items() if k.startswith("ellipse/")]
+    if not boxes:
+        return np.zeros((0, 4), np.float32)
+    xyxy = np.unique(np.concatenate(boxes), axis=0)  # readers and labels share ellipses
+    scale, offset = ResizeTransform.fit(case.source_shape, case.image_shape, pad=pad).as_affine("yx")
+    lo = xyxy[:, [1, 0]] * scale + offset
+    hi = xyxy[:, [3, 2]] * scale + offset
+    return np.concatenate([lo, hi], axis=1).astype(np.float32)
+
+
+def make_item(case: CXRCase, record: CXRRecord, weights: dict[str, float]) -> Item:
+    readers = np.asarray(record.fixations.readers).astype(str)
+    if len(readers) != len(case.points_yx):
+        raise ValueError(f"{case.dicom_id}: {len(readers)} reader ids for {len(case.points_yx)} fixations")
+    names, index = np.unique(readers, return_inverse=True) if len(readers) else (np.zeros(0, str), readers)
+    return Item(case, np.asarray(index, np.int32), np.array([float(weights.get(n, 1.0)) for n in names], np.float32),
+                finding_boxes(record, case))
+
+
+def example(item: Item, spec: cxr_pipeline.GazeSpec, sizes: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """The example of `item` (module docstring), padded to `sizes` = (fixations, readers, findings)."""
+    max_fix, max_readers, max_findings = sizes
+    ex = cxr_pipeline.base_example(item.case, spec, max_fix)
+    n, r, k = len(item.readers), len(item.reader_weights), len(item.findings)
+    ex["fixation_reader"] = np.pad(item.readers, (0, max_fix - n), constant_values=-1).astype(np.int32)
+    ex["reader_weights"] = np.pad(item.reader_weights, (0, max_readers - r)).astype(np.float32)
+    ex["findings"] = np.pad(item.findings, ((0, max_findings - k), (0, 0))).astype(np.float32)
+    ex["finding_valid"] = np.arange(max_findings) < k
+    return ex
+
+
+def label_subset(items: Sequence[Item], fraction: float, seed: int, min_size: int) -> list[Item]:
+    """round(fraction * N) items (at least 1), patient-grouped and label-stratified (`splits.take_stratified`), then
+    repeated until there are at least `min_size` (a training batch) so the stage can fill its batches."""
+    ids = [str(i) for i in range(len(items))]
+    n = min(len(items), max(1, int(math.floor(fraction * len(items) + 0.5))))
+    strata = splits.label_strata(np.stack([np.asarray(it.case.label) for it in items]))
+    _, taken = splits.take_stratified(ids, n, seed=seed, groups=[it.case.patient_id for it in items], strata=strata)
+    subset = [items[int(i)] for i in taken]
+    return subset * max(1, math.ceil(min_size / len(subset)))
+
+
+def make_bundle(config, pretrain_augment: Callable, finetune_augment: Callable, process_index: int = 0,
+                process_count: int = 1) -> DataBundle:
+    """The DataBundle: "train" (all training images, `pretrain_augment`), "label_<p>pct" label subsets
+    (`finetune_augment`), and "val" / "test" GazATSplits."""
+    import grain
+
+
+    d = config.data
+    cases, where, raw = cxr_pipeline.load_cases(config, with_raw=True)
+    parts = cxr_pipeline.split_records(cases, d.split, seed=int(d.seed), test_seed=int(d.test_seed),
+                                       ratio=float(d.ratio))
+    weights = {str(k): float(v) for k, v in dict(d.reader_weights).items()}
+    items = {k: [make_item(c, raw[c.dicom_id], weights) for c in v] for k, v in parts.items()}
+    every = [it for v in items.values() for it in v]
+    sizes = (max([len(it.readers) for it in every] + [1]), max([len(it.reader_weights) for it in every] + [1]),
+             max([len(it.findings) for it in every] + [1]))
+    spec = cxr_pipeline.GazeSpec({}, "duration", d.gaze_sigma)
+    to_example = functools.partial(example, spec=spec, sizes=sizes)
+    source = lambda its: grain.MapDataset.source(its).map(to_example)  # noqa: E731
+    train, val = source(items["train"]), source(items["val"])
+    subsets = {f"label_{gazat.fraction_name(f)}": label_subset(items["train"], float(f), int(d.seed), int(config.batch_size))
+               for f in config.finetune.label_fractions}
+    train_sets = {k: source(v) for k, v in subsets.items()}
+    evals = {k: GazATSplit(k, items[k], source(items[k]), train, val) for k in ("val", "test")}
+    info = {**where, "synthetic": not d.root, "process": (process_index, process_count),
+            **{f"{k}_ids": [it.dicom_id for it in v] for k, v in items.items()},
+            "label_subsets": {k: len({id(it) for it in v}) for k, v in subsets.items()},
+            "readers_per_image": {k: [int(len(it.reader_weights)) for it in v] for k, v in items.items()}}
+    log.info("GazAT data (%s): %s", d.dataset, {k: len(v) for k, v in items.items()})
+    return DataBundle(train=train, num_train=len(items["train"]), splits=evals, augment=pretrain_augment, info=info,
+                      train_sets=train_sets, augments={k: finetune_augment for k in train_sets})
+
+
+def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
+    """The method's DataBundle: pretraining views (gaze-guided or standard, `spec.view_config`) on every training
+    image, standard fine-tuning views on the label subsets."""
+    finetune = functools.partial(views.finetune_view,
+                                 cfg=transforms2d.AugmentConfig.from_dict(config.views.standard))
+    pretrain = (finetune if gazat.spec(config)[0] is None
+                else functools.partial(views.make_views, cfg=gazat.view_config(config)))
+    return make_bundle(config, pretrain, finetune, process_index, process_count)
