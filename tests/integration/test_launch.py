@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCH = os.path.join(REPO, "launch")
 SCRIPTS = ("local_multiprocess.sh", "slurm.sbatch", "tpu_pod.sh")
 

@@ -1,7 +1,7 @@
 """Multi-process data parallelism: 2 local CPU processes x 2 devices (gloo collectives, `jax.distributed`) train
 tiny SAN+AAB BraTS with the real trainer to the same parameters as 1 process x 4 devices.
 
-The worker half of this file runs as `python tests/test_multiprocess.py WORKDIR ROOT CACHE` in a subprocess whose
+The worker half of this file runs as `python tests/integration/test_multiprocess.py WORKDIR ROOT CACHE` in a subprocess whose
 environment sets the device count and (for the 2-process run) GAZEJAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID,
 the variables `launch/local_multiprocess.sh` sets.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from gazejax import methods
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 3  # optimiser steps per run (one per epoch: 5 training cases, global batch 4)
 
 
