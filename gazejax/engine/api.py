@@ -24,6 +24,23 @@ class Stage:
     `evaluate=True` also evaluates the test split with this stage's best checkpoint at the end of the run; the
     method's `report` finds those results under `results["stages"][name]`. `options` are free-form settings the
     method's `loss_fn` / `evaluate` read (they receive the Stage as `stage=`).
+
+    `frozen` holds glob patterns (as `trainable`) of sub-trees the stage freezes entirely: their parameters get no
+    update (whatever `trainable` says), their leaves in every mutable collection (BatchNorm `batch_stats`, ...;
+    matched by the path inside the collection, so "features/*" covers params["features"] and
+    batch_stats["features"]) stay bit-identical through the stage, and the model is asked to run them in inference
+    mode through `Method.apply_kwargs(stage)` (a warning says when it did not, i.e. changed those statistics).
+    A pattern that matches nothing is an error.
+
+    `plateau` (empty = off) reduces the stage's learning rate on a plateau of a validation metric, with the
+    semantics of torch's ReduceLROnPlateau (`gazejax.engine.optim.plateau_step`): {"monitor": "val/loss"
+    (required), "mode": "min"|"max" ("min"), "factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode":
+    "rel"|"abs" ("rel"), "cooldown": 0, "min_lr": 0.0, "eps": 1e-8} (torch's defaults). After each validation the
+    monitored value counts as an improvement when it beats the best by more than the threshold (rel: value <
+    best * (1 - threshold) in mode "min"); after more than `patience` evaluations without one the learning rate is
+    multiplied by `factor` (not below `min_lr`). The scale lives in the optimiser state (checkpointed, kept on
+    resume, logged as train/lr_scale); the optimiser's moments are not reset. Early stopping is separate: it keeps
+    counting `early_stop_patience` evaluations on `monitor`.
     """
 
     name: str
@@ -37,6 +54,8 @@ class Stage:
     init_from: str | None = None
     evaluate: bool = False
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    frozen: tuple[str, ...] = ()
+    plateau: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -87,6 +106,14 @@ class Method:
       stage whose weights `predict` uses.
     report(results_by_split, config, workdir) -> path of report.md.
     stages(config) -> list[Stage].
+    apply_kwargs(stage) -> dict of extra keyword arguments of `model.apply` in training steps (default none); a
+      model with frozen sub-modules takes here the switch that runs them in inference mode (`Stage.frozen`).
+      `stage` is None for a step built without a stage.
+    per_step_collections: mutable collections that advance once per optimiser step when `grad_accum_steps` k > 1
+      (e.g. a momentum encoder's EMA: updated per micro-batch, its momentum would act as m^k): every micro-batch
+      reads their step-start value and the step keeps the last micro-batch's update. The other collections
+      (BatchNorm statistics, a MoCo queue that must enqueue every micro-batch) advance per micro-batch. With k = 1
+      both rules are the same.
     """
 
     name: str
@@ -98,6 +125,8 @@ class Method:
     report: Callable[..., str]
     stages: Callable[[Any], list[Stage]]
     model_inputs: Callable[[Mapping[str, Any]], tuple] = lambda batch: (batch["image"],)
+    apply_kwargs: Callable[[Stage | None], dict[str, Any]] = lambda stage: {}
+    per_step_collections: tuple[str, ...] = ()
 
 
 def iterate_in_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:

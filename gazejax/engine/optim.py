@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
@@ -289,14 +290,82 @@ def freeze(
     )
 
 
-def reduce_on_plateau(
-    factor: float = 0.1, patience: int = 10, rtol: float = 1e-4, cooldown: int = 0, min_scale: float = 0.0
-) -> optax.GradientTransformation:
-    """torch ReduceLROnPlateau defaults (mode "min", relative threshold 1e-4) as `optax.contrib.reduce_on_plateau`.
+class PlateauState(NamedTuple):
+    """State of `scale_lr_on_plateau`: the learning-rate scale, torch ReduceLROnPlateau's counters, the inner state."""
 
-    Chain it after the optimizer and pass the monitored loss as `update(..., value=loss)`; GG-CAM uses factor 0.1,
-    patience 40 (counted in the calls that carry a value, i.e. per epoch if called once per epoch).
+    lr_scale: jax.Array  # float32, multiplies the inner optimiser's learning rate (1 until the first drop)
+    best: jax.Array  # float32, best monitored value so far (+inf in mode "min", -inf in "max" before the first)
+    num_bad: jax.Array  # int32, evaluations since the last improvement
+    cooldown: jax.Array  # int32, evaluations of cooldown left after a drop
+    inner: PyTree  # the inner optimiser's state (Adam's moments, ...): a drop leaves it alone
+
+
+PLATEAU_DEFAULTS = {"mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode": "rel",
+                    "cooldown": 0, "min_lr": 0.0, "eps": 1e-8}  # torch.optim.lr_scheduler.ReduceLROnPlateau's
+
+
+def scale_lr_on_plateau(make_tx: Callable[[optax.Schedule], optax.GradientTransformation], schedule: optax.Schedule,
+                        mode: str = "min") -> optax.GradientTransformation:
+    """`make_tx(schedule)` whose learning rate is `schedule(step) * lr_scale`, `lr_scale` kept in the state.
+
+    The scale is the only thing a plateau drop changes (`plateau_step`, called on the host after a validation):
+    the inner state (moments, step counts, Lookahead's slow weights) is untouched, exactly as torch's
+    ReduceLROnPlateau only rewrites `param_group["lr"]`. Because the scale multiplies the learning rate (not the
+    final update), Lookahead's sync step is not scaled. Everything lives in the optimiser state, so a checkpoint
+    carries it and a resumed run continues with the reduced rate.
     """
-    return optax.contrib.reduce_on_plateau(
-        factor=factor, patience=patience, rtol=rtol, atol=0.0, cooldown=cooldown, min_scale=min_scale
-    )
+    if mode not in ("min", "max"):
+        raise ValueError(f"scale_lr_on_plateau: mode must be 'min' or 'max', got {mode!r}")
+
+    def init_fn(params):
+        worst = jnp.inf if mode == "min" else -jnp.inf
+        return PlateauState(jnp.ones([], jnp.float32), jnp.full([], worst, jnp.float32), jnp.zeros([], jnp.int32),
+                            jnp.zeros([], jnp.int32), make_tx(schedule).init(params))
+
+    def update_fn(updates, state, params=None):
+        tx = make_tx(lambda step: schedule(step) * state.lr_scale)
+        updates, inner = tx.update(updates, state.inner, params)
+        return updates, state._replace(inner=inner)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def plateau_step(state: PlateauState, value: float, base_lr: float, **settings) -> tuple[PlateauState, bool]:
+    """One `ReduceLROnPlateau.step(value)` of torch (2.x) on a `PlateauState`; returns (state, whether it dropped).
+
+    Settings (`PLATEAU_DEFAULTS`, torch's defaults): in mode "min" with threshold_mode "rel" a value improves when
+    value < best * (1 - threshold) ("max": value > best * (1 + threshold); "abs": best -/+ threshold); otherwise
+    the bad-evaluation count grows, a cooldown evaluation resets it, and when it exceeds `patience` the learning
+    rate becomes max(lr * factor, min_lr), applied only if it falls by more than `eps` (torch's absolute eps), then
+    the cooldown restarts and the count resets. lr = base_lr * lr_scale, so `min_lr` and `eps` are learning rates
+    as in torch (a schedule on top scales them along). A NaN value never improves. Host-side Python (float64
+    arithmetic on the float32 state); `best` is stored in float32 (a relative rounding of 6e-8, far below the
+    1e-4 threshold).
+    """
+    unknown = set(settings) - set(PLATEAU_DEFAULTS) - {"monitor"}
+    if unknown:
+        raise ValueError(f"plateau: unknown setting(s) {sorted(unknown)}; known: monitor, {', '.join(PLATEAU_DEFAULTS)}")
+    s = {**PLATEAU_DEFAULTS, **settings}
+    if s["mode"] not in ("min", "max") or s["threshold_mode"] not in ("rel", "abs"):
+        raise ValueError(f"plateau: mode must be min|max and threshold_mode rel|abs, got {s['mode']!r}, "
+                         f"{s['threshold_mode']!r}")
+    read = lambda x: np.asarray(x.addressable_data(0) if hasattr(x, "addressable_data") else x).item()  # noqa: E731
+    scale, best, bad, cooldown = (read(x) for x in (state.lr_scale, state.best, state.num_bad, state.cooldown))
+    value, threshold, low = float(value), float(s["threshold"]), s["mode"] == "min"
+    if s["threshold_mode"] == "rel":
+        better = value < best * (1.0 - threshold) if low else value > best * (1.0 + threshold)
+    else:
+        better = value < best - threshold if low else value > best + threshold
+    best, bad = (value, 0) if better else (best, bad + 1)
+    if cooldown > 0:
+        cooldown, bad = cooldown - 1, 0
+    dropped = False
+    if bad > int(s["patience"]):
+        old = base_lr * scale
+        new = max(old * float(s["factor"]), float(s["min_lr"]))
+        if old - new > float(s["eps"]):
+            scale, dropped = new / base_lr, True
+        cooldown, bad = int(s["cooldown"]), 0
+    as_like = lambda x, v: np.asarray(v, dtype=x.dtype)  # noqa: E731
+    return state._replace(lr_scale=as_like(state.lr_scale, scale), best=as_like(state.best, best),
+                          num_bad=as_like(state.num_bad, bad), cooldown=as_like(state.cooldown, cooldown)), dropped

@@ -18,7 +18,7 @@ import optax
 
 from gazejax.data import io
 from gazejax.engine import input as train_data
-from gazejax.engine import optim, parallel, profiling
+from gazejax.engine import optim, parallel, profiling, stage_rules
 from gazejax.engine.api import Method
 from gazejax.engine.checkpoint import Checkpointer, PreemptionFlag, abstract_like
 from gazejax.engine.logs import MetricWriter, ProgressBar
@@ -46,19 +46,7 @@ class TrainState:
     rng: jax.Array
 
 
-def _stage_tx(config, stage, steps_per_epoch: int, params) -> optax.GradientTransformation:
-    """The stage's optimiser: config.optim overridden by the stage, frozen parameters zeroed."""
-    opt = dict(config.optim.to_dict() if hasattr(config.optim, "to_dict") else config.optim)
-    opt.update(dict(stage.optimizer))
-    total = max(1, stage.epochs * steps_per_epoch)
-    decay_epoch = opt.pop("decay_start_epoch", None)
-    decay_start = total if decay_epoch is None else int(decay_epoch) * steps_per_epoch
-    schedule = optim.warmup_cosine_after(opt.pop("lr"), total, min(decay_start, total),
-                                         final_lr=opt.pop("final_lr", 0.0))
-    tx = optim.make_optimizer(opt.pop("name"), schedule, **opt)
-    if tuple(stage.trainable) != ("*",):
-        tx = optim.freeze(tx, optim.path_filter(list(stage.trainable)), params)
-    return tx
+_stage_tx = stage_rules.stage_tx  # the stage's optimiser (kept under this name for callers of the trainer)
 
 
 class Trainer:
@@ -112,9 +100,12 @@ class Trainer:
         """The jitted step `(state, batch) -> (state, metrics)`. With `config.grad_accum_steps = k > 1` the batch is
         cut into k interleaved micro-batches whose gradients are averaged in a `lax.scan` (one optimiser update,
         1/k of the activation memory); equal to the full batch for losses that are per-example means, not for
-        batch-coupled ones (contrastive losses, BatchNorm statistics, which run sequentially per micro-batch)."""
+        batch-coupled ones (contrastive losses, BatchNorm statistics, which run sequentially per micro-batch).
+        `Method.per_step_collections` advance once per step instead (`stage_rules.next_reads`); the stage's
+        frozen sub-trees keep their collection values (`stage_rules.keep_frozen`)."""
         model, method, config = self.model, self.method, self.config
-        accum = self.grad_accum_steps
+        accum, per_step = self.grad_accum_steps, tuple(method.per_step_collections)
+        apply_kwargs = dict(method.apply_kwargs(stage))
         micro_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
 
         def grads_of(params, collections, batch, dropout_rng):
@@ -123,7 +114,7 @@ class Trainer:
             def loss_of(params):
                 variables = {"params": params, **collections}
                 out = model.apply(variables, *method.model_inputs(batch), train=True,
-                                  mutable=mutable or False, rngs={"dropout": dropout_rng})
+                                  mutable=mutable or False, rngs={"dropout": dropout_rng}, **apply_kwargs)
                 outputs, new_collections = out if mutable else (out, collections)
                 loss, metrics = method.loss_fn(outputs, batch, params, config, stage=stage)
                 return loss, (dict(metrics, loss=loss), new_collections)
@@ -141,15 +132,21 @@ class Trainer:
                 grads, (metrics, new_collections) = grads_of(state.params, state.collections, batch, dropout_rng)
             else:
                 def body(carry, xs):
-                    grad_sum, collections = carry
-                    grads, (metrics, collections) = grads_of(state.params, collections, *xs)
-                    return (jax.tree.map(jnp.add, grad_sum, grads), collections), metrics
+                    grad_sum, reads, _ = carry
+                    grads, (metrics, out) = grads_of(state.params, reads, *xs)
+                    reads = stage_rules.next_reads(state.collections, out, per_step)
+                    return (jax.tree.map(jnp.add, grad_sum, grads), reads, out), metrics
 
-                init = (jax.tree.map(jnp.zeros_like, state.params), state.collections)
+                init = (jax.tree.map(jnp.zeros_like, state.params), state.collections, state.collections)
                 xs = (jax.tree.map(micro_batches, batch), jax.random.split(dropout_rng, accum))
-                (grad_sum, new_collections), per_micro = jax.lax.scan(body, init, xs)
+                (grad_sum, _, new_collections), per_micro = jax.lax.scan(body, init, xs)
                 grads = jax.tree.map(lambda g: g / accum, grad_sum)
                 metrics = jax.tree.map(lambda m: m.mean(0), per_micro)
+            if stage is not None and stage.frozen:
+                new_collections, metrics["frozen_stats_drift"] = stage_rules.keep_frozen(
+                    new_collections, state.collections, stage)
+            if isinstance(state.opt_state, optim.PlateauState):
+                metrics["lr_scale"] = state.opt_state.lr_scale
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
@@ -239,6 +236,9 @@ class Trainer:
                 state, metrics = step_fn(state, batch)
                 metrics = jax.device_get(metrics)
                 prof.after_step(int(step_in_stage), time.perf_counter() - t0)
+                if step_in_stage == start and float(metrics.get("frozen_stats_drift", 0.0)) > 0:
+                    log.warning("stage %s: the model changed collection values under frozen %s (kept unchanged): "
+                                "it runs them in training mode; see Method.apply_kwargs", stage.name, stage.frozen)
                 loss = float(metrics["loss"])
                 if not np.isfinite(loss):
                     self.ckpt.wait()
@@ -259,6 +259,9 @@ class Trainer:
                 monitor = None
                 if done % eval_every == 0 or done == total:
                     monitor, meta = self._validate(stage, state, data, global_step, meta)
+                    if stage.plateau:  # before the save below, so the checkpoint holds the new scale
+                        state = stage_rules.plateau_after_validation(
+                            cfg, stage, state, meta["val_metrics"], lambda x: parallel.replicate(x, self.mesh))
                 bad_evals = int(meta.get("bad_evals", 0))
                 stop_early = stage.early_stop_patience > 0 and bad_evals >= stage.early_stop_patience
                 finished = done == total or stop_early
@@ -312,6 +315,7 @@ class Trainer:
             for idx, stage in enumerate(self.stages):
                 if meta is not None and (idx < meta["stage"] or (idx == meta["stage"] and meta["finished_stage"])):
                     continue  # done before: nothing to run
+                stage_rules.check_stage(stage, variables, self.method)
                 tx = _stage_tx(self.config, stage, self.steps_per_epoch(data, stage), variables["params"])
                 template = self.new_state(fresh, tx)
                 if meta is not None and idx == meta["stage"]:
