@@ -113,7 +113,7 @@ class Method:
       (e.g. a momentum encoder's EMA: updated per micro-batch, its momentum would act as m^k): every micro-batch
       reads their step-start value and the step keeps the last micro-batch's update. The other collections
       (BatchNorm statistics, a MoCo queue that must enqueue every micro-batch) advance per micro-batch. With k = 1
-      both rules are the same.
+      both rules are the same; names the model lacks (a baseline without a momentum encoder) are ignored.
     """
 
     name: str

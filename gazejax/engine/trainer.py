@@ -315,7 +315,7 @@ class Trainer:
             for idx, stage in enumerate(self.stages):
                 if meta is not None and (idx < meta["stage"] or (idx == meta["stage"] and meta["finished_stage"])):
                     continue  # done before: nothing to run
-                stage_rules.check_stage(stage, variables, self.method)
+                stage_rules.check_stage(stage, variables)
                 tx = _stage_tx(self.config, stage, self.steps_per_epoch(data, stage), variables["params"])
                 template = self.new_state(fresh, tx)
                 if meta is not None and idx == meta["stage"]:

@@ -6,4 +6,4 @@ from gazejax.methods.gazat import data, evaluate, report, spec
 
 METHOD = Method(name="gazat", build_model=spec.build_model, init_batch=spec.init_batch, loss_fn=spec.loss_fn,
                 make_data=data.make_data, evaluate=evaluate.evaluate, report=report.write, stages=spec.stages,
-                model_inputs=spec.model_inputs)
+                model_inputs=spec.model_inputs, per_step_collections=("target",))  # momentum EMA: once per step
