@@ -24,6 +24,10 @@ _REGISTRY: dict[str, str] = {
     "mobilenet_v2": "gazejax.models.mobilenet:mobilenet_v2",
     "vit_b_16": "gazejax.models.vit:vit_b_16",
     "ggcam": "gazejax.models.cam:GGCAMModel",  # 2D backbone + CAM layer + 3 scalars (GG-CAM, Zhu et al.)
+    "linear_head_classifier": "gazejax.models.cam:LinearHeadClassifier",  # GG-CAM's "standard" row: GAP + linear
+    "san_aab_classifier": "gazejax.models.classifier2d:SANAABClassifier",  # SAN + AAB in 2D (Huang et al. Table 4)
+    # GazAT and its SSL baselines: online/target encoders, projector, predictor, queue, classifier
+    "ssl": "gazejax.models.ssl:SSLModel",
     # CXRGazeLearn (Qiu et al.) and its baselines
     "saliency_unet": "gazejax.models.saliency_unet:SaliencyUNet",  # Res_SE-UNet / UNet_S
     "mt_unet": "gazejax.models.saliency_unet:MTUNet",
