@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -283,18 +285,18 @@ def _torch_to_numpy(obj: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Reads a state dict from `.pth/.pt` (torch, weights only), `.safetensors` or `.npz` into numpy arrays."""
-    suffix = os.path.splitext(path)[1].lower()
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: checkpoint file not found")
+def _read_arrays(path: str, suffix: str) -> dict[str, np.ndarray]:
     if suffix in (".pth", ".pt", ".bin"):
         try:
             import torch  # local: the library never needs torch at import time
         except ImportError as err:
             raise ValueError(f"{path}: reading {suffix} checkpoints needs PyTorch (pip install torch), or save the "
                              "state dict as .safetensors/.npz") from err
-        return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+        except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and plain containers
+            raise ValueError(f"{path}: refused: the file holds objects other than tensors, which would run code "
+                             f"when unpickled ({str(err).splitlines()[0][:200]})") from None
     if suffix == ".safetensors":
         try:
             from safetensors.numpy import load_file
@@ -302,9 +304,35 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             raise ValueError(f"{path}: reading .safetensors needs the safetensors package") from err
         return dict(load_file(path))
     if suffix == ".npz":
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     raise ValueError(f"{path}: unsupported checkpoint type {suffix!r} (use .pth, .pt, .safetensors or .npz)")
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Reads a state dict from `.pth/.pt` (torch, weights only), `.safetensors` or `.npz` into numpy arrays.
+
+    Raises ValueError with one line naming the file for a missing, truncated or unreadable file, for a `.pth`
+    that holds anything but tensors (nothing in it is executed), and for a tensor with NaN or Inf values (named)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: checkpoint file not found")
+    try:
+        arrays = _read_arrays(path, suffix)
+    except ValueError as err:
+        if str(err).startswith(path):
+            raise
+        raise ValueError(f"{path}: unreadable {suffix} checkpoint ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError) as err:  # truncated/corrupt archives
+        raise ValueError(f"{path}: unreadable {suffix} checkpoint ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]})") from None
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad = int(np.size(value) - np.isfinite(value).sum())
+            raise ValueError(f"{path}: tensor {key!r} has {bad} NaN/Inf values of {value.size}; refusing to convert")
+    return arrays
 
 
 def save_variables(variables: Mapping[str, Any], out_dir: str) -> str:
