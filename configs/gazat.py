@@ -14,9 +14,10 @@ Baselines side by side / the Sec. 2.5.4 ablations:
 Arguments (`configs/gazat.py:key=val,...`): preset=demo|paper, method=gazat|simclr|byol|moco|mcgip|random_maps|
 supervised, backbone=resnet50|vit_b_16, dataset=reflacx|egd_cxr, seed.
 One run = the protocol of Sec. 2.5.3 as stages: pretrain (linear probe on frozen features in its evaluation) ->
-finetune_1pct and finetune_10pct (both from the pretraining's best checkpoint); supervised: one stage on all labels
-from scratch. What each method means (views, losses) is fixed in gazejax/methods/gazat.py, so a grid that only
-overrides `method` gets the right baseline; `loss.alpha` / `loss.beta` are GazAT's (simclr has none by definition).
+finetune_1pct_d<k> and finetune_10pct_d<k> for `finetune.subset_draws` label-subset draws k (each from the
+pretraining's last checkpoint, a fixed number of epochs); supervised: one stage on all labels from scratch. What
+each method means (views, losses) is fixed in gazejax/methods/gazat/spec.py, so a grid that only overrides `method`
+gets the right baseline; `loss.alpha` / `loss.beta` are GazAT's (simclr has none by definition).
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def _data(c: ml_collections.ConfigDict, reflacx: bool) -> None:
     v.strong = {"jitter": 0.4, "jitter_prob": 0.8, "blur_sigma": (0.5, 2.0), "blur_prob": 0.5, "noise_std": 0.05,
                 "noise_prob": 0.5, "cutout_count": 1, "cutout_size": (0.1, 0.3), "cutout_prob": 0.5}  # T_strong
     v.gaze_view_geometric = True            # I in I_g = A I + (1 - A) T_strong(I) is itself a standard view
-    v.baseline_strong = False               # gaze-free methods: 2nd view T_strong(standard) instead of standard
+    v.baseline_strong = True                # gaze-free methods: 2nd view T_strong(standard), the strength GazAT's I_g
+    #                                         gets (False = two weak standard views: the compare grid's extra rows)
 
 
 def _model(c: ml_collections.ConfigDict, backbone: str) -> None:
@@ -113,9 +115,25 @@ def _model(c: ml_collections.ConfigDict, backbone: str) -> None:
     lo.distance = "l2"                      # D of L_attn: l2 (normalised maps, attention transfer) | kl
     lo.regional_high = 0.5                  # high-attention region: A >= this (at the region layer's grid)
     lo.regional_low = 0.1                   # low-attention region: A <= this
-    c.mcgip = ml_collections.ConfigDict({"threshold": 0.8, "grid": (8, 8)})  # gaze-map cosine > threshold: positive
-    c.byol = ml_collections.ConfigDict({"momentum": 0.996})  # target EMA (Grill et al.)
-    c.moco = ml_collections.ConfigDict({"momentum": 0.999, "queue_size": 65536})  # MoCo v2 (He et al., Chen et al.)
+    lo.gaze_views = "unblended"             # L_attn and regional negatives on I_a (in I_g the blend shows the gaze
+    #                                         map); "both" = both views (the earlier form, an ablation row)
+    lo.regional_negatives = "low"           # other images' regions as negatives: low (Sec. 2.3.3's r_low^j) |
+    #                                         low+high (also their high regions: no two-vector solution; demo)
+    c.mcgip = mc = ml_collections.ConfigDict()  # McGIP positives (zhaozh10/McGIP GazeSimilarityEval/dhash.py)
+    mc.similarity = "dhash"                 # dhash: cosine of difference-hash bits (the authors' heat-map scheme) |
+    #                                         cosine: cosine of the maps
+    mc.grid = (8, 9)                        # un-augmented gaze map grid (rows, cols): the authors' 8 x 9
+    mc.threshold = 0.7                      # similarity > threshold: a positive pair (their dhash script's 0.7)
+    c.byol = b = ml_collections.ConfigDict()  # Grill et al. 2020
+    b.momentum = 0.996                      # base target EMA ...
+    b.momentum_schedule = "cosine"          # ... raised to 1 by 1 - (1 - m)(cos(pi k / K) + 1) / 2 | constant
+    b.total_steps = 0                       # K; 0 = the pretraining's optimiser steps (from the data)
+    c.moco = mo = ml_collections.ConfigDict()  # MoCo v2 (He et al. 2020, Chen et al. 2020)
+    mo.momentum = 0.99                      # MoCo's 0.999 is for ~1e6 steps; ~3 k steps here (200 epochs of ~1.8 k)
+    mo.queue_size = 0                       # keys; 0 = from the data: a multiple of the batch <= queue_share x images
+    mo.queue_share = 0.5                    # (65,536 keys would hold every training image ~36 times)
+    mo.bn_groups = 8                        # shuffle-BN emulation: BN over 8 groups of the 2 x 128 views (MoCo's
+    #                                         8 GPUs x 32), keys in a shuffled order; 1 = off
 
 
 def _training(c: ml_collections.ConfigDict) -> None:
@@ -126,14 +144,20 @@ def _training(c: ml_collections.ConfigDict) -> None:
     o.weight_decay = 1e-2                   # not given: torch AdamW's default
     c.batch_size = 128                      # Sec. 2.4
     c.pretrain_epochs = 200                 # Sec. 2.4
+    c.pretrain_schedule = {"decay_start_epoch": 0}  # pretraining lr: cosine to 0 from the first step (SimCLR /
+    #                                         BYOL / MoCo v2 recipes; Sec. 2.4 gives none); Stage.optimizer keys
     c.finetune = f = ml_collections.ConfigDict()
     f.epochs = 50                           # Sec. 2.4 (also the supervised baseline's epochs)
     f.lr = 1e-4                             # fine-tuning AdamW learning rate
     f.label_fractions = (0.01, 0.1)         # Sec. 2.5.3 few-shot: 1 % and 10 % of the training labels
+    f.subset_draws = 3                      # label-subset draws per fraction (report: mean (std) over them)
     f.freeze_norm = True                    # keep the pretrained batch-norm statistics while fine-tuning
     c.eval_every_epochs = 5                 # validation (and linear probe) every k epochs
-    c.pretrain_monitor = "val/probe_auroc"  # picks the pretraining checkpoint the fine-tunings start from
-    c.monitor = "val/auroc"                 # picks each fine-tuning's checkpoint
+    c.pretrain_monitor = "val/train_calls"  # the pretraining checkpoint the fine-tunings start from: the last
+    #                                         ("val/probe_auroc" would pick it with validation labels)
+    c.monitor = "val/train_calls"           # each fine-tuning's checkpoint: the last (fixed epochs, Sec. 2.4);
+    #                                         "val/auroc" selects on a validation split ~14x the 1 % budget
+    c.supervised_monitor = "val/auroc"      # the supervised baseline (all labels) selects on validation
     c.log_every_steps = 10
     c.num_devices = 0                       # 0 = all visible devices
 
@@ -155,9 +179,9 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.model.region_layer = "layer3" if c.model.backbone.startswith("resnet") else ""  # 4x4 cells at 64 px
     c.model.proj_hidden = 256
     c.model.predictor_hidden = 256
-    c.moco.queue_size = 256
+    c.moco.bn_groups = 4                    # groups of 16 of the 2 x 32 views
     c.byol.momentum = 0.99
-    c.moco.momentum = 0.99
+    c.loss.regional_negatives = "low+high"
     c.optim.lr = 1e-3
     c.finetune.lr = 1e-3
     c.batch_size = 32
@@ -170,12 +194,19 @@ def _demo(c: ml_collections.ConfigDict) -> None:
 
 LABELS = {"gazat": "GazAT", "simclr": "SimCLR", "byol": "BYOL", "moco": "MoCo v2", "mcgip": "McGIP",
           "random_maps": "random maps", "supervised": "supervised (full labels)"}
+GAZE_FREE = ("simclr", "byol", "moco", "mcgip")  # take views.baseline_strong
+COMPARE_ROW = ("method", "views.baseline_strong")
+COMPARE_LABELS = {**{(m, None): name for m, name in LABELS.items()},
+                  **{(m, True): LABELS[m] for m in GAZE_FREE},
+                  **{(m, False): f"{LABELS[m]}, two weak views (extra row)" for m in GAZE_FREE}}
+DRAWS = 3  # finetune.subset_draws of both presets: the grids' tables read each draw's stage
 
 
-def _tables(row: str, labels: dict) -> list[dict]:
+def _tables(row, labels: dict, draws: int = DRAWS) -> list[dict]:
     """Result tables; each reads the test results of one stage (`split`: results.json key). Their metrics exist
     only in that stage's results, so a runner that reads one split for all tables shows n/a, never another
-    stage's values."""
+    stage's values. One fine-tuning table per label fraction and subset draw (report.md of a run has their mean
+    (std))."""
     ft = (("auroc", "AUROC"), ("accuracy", "accuracy"), ("f1", "F1"))
     align = (("attn_nss", "NSS"), ("attn_auc_judd", "AUC-Judd"), ("attn_cc", "CC"), ("attn_pointing", "pointing game"))
     out = [{"title": "Linear probe (frozen features)", "split": "test@pretrain", "row": row, "row_labels": labels,
@@ -183,9 +214,11 @@ def _tables(row: str, labels: dict) -> list[dict]:
            {"title": "Attention alignment with held-out gaze after pretraining", "split": "test@pretrain",
             "row": row, "row_labels": labels, "metrics": align, "stats": False}]
     for pct in ("1pct", "10pct"):
-        out.append({"title": f"Fine-tuning with {pct[:-3]} % of the labels", "split": f"test@finetune_{pct}",
-                    "row": row, "row_labels": labels, "stats": False,
-                    "metrics": ft + (("gradcam_nss", "Grad-CAM NSS"), ("gradcam_pointing", "Grad-CAM pointing"))})
+        for k in range(draws):
+            suffix, which = (f"_d{k}", f", subset draw {k}") if draws > 1 else ("", "")
+            out.append({"title": f"Fine-tuning with {pct[:-3]} % of the labels{which}",
+                        "split": f"test@finetune_{pct}{suffix}", "row": row, "row_labels": labels, "stats": False,
+                        "metrics": ft + (("gradcam_nss", "Grad-CAM NSS"), ("gradcam_pointing", "Grad-CAM pointing"))})
     return out
 
 
@@ -203,22 +236,31 @@ ABLATIONS = {  # Sec. 2.5.4: cell name -> (row label, overrides of the gazat def
     "lambda_shallow": ("5. lambda = (1, 0, 0)", {"loss.layer_weights": (1.0, 0.0, 0.0)}),
     "lambda_deep": ("5. lambda = (0, 0, 1)", {"loss.layer_weights": (0.0, 0.0, 1.0)}),
     "lambda_rising": ("5. lambda = (0.2, 0.3, 0.5)", {"loss.layer_weights": (0.2, 0.3, 0.5)}),
+    "negatives_low": ("6. regional negatives: other images' low-gaze regions only (Sec. 2.3.3's text)",
+                      {"loss.regional_negatives": "low"}),
+    "blended_targets": ("6. L_attn and regional negatives on both views, low-gaze negatives (the earlier form)",
+                        {"loss.gaze_views": "both", "loss.regional_negatives": "low"}),
 }
 
 
 def get_grid(name: str) -> dict:
     """Named sweeps for `python -m gazejax.experiments --config=configs/gazat.py --grid=NAME`.
 
-    compare: every method of Sec. 2.5.2 (GazAT, SimCLR, BYOL, MoCo v2, McGIP, random maps, supervised).
+    compare: every method of Sec. 2.5.2 (GazAT, SimCLR, BYOL, MoCo v2, McGIP, random maps, supervised) at one
+    augmentation strength: the gaze-free methods' second view takes T_strong as GazAT's I_g does
+    (views.baseline_strong); the same methods with two weak views are extra, labelled rows.
     ablation (Sec. 2.5.4): 1. components (attention transfer / regional loss on and off); 2. readers per image
     (1, 2, all); 3. map generation (duration-weighted / count; reader mean / pooled; KL instead of L2); 4. backbone
-    (ResNet-50, ViT-B/16); 5. layer weights lambda_l (shallow only, deep only, increasing with depth).
+    (ResNet-50, ViT-B/16); 5. layer weights lambda_l (shallow only, deep only, increasing with depth); 6. the
+    regional negatives (low only) and the earlier, shortcut-prone form (L_attn and negatives on the blended view).
     Tables read each stage's test results (`split` per table; the grid's `split`, the pretraining's, is the
     fallback of a runner that reads one split per grid).
     """
     if name == "compare":
-        cells = [{"method": m} for m in METHODS]
-        return {"cells": cells, "tables": _tables("method", LABELS), "title": "GazAT and its baselines",
+        cells = ([{"method": m} for m in METHODS if m not in GAZE_FREE and m != "supervised"]
+                 + [{"method": m, "views.baseline_strong": strong} for strong in (True, False) for m in GAZE_FREE]
+                 + [{"method": "supervised"}])
+        return {"cells": cells, "tables": _tables(COMPARE_ROW, COMPARE_LABELS), "title": "GazAT and its baselines",
                 "repeat_label": "seeds", "split": "test@pretrain"}
     if name != "ablation":
         raise ValueError(f"configs/gazat.py: unknown grid {name!r} (compare | ablation)")

@@ -11,8 +11,8 @@ Views: I_a = a standard augmentation (random resized crop 0.8-1.0, rotation +-10
 +-0.2: `transforms2d.AugmentConfig`'s defaults). I_g = A * I + (1 - A) * T_strong(I) (T_g of Sec. 2.3.2), with I a
 second, independent standard view (the paper's I, moved like I_a so both views are random; `gaze_view_geometric=False`
 uses the un-augmented image) and T_strong a configurable strong augmentation (intensity jitter, blur, noise,
-cut-out). Without gaze (mode "standard": SimCLR, BYOL, MoCo, McGIP) I_g is a second standard view and no gaze
-reaches the views.
+cut-out). Without gaze (mode "standard": SimCLR, BYOL, MoCo, McGIP) I_g is a second standard view, or with
+`baseline_strong` T_strong of one (the augmentation strength GazAT's I_g gets), and no gaze reaches the views.
 """
 from __future__ import annotations
 
@@ -180,11 +180,12 @@ def gaze_guided(image: np.ndarray, attention: np.ndarray, strong: np.ndarray) ->
 def make_views(example: Mapping[str, np.ndarray], rng: np.random.Generator, cfg: ViewConfig) -> dict[str, np.ndarray]:
     """One pretraining example: "view_a", "view_g" `[H, W, 1]`; in mode "gaze" also "attn_a_<name>",
     "attn_g_<name>" `[h, w]` (A of each view at every `cfg.grids` grid); "gaze_sig" `[h, w]` (un-augmented A at
-    `cfg.signature_grid`, McGIP) when asked; "has_gaze", "label", "label_mask" passed through."""
+    `cfg.signature_grid`, McGIP) when asked; "has_gaze", "label", "label_mask" and "index" (when present) passed
+    through."""
     base = {k: example[k] for k in _GEOMETRY_KEYS if k in example}
     if cfg.attention.random and cfg.mode == "gaze":
         base = randomize_fixations(base)
-    out = {k: np.asarray(example[k]) for k in ("has_gaze", "label", "label_mask") if k in example}
+    out = {k: np.asarray(example[k]) for k in ("has_gaze", "label", "label_mask", "index") if k in example}
     view_a = transform_example(base, rng, cfg.standard)
     second = cfg.mode == "standard" or cfg.gaze_view_geometric
     view_g = transform_example(base, rng, cfg.standard) if second else base

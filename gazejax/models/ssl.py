@@ -2,13 +2,14 @@
 model attention maps at several layers, optional BYOL predictor, per-location region head, momentum encoder + MoCo
 queue, and a classifier head for fine-tuning.
 
-`SSLModel.__call__(x [B, H, W, C], x2=None, train=False)`:
+`SSLModel.__call__(x [B, H, W, C], x2=None, ids=None, train=False)`:
 - one view (evaluation, fine-tuning): {"embedding": [B, F] pooled encoder features, "logits": [B, K],
-  "attention": {layer: [B, h, w]}, "cam": [B, h4, w4, K] (CNN only: sum_c w_ck F4_c, see below)}.
+  "attention": {layer: [B, h, w]}, "cam": [B, h4, w4, K] (CNN only: sum_c w_ck F4_c, see below), "train_calls": []
+  int32 (the training calls, i.e. micro-batches, the weights have seen: the "progress" collection)}.
 - two views (pretraining): {"z_a", "z_g": [B, P] projections, "attention_a", "attention_g": {layer: [B, h, w]},
   "embedding_a": [B, F], and, when configured, "p_a", "p_g" (BYOL predictor), "dense_a", "dense_g" [B, h, w, P]
   (region head on the region layer), "zt_a", "zt_g" (momentum target, gradient stopped), "queue" [K, P] (MoCo keys
-  before this step's enqueue)}.
+  before this step's enqueue) and "queue_ids" [K] int32 (the image index `ids [B]` each key came from; -1 = none)}.
 
 Model attention: CNN layers give the channel mean of squared activations (`activation_attention`);
 ViT layers give attention rollout (Abnar & Zuidema 2020: head-mean attention plus identity, row-normalised,
@@ -20,9 +21,17 @@ ReLU of "cam" is Grad-CAM exactly, up to that positive constant (Selvaraju et al
 Momentum target (BYOL, MoCo v2): the non-"params" collection "target" holds a copy of the online tower's parameters
 (encoder + projector); each training call on two views first updates it, target <- m target + (1 - m) online
 (stop-gradient), then encodes both views with it in training mode (batch statistics; its running statistics are
-never used and not kept). The "queue" collection holds MoCo's keys `[K, P]` and write pointer; each training call
-enqueues the target keys of view g. The trainer applies the model with every non-param collection mutable and
-stores what it returns, so both advance exactly once per step; fine-tuning (one view) leaves them unchanged.
+never used and not kept). m is constant (MoCo) or BYOL's cosine schedule m_k = 1 - (1 - m_0)(cos(pi k / K) + 1) / 2
+(Grill et al. 2020, Sec. 3.2) over K = `momentum_steps`, k = the target's own update count "target/steps" before
+this call. The "queue" collection holds MoCo's keys `[K, P]`, the image index of each key and the write pointer;
+each training call enqueues the target keys of view g. The trainer applies the model with every non-param
+collection mutable and stores what it returns; with gradient accumulation "target" must advance once per optimiser
+step (the method lists it in `Method.per_step_collections`), the queue once per micro-batch (every key enqueued).
+
+Shuffle-BN emulation (MoCo v2 on one device, `bn_groups` = G > 1): in training the online tower normalises its 2B
+views in G groups of consecutive rows (as G devices would), and the key encoder sees the rows in a random order,
+normalised in G groups and put back in order, so a query and its positive key are normalised over different
+samples (He et al. 2020, Sec. 3.3). The online running statistics become the mean of the groups'.
 """
 from __future__ import annotations
 
@@ -128,10 +137,10 @@ class Tower(nn.Module):
 
 class SSLModel(nn.Module):
     """See the module docstring. `predictor_hidden` > 0 adds BYOL's predictor; `region_head` adds the per-location
-    head for the regional loss; `momentum` > 0 keeps a momentum target; `queue_size` > 0 keeps a MoCo queue.
-    `single_view_batch_stats=False` trains one-view inputs (fine-tuning) with the encoder in inference mode: batch
-    norm keeps the pretraining's running statistics (few-shot batches repeat a handful of images, whose batch
-    statistics would replace them), dropout off."""
+    head for the regional loss; `momentum` > 0 keeps a momentum target; `queue_size` > 0 keeps a MoCo queue;
+    `bn_groups` > 1 emulates shuffle-BN. `single_view_batch_stats=False` trains one-view inputs (fine-tuning) with
+    the encoder in inference mode: batch norm keeps the pretraining's running statistics (few-shot batches repeat a
+    handful of images, whose batch statistics would replace them), dropout off."""
 
     backbone: str = "resnet50"
     backbone_kwargs: Mapping[str, Any] | None = None
@@ -144,7 +153,10 @@ class SSLModel(nn.Module):
     predictor_hidden: int = 0
     region_head: bool = False
     momentum: float = 0.0
+    momentum_schedule: str = "constant"  # constant | cosine (BYOL)
+    momentum_steps: int = 0  # K of the cosine schedule (optimiser steps of pretraining)
     queue_size: int = 0
+    bn_groups: int = 1  # > 1: shuffle-BN emulation (module docstring)
     vit_attention: str = "rollout"
     single_view_batch_stats: bool = True
     dtype: Any = jnp.float32
@@ -157,20 +169,23 @@ class SSLModel(nn.Module):
                     vit_attention=self.vit_attention, dtype=self.dtype, conv_impl=self.conv_impl)
 
     @nn.compact
-    def __call__(self, x: jax.Array, x2: jax.Array | None = None, train: bool = False) -> dict[str, Any]:
-        tower = Tower(**self._tower_fields(), name="online")
+    def __call__(self, x: jax.Array, x2: jax.Array | None = None, ids: jax.Array | None = None,
+                 train: bool = False) -> dict[str, Any]:
+        calls = self._progress(train)
         classifier = nn.Dense(self.num_classes, name="classifier")
+        grouped = train and x2 is not None and self.bn_groups > 1 and not self.is_initializing()
+        tower = None if grouped else Tower(**self._tower_fields(), name="online")
         if x2 is None:  # fine-tuning with frozen normalisation statistics unless `single_view_batch_stats`
             out = tower(x, train and self.single_view_batch_stats)
             logits = classifier(out["pooled"]).astype(jnp.float32)
-            res = {"embedding": out["pooled"], "logits": logits, "attention": out["attention"]}
+            res = {"embedding": out["pooled"], "logits": logits, "attention": out["attention"], "train_calls": calls}
             if not is_vit(self.backbone):
                 kernel = classifier.variables["params"]["kernel"]
                 res["cam"] = jnp.einsum("bhwc,ck->bhwk", out["last_map"].astype(jnp.float32), kernel)
             return res
         n = x.shape[0]
         both = jnp.concatenate([x, x2], axis=0)  # one pass: batch statistics over the 2N views
-        out = tower(both, train)
+        out = self._grouped_online(both) if grouped else tower(both, train)
         if self.is_initializing():
             classifier(out["pooled"])  # creates the fine-tuning head's parameters
         res = {"z_a": out["z"][:n], "z_g": out["z"][n:], "embedding_a": out["pooled"][:n],
@@ -187,29 +202,89 @@ class SSLModel(nn.Module):
             zt = self._momentum_target(both, train)
             res["zt_a"], res["zt_g"] = zt[:n], zt[n:]
             if self.queue_size > 0:
-                res["queue"] = self._queue(res["zt_g"], train)
+                ids = jnp.full((n,), -1, jnp.int32) if ids is None else ids.astype(jnp.int32)
+                res["queue"], res["queue_ids"] = self._queue(res["zt_g"], ids, train)
         return res
 
+    def _progress(self, train: bool) -> jax.Array:
+        """The "progress" count of training calls (micro-batches) before this one (int32 []); a training call adds
+        one."""
+        steps = self.variable("progress", "steps", lambda: jnp.zeros((), jnp.int32))
+        before = steps.value
+        if train and not self.is_initializing():
+            steps.value = before + 1
+        return before
+
+    def momentum_at(self, step: jax.Array) -> jax.Array:
+        """m after `step` target updates: constant, or BYOL's cosine schedule from `momentum` to 1 over
+        `momentum_steps` (Grill et al. 2020, Sec. 3.2: tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2)."""
+        if self.momentum_schedule == "constant":
+            return jnp.asarray(self.momentum, jnp.float32)
+        if self.momentum_schedule != "cosine" or self.momentum_steps < 1:
+            raise ValueError(f"models/ssl.py: momentum_schedule must be 'constant' or 'cosine' with momentum_steps "
+                             f">= 1, got {self.momentum_schedule!r}, {self.momentum_steps}")
+        k = jnp.minimum(step.astype(jnp.float32) / self.momentum_steps, 1.0)
+        return 1.0 - (1.0 - self.momentum) * (jnp.cos(jnp.pi * k) + 1.0) / 2.0
+
+    def _grouped_tower(self, variables: dict, x: jax.Array, perm: jax.Array | None) -> tuple[dict, dict]:
+        """The tower in training mode on `x[perm]` with batch norm over `bn_groups` groups of consecutive rows,
+        outputs back in the order of `x`; returns (outputs, the groups' mean new batch statistics)."""
+        g = self.bn_groups
+        if x.shape[0] % g:
+            raise ValueError(f"models/ssl.py: bn_groups={g} must divide the {x.shape[0]} views of a batch")
+        xs = x if perm is None else x[perm]
+        xs = xs.reshape(g, x.shape[0] // g, *x.shape[1:])
+
+        def one(xg):
+            return Tower(**self._tower_fields(), parent=None).apply(variables, xg, True, mutable=["batch_stats"])
+
+        out, new = jax.vmap(one)(xs)
+        out = jax.tree.map(lambda y: y.reshape(-1, *y.shape[2:]), out)
+        if perm is not None:
+            inverse = jnp.argsort(perm)
+            out = jax.tree.map(lambda y: y[inverse], out)
+        return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), new.get("batch_stats", {}))
+
+    def _grouped_online(self, both: jax.Array) -> dict:
+        """The online tower with batch norm over consecutive groups (a device each); running statistics = mean."""
+        variables = {"params": self.variables["params"]["online"]}
+        if "online" in self.variables.get("batch_stats", {}):  # a ViT with a plain projector has none
+            variables["batch_stats"] = self.variables["batch_stats"]["online"]
+        out, stats = self._grouped_tower(variables, both, None)
+        if "batch_stats" in variables:
+            self.put_variable("batch_stats", "online", stats)
+        return out
+
     def _momentum_target(self, both: jax.Array, train: bool) -> jax.Array:
-        """Updates the "target" copy of the online tower's parameters by EMA, then encodes `both` with it."""
+        """Updates the "target" copy of the online tower's parameters by EMA (and its update count), then encodes
+        `both` with it."""
         online = self.variables["params"]["online"]
         target = self.variable("target", "params", lambda: jax.tree.map(jnp.array, online))
+        steps = self.variable("target", "steps", lambda: jnp.zeros((), jnp.int32))
         if train and not self.is_initializing():
-            m = self.momentum
+            m = self.momentum_at(steps.value)
+            steps.value = steps.value + 1
             target.value = jax.tree.map(lambda t, o: m * t + (1.0 - m) * jax.lax.stop_gradient(o), target.value,
                                         online)
         # Training mode: batch statistics; the fresh running statistics it returns are dropped (never used).
-        out, _ = Tower(**self._tower_fields(), parent=None).apply(
-            {"params": target.value}, both, True, mutable=["batch_stats"])
+        if train and self.bn_groups > 1 and not self.is_initializing():  # shuffle-BN: keys in a random order
+            key = self.make_rng("dropout") if self.has_rng("dropout") else jax.random.PRNGKey(0)
+            out, _ = self._grouped_tower({"params": target.value}, both, jax.random.permutation(key, both.shape[0]))
+        else:
+            out, _ = Tower(**self._tower_fields(), parent=None).apply(
+                {"params": target.value}, both, True, mutable=["batch_stats"])
         return jax.lax.stop_gradient(out["z"])
 
-    def _queue(self, keys: jax.Array, train: bool) -> jax.Array:
-        """MoCo's queue of past keys `[K, P]` (the value before this call); enqueues `keys` [N, P] when training."""
+    def _queue(self, keys: jax.Array, ids: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+        """MoCo's queue of past keys `[K, P]` and their image indices `[K]` (values before this call); enqueues
+        `keys [N, P]` with `ids [N]` when training."""
         queue = self.variable("queue", "keys", lambda: l2_normalize(
             jax.random.normal(self.make_rng("params"), (self.queue_size, self.proj_dim))))
+        queue_ids = self.variable("queue", "ids", lambda: jnp.full((self.queue_size,), -1, jnp.int32))
         ptr = self.variable("queue", "ptr", lambda: jnp.zeros((), jnp.int32))
-        before = queue.value
+        before, before_ids = queue.value, queue_ids.value
         if train and not self.is_initializing():
             queue.value = jax.lax.dynamic_update_slice(before, l2_normalize(keys), (ptr.value, 0))
+            queue_ids.value = jax.lax.dynamic_update_slice(before_ids, ids, (ptr.value,))
             ptr.value = (ptr.value + keys.shape[0]) % self.queue_size
-        return before
+        return before, before_ids

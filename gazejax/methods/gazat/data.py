@@ -7,7 +7,8 @@ resized pixels, fixation_weights [F] s, fixation_sigma [F, 2], fixation_valid [F
 fixation_reader [F] int32 (index of the fixation's reader in the image's reader list, -1 in padding),
 reader_weights [R] float32 (`data.reader_weights` by reader id, default 1; 0 in padding), findings [K, 4] float32
 (row0, col0, row1, col1) in resized pixels (REFLACX anomaly ellipses' bounding boxes with certainty >= 3) and
-finding_valid [K] bool.
+finding_valid [K] bool; pretraining examples also carry index [] int32, the image's position in the training part
+(MoCo stores it with its queued keys).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from gazejax.data.cxr.records import CXRCase
 from gazejax.data.geometry import ResizeTransform
 from gazejax.data import transforms2d, views
 from gazejax.engine.api import DataBundle
+from gazejax.methods.gazat import cases as gazat_cases
+from gazejax.methods.gazat import losses as losses_ssl
 from gazejax.methods.gazat import spec as gazat
 
 log = logging.getLogger("gazejax")
@@ -105,17 +108,50 @@ def label_subset(items: Sequence[Item], fraction: float, seed: int, min_size: in
     return subset * max(1, math.ceil(min_size / len(subset)))
 
 
+def positive_rate(signatures: np.ndarray, has_gaze: np.ndarray, similarity: str, threshold: float) -> dict:
+    """McGIP's positives among image pairs: {"pairs": pairs i < j both with gaze, "positive_rate": the share of
+    them whose `losses.gaze_similarity` exceeds `threshold`}."""
+    has = np.asarray(has_gaze, bool)
+    sim = np.asarray(losses_ssl.gaze_similarity(np.asarray(signatures, np.float32), similarity))
+    pairs = has[:, None] & has[None, :] & ~np.eye(len(has), dtype=bool)
+    rate = float(np.mean(sim[pairs] > threshold)) if pairs.any() else float("nan")
+    return {"pairs": int(pairs.sum() // 2), "positive_rate": rate}
+
+
+def mcgip_positive_rate(items: Sequence[Item], spec: cxr_pipeline.GazeSpec, sizes: tuple[int, int, int],
+                        config) -> dict[str, Any]:
+    """`positive_rate` of the training images' un-augmented gaze maps at `mcgip.grid`, with the settings and the
+    extra positives an anchor with gaze meets in a batch."""
+    cfg = gazat.view_config(config)
+    exs = [example(it, spec, sizes) for it in items]
+    sig = np.stack([views.attention_map(ex, cfg.signature_grid, cfg.attention) for ex in exs])
+    has = np.array([bool(ex["has_gaze"]) for ex in exs])
+    out = positive_rate(sig, has, config.mcgip.similarity, float(config.mcgip.threshold))
+    return {"similarity": str(config.mcgip.similarity), "grid": tuple(int(g) for g in cfg.signature_grid),
+            "threshold": float(config.mcgip.threshold), **out,
+            "extra_positives_per_gaze_anchor": out["positive_rate"] * (int(config.batch_size) - 1) * float(has.mean())}
+
+
+def _check_queue(config, num_train: int) -> None:
+    """A queue longer than `moco.queue_share` of the training images holds stale copies of them: warn with counts."""
+    if gazat.spec(config)[1] != "moco":
+        return
+    size = gazat_cases.queue_size(config, num_train)
+    if size > float(config.moco.queue_share) * num_train + int(config.batch_size):
+        log.warning("moco.queue_size %d holds %.1f epochs of the %d training images (each anchor meets ~%.0f older "
+                    "keys of its own image, masked, and of every other image); 0 = %d from the data", size,
+                    size / max(num_train, 1), num_train, size / max(num_train, 1),
+                    gazat_cases.auto_queue_size(num_train, int(config.batch_size), float(config.moco.queue_share)))
+
+
 def make_bundle(config, pretrain_augment: Callable, finetune_augment: Callable, process_index: int = 0,
                 process_count: int = 1) -> DataBundle:
-    """The DataBundle: "train" (all training images, `pretrain_augment`), "label_<p>pct" label subsets
-    (`finetune_augment`), and "val" / "test" GazATSplits."""
+    """The DataBundle: "train" (all training images with their index, `pretrain_augment`), "label_<subset>"
+    label subsets (`spec.label_subsets`, `finetune_augment`), and "val" / "test" GazATSplits."""
     import grain
 
-
     d = config.data
-    cases, where, raw = cxr_pipeline.load_cases(config, with_raw=True)
-    parts = cxr_pipeline.split_records(cases, d.split, seed=int(d.seed), test_seed=int(d.test_seed),
-                                       ratio=float(d.ratio))
+    parts, where, raw = gazat_cases.split_cases(config)
     weights = {str(k): float(v) for k, v in dict(d.reader_weights).items()}
     items = {k: [make_item(c, raw[c.dicom_id], weights) for c in v] for k, v in parts.items()}
     every = [it for v in items.values() for it in v]
@@ -124,15 +160,21 @@ def make_bundle(config, pretrain_augment: Callable, finetune_augment: Callable, 
     spec = cxr_pipeline.GazeSpec({}, "duration", d.gaze_sigma)
     to_example = functools.partial(example, spec=spec, sizes=sizes)
     source = lambda its: grain.MapDataset.source(its).map(to_example)  # noqa: E731
-    train, val = source(items["train"]), source(items["val"])
-    subsets = {f"label_{gazat.fraction_name(f)}": label_subset(items["train"], float(f), int(d.seed), int(config.batch_size))
-               for f in config.finetune.label_fractions}
+    train = grain.MapDataset.source(items["train"]).map_with_index(
+        lambda i, it: {**to_example(it), "index": np.int32(i)})
+    val = source(items["val"])
+    subsets = {f"label_{name}": label_subset(items["train"], fraction, int(d.seed) + draw, int(config.batch_size))
+               for name, fraction, draw in gazat.label_subsets(config)}
     train_sets = {k: source(v) for k, v in subsets.items()}
-    evals = {k: GazATSplit(k, items[k], source(items[k]), train, val) for k in ("val", "test")}
+    evals = {k: GazATSplit(k, items[k], source(items[k]), source(items["train"]), val) for k in ("val", "test")}
     info = {**where, "synthetic": not d.root, "process": (process_index, process_count),
             **{f"{k}_ids": [it.dicom_id for it in v] for k, v in items.items()},
             "label_subsets": {k: len({id(it) for it in v}) for k, v in subsets.items()},
             "readers_per_image": {k: [int(len(it.reader_weights)) for it in v] for k, v in items.items()}}
+    if gazat.spec(config)[1] == "mcgip":
+        info["mcgip"] = mcgip_positive_rate(items["train"], spec, sizes, config)
+        log.info("McGIP positives: %s", info["mcgip"])
+    _check_queue(config, len(items["train"]))
     log.info("GazAT data (%s): %s", d.dataset, {k: len(v) for k, v in items.items()})
     return DataBundle(train=train, num_train=len(items["train"]), splits=evals, augment=pretrain_augment, info=info,
                       train_sets=train_sets, augments={k: finetune_augment for k in train_sets})

@@ -15,6 +15,8 @@
   `eval.pointing_tolerance` x image side of a finding: REFLACX anomaly ellipses (certainty >= 3; the ellipse
   inscribed in each box), EGD-CXR the organ of the class (heart for CHF, lungs for pneumonia, as GG-CAM's Eq. 12).
   Images without a finding location are not scored; a constant map (no peak) is a miss.
+- "train_calls": the training calls the weights have seen (the model's "progress" count), increasing through a
+  stage: the default checkpoint monitor, so a stage's last checkpoint is the one used (no label-based selection).
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ KEEP = ("label", "label_mask", "has_gaze", "fixations", "fixation_valid", "fixat
 
 def forward(predict, dataset, batch: int, keep: tuple[str, ...] = ("label", "label_mask")) -> dict[str, Any]:
     """Model outputs over a MapDataset of examples, concatenated: embedding [N, F], logits [N, K], attention
-    {layer: [N, h, w]}, cam [N, h, w, K] (CNN), plus the examples' `keep` fields and "image" [N, H, W]."""
+    {layer: [N, h, w]}, cam [N, h, w, K] (CNN), train_calls [N] (the model's count, repeated), plus the examples'
+    `keep` fields and "image" [N, H, W]."""
     parts: list[dict] = []
     for idx in iterate_in_batches(range(len(dataset)), batch):
         examples = [dataset[i] for i in idx]
@@ -52,6 +55,8 @@ def forward(predict, dataset, batch: int, keep: tuple[str, ...] = ("label", "lab
         out = jax.tree.map(lambda y: y[:len(idx)] if np.ndim(y) else y, predict(padded))
         part = {k: np.asarray(out[k]) for k in ("embedding", "logits", "cam") if k in out}
         part["attention"] = {k: np.asarray(v) for k, v in out["attention"].items()}
+        if "train_calls" in out:
+            part["train_calls"] = np.full(len(idx), int(np.asarray(out["train_calls"])), np.int64)
         part.update({k: np.stack([ex[k] for ex in examples]) for k in keep if k in examples[0]})
         part["image"] = images[..., 0]
         parts.append(part)
@@ -222,6 +227,8 @@ def evaluate(predict, split, config, out_dir: str | None = None, stage=None) -> 
         result["probe_scores"] = fit["scores"]
     else:
         metrics = cls.summary(y, probabilities(run["logits"], multilabel), names)
+    if "train_calls" in run:
+        metrics["train_calls"] = float(run["train_calls"][0])
     grid = tuple(int(g) for g in config.eval.saliency_grid)
     key = ("truth", grid)
     if key not in split.cache:  # the gaze side never changes between evaluations of a split

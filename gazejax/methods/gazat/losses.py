@@ -46,12 +46,32 @@ def nt_xent(z_a: Array, z_b: Array, temperature: float, positives: Array | None 
     return jnp.mean(per_anchor)
 
 
-def gaze_similarity_positives(signatures: Array, has_gaze: Array, threshold: float) -> Array:
-    """McGIP positives `[N, N]` bool: cosine similarity of the flattened gaze maps `signatures [N, ...]` above
-    `threshold` (both images with gaze), plus the diagonal."""
-    s = l2_normalize(signatures.reshape(signatures.shape[0], -1))
+SIMILARITIES = ("dhash", "cosine")
+
+
+def gaze_similarity(signatures: Array, kind: str = "dhash") -> Array:
+    """McGIP's image-image gaze similarity `[N, N]` from un-augmented gaze maps `signatures [N, h, w]`.
+
+    "dhash" (the authors' heat-map scheme, zhaozh10/McGIP core-code/GazeSimilarityEval/dhash.py): each map (their
+    8 x 9) becomes h (w - 1) bits, 1 where a cell is greater than its right neighbour, and the similarity is the
+    cosine of the bit vectors (0 for a map without any bit). "cosine": cosine of the flattened maps.
+    """
+    s = jnp.asarray(signatures, jnp.float32)
+    if kind == "dhash":
+        if s.ndim != 3:
+            raise ValueError(f"losses_ssl.gaze_similarity: dhash needs maps [N, h, w], got shape {s.shape}")
+        s = (s[:, :, :-1] > s[:, :, 1:]).astype(jnp.float32)
+    elif kind != "cosine":
+        raise ValueError(f"losses_ssl.gaze_similarity: kind must be one of {SIMILARITIES}, got {kind!r}")
+    s = l2_normalize(s.reshape(s.shape[0], -1))
+    return s @ s.T
+
+
+def gaze_similarity_positives(signatures: Array, has_gaze: Array, threshold: float, kind: str = "dhash") -> Array:
+    """McGIP positives `[N, N]` bool: `gaze_similarity` above `threshold` (both images with gaze), plus the
+    diagonal (the authors' `_create_buffer`: sim > threshold)."""
     both = has_gaze[:, None] & has_gaze[None, :]
-    return ((s @ s.T > threshold) & both) | jnp.eye(s.shape[0], dtype=bool)
+    return ((gaze_similarity(signatures, kind) > threshold) & both) | jnp.eye(signatures.shape[0], dtype=bool)
 
 
 def byol_loss(p: Array, z_target: Array) -> Array:
@@ -60,15 +80,20 @@ def byol_loss(p: Array, z_target: Array) -> Array:
     return jnp.mean(2.0 - 2.0 * cos)
 
 
-def moco_infonce(q: Array, k: Array, queue: Array, temperature: float) -> Array:
+def moco_infonce(q: Array, k: Array, queue: Array, temperature: float, queue_ids: Array | None = None,
+                 ids: Array | None = None) -> Array:
     """MoCo v2 InfoNCE (He et al. 2020, Eq. 1): -log exp(q.k+/tau) / (exp(q.k+/tau) + sum_queue exp(q.k-/tau)).
 
     q `[N, D]` (online), k `[N, D]` (momentum encoder, gradient stopped), queue `[K, D]` of past keys (negatives).
+    With `queue_ids [K]` and `ids [N]` (image indices), a queued key of the anchor's own image is no negative.
     """
     q, k = l2_normalize(q), l2_normalize(jax.lax.stop_gradient(k))
     queue = l2_normalize(jax.lax.stop_gradient(queue))
     pos = jnp.sum(q * k, axis=-1, keepdims=True)
-    logits = jnp.concatenate([pos, q @ queue.T], axis=1) / temperature
+    neg = q @ queue.T
+    if queue_ids is not None and ids is not None:
+        neg = jnp.where(queue_ids[None, :] == ids[:, None], _NEG, neg)
+    logits = jnp.concatenate([pos, neg], axis=1) / temperature
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - logits[:, 0])
 
 
@@ -110,34 +135,62 @@ def region_pool(features: Array, region: Array) -> tuple[Array, Array]:
     return pooled, count[:, 0] > 0
 
 
-def regional_contrastive(feat_a: Array, feat_g: Array, att_a: Array, att_g: Array, high: float, low: float,
-                         temperature: float, valid: Array | None = None) -> tuple[Array, dict[str, Array]]:
-    """L_regional (Sec. 2.3.3): the high-attention features of the two views of an image are positives, the
-    low-attention features of the other images negatives.
+NEGATIVE_KINDS = ("low", "low+high")
+NEGATIVE_VIEWS = ("a", "ag")
 
-    feat_a, feat_g `[B, h, w, D]` per-location projections of views a and g; att_a, att_g `[B, h, w]` their gaze
-    attention in [0, 1] at that grid. Regions: high = A >= `high`, low = A <= `low`; r = mean feature over the region,
-    L2-normalised. Anchor r_high(a, i) has positive r_high(g, i) and negatives r_low(a, j), r_low(g, j), j != i:
-    -log exp(s+/tau) / (exp(s+/tau) + sum_j exp(s_j/tau)); symmetrised over the views (anchor r_high(g, i) with
-    positive r_high(a, i)). `valid [B]` (e.g. has_gaze) gates both anchors and negatives; an anchor needs a high
-    region in both views, a negative a non-empty low region. Returns (loss, {"regional_anchors": count}).
+
+def _pairs_mean(sim: Array, ok: Array) -> Array:
+    """Mean of `sim [B, B]` over the off-diagonal pairs where `ok [B, B]` (0 without one)."""
+    ok = ok & ~jnp.eye(sim.shape[0], dtype=bool)
+    return jnp.sum(jnp.where(ok, sim, 0.0)) / jnp.maximum(jnp.sum(ok), 1.0)
+
+
+def regional_contrastive(feat_a: Array, feat_g: Array, att_a: Array, att_g: Array, high: float, low: float,
+                         temperature: float, valid: Array | None = None, negatives: str = "low+high",
+                         negative_views: str = "a") -> tuple[Array, dict[str, Array]]:
+    """L_regional (Sec. 2.3.3): the high-attention features of the two views of an image are positives, region
+    features of the other images negatives.
+
+    feat_a, feat_g `[B, h, w, D]` per-location projections of views a (standard, un-blended) and g (gaze-blended);
+    att_a, att_g `[B, h, w]` their gaze attention in [0, 1] at that grid. Regions: high = A >= `high`, low = A <=
+    `low`; r = mean feature over the region, L2-normalised. Anchor r_high(a, i) has positive r_high(g, i) (and
+    symmetrically anchor r_high(g, i) positive r_high(a, i)); -log exp(s+/tau) / (exp(s+/tau) + sum_n exp(s_n/tau)).
+    Negatives, over the other images j != i: `negatives` "low" = r_low(j) (the paper's r_low^j), "low+high" = also
+    r_high(j), so mapping every high region to one vector and every low region to another (a two-vector solution)
+    no longer minimises the loss; `negative_views` "a" = from the un-blended view only (in view g the low-gaze
+    pixels are the strongly augmented ones, a visible mark of the gaze map), "ag" = from both views (the earlier
+    form, with negatives "low"). `valid [B]` (e.g. has_gaze) gates anchors and negatives; an anchor needs a high
+    region in both views, a negative a non-empty region. Returns (loss, stats): "regional_anchors" (count) and the
+    collapse diagnostics "regional_pos_cos" (anchor-positive cosine), "regional_high_cos" (mean cosine of different
+    images' r_high in view a: 1 = every image's high region is one vector) and "regional_high_low_cos" (r_high(i)
+    vs r_low(j), view a).
     """
+    if negatives not in NEGATIVE_KINDS or negative_views not in NEGATIVE_VIEWS:
+        raise ValueError(f"losses_ssl.regional_contrastive: negatives must be one of {NEGATIVE_KINDS} and "
+                         f"negative_views one of {NEGATIVE_VIEWS}, got {negatives!r}, {negative_views!r}")
     b = feat_a.shape[0]
     valid = jnp.ones((b,), bool) if valid is None else valid.astype(bool)
-    high_a, ok_ha = region_pool(feat_a, att_a >= high)
-    high_g, ok_hg = region_pool(feat_g, att_g >= high)
-    low_a, ok_la = region_pool(feat_a, att_a <= low)
-    low_g, ok_lg = region_pool(feat_g, att_g <= low)
-    high_a, high_g, low_a, low_g = (l2_normalize(r) for r in (high_a, high_g, low_a, low_g))
-    anchors = valid & ok_ha & ok_hg
+    pooled = {(v, r): region_pool(f, cmp) for v, f, a in (("a", feat_a, att_a), ("g", feat_g, att_g))
+              for r, cmp in (("high", a >= high), ("low", a <= low))}
+    feats = {key: l2_normalize(p) for key, (p, _) in pooled.items()}
+    ok = {key: valid & nonempty for key, (_, nonempty) in pooled.items()}
+    anchors = ok[("a", "high")] & ok[("g", "high")]
     others = ~jnp.eye(b, dtype=bool)
-    neg_ok = jnp.concatenate([others & (valid & ok_la)[None, :], others & (valid & ok_lg)[None, :]], axis=1)
-    negatives = jnp.concatenate([low_a, low_g], axis=0)  # [2B, D]
+    keys = [(v, r) for v in negative_views for r in ("low", "high") if r in negatives.split("+")]
+    neg_ok = jnp.concatenate([others & ok[key][None, :] for key in keys], axis=1)  # [B, len(keys) B]
+    negs = jnp.concatenate([feats[key] for key in keys], axis=0)
 
     def one_direction(anchor: Array, positive: Array) -> Array:
         pos = jnp.sum(anchor * positive, axis=-1, keepdims=True) / temperature
-        neg = jnp.where(neg_ok, anchor @ negatives.T / temperature, _NEG)
+        neg = jnp.where(neg_ok, anchor @ negs.T / temperature, _NEG)
         return jax.nn.logsumexp(jnp.concatenate([pos, neg], axis=1), axis=1) - pos[:, 0]
 
+    high_a, high_g, low_a = feats[("a", "high")], feats[("g", "high")], feats[("a", "low")]
     per = 0.5 * (one_direction(high_a, high_g) + one_direction(high_g, high_a))
-    return _masked_mean(per, anchors), {"regional_anchors": jnp.sum(anchors.astype(jnp.float32))}
+    both_high = ok[("a", "high")][:, None] & ok[("a", "high")][None, :]
+    stats = {"regional_anchors": jnp.sum(anchors.astype(jnp.float32)),
+             "regional_pos_cos": _masked_mean(jnp.sum(high_a * high_g, axis=-1), anchors),
+             "regional_high_cos": _pairs_mean(high_a @ high_a.T, both_high),
+             "regional_high_low_cos": _pairs_mean(high_a @ low_a.T,
+                                                  ok[("a", "high")][:, None] & ok[("a", "low")][None, :])}
+    return _masked_mean(per, anchors), stats

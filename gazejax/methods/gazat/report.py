@@ -4,6 +4,7 @@ gaze / model-attention overlays and the loss curves."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -30,10 +31,49 @@ def _classification(stages: dict[str, dict]) -> list[str]:
         key = "probe_" if "probe_auroc" in m else ""
         how = f"linear probe (C = {m['probe_c']:g})" if key else "fine-tuned classifier"
         rows.append([name, how, _f(m.get(f"{key}auroc")), _f(m.get(f"{key}accuracy")), _f(m.get(f"{key}f1"))])
-    return ["Downstream classification on the test split, each stage's best checkpoint (chosen on validation). "
-            "After pretraining: a logistic regression on the frozen pooled encoder features, fitted on the "
-            "training split with C chosen by validation AUROC; fine-tuning stages: the classifier head.", "",
-            R.markdown_table(["stage", "predictor", "AUROC", "accuracy", "F1"], rows)]
+    return ["Downstream classification on the test split, each stage's checkpoint (the last unless the run's "
+            "monitors say otherwise). After pretraining: a logistic regression on the frozen pooled encoder "
+            "features, fitted on the training split with C chosen by validation AUROC; fine-tuning stages: the "
+            "classifier head.", "",
+            R.markdown_table(["stage", "predictor", "AUROC", "accuracy", "F1"], rows)] + _draws(stages)
+
+
+def draw_groups(names) -> dict[str, list[str]]:
+    """Fine-tuning stages by label fraction: "finetune_1pct_d0", "finetune_1pct_d1" -> {"finetune_1pct": [...]}."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if name.startswith("finetune_"):
+            groups.setdefault(re.sub(r"_d\d+$", "", name), []).append(name)
+    return groups
+
+
+def mean_std(values) -> str:
+    """"mean (std)" of the finite values (sample std, ddof 1; one value: no std); "n/a" without any."""
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not vals:
+        return "n/a"
+    return _f(float(np.mean(vals))) + (f" ({np.std(vals, ddof=1):.3f})" if len(vals) > 1 else "")
+
+
+def _draws(stages: dict[str, dict]) -> list[str]:
+    """Mean (std) over the label-subset draws of each fraction."""
+    rows = [[group, str(len(names))] + [mean_std([stages[n].get(k) for n in names]) for k in ("auroc", "accuracy", "f1")]
+            for group, names in draw_groups(stages).items()]
+    if not rows:
+        return []
+    return ["", "Mean (std) over the label-subset draws (each a different stratified subset, the same for every "
+            "method; each fine-tuning runs a fixed number of epochs and uses its last checkpoint):", "",
+            R.markdown_table(["fraction", "draws", "AUROC", "accuracy", "F1"], rows)]
+
+
+def _mcgip(results: dict) -> list[str]:
+    m = results.get("data_info", {}).get("mcgip")
+    if not m:
+        return []
+    return [f"- McGIP positives: {m['similarity']} similarity of the un-augmented {m['grid'][0]} x {m['grid'][1]} "
+            f"gaze maps > {m['threshold']:g} marks {100 * m['positive_rate']:.2f} % of the {m['pairs']} training "
+            f"image pairs with gaze (~{m['extra_positives_per_gaze_anchor']:.2f} extra positives per anchor with "
+            f"gaze in a batch)"]
 
 
 def _alignment(stages: dict[str, dict]) -> list[str]:
@@ -147,9 +187,12 @@ def _setup(config, results: dict) -> list[str]:
     if gazat.spec(config)[2]:
         out.append(f"- GazAT: alpha = {lo.alpha:g}, beta = {lo.beta:g}, D = {lo.distance}, lambda = "
                    f"{gazat.layer_weights(config)}, regions high >= {lo.regional_high:g} / low <= "
-                   f"{lo.regional_low:g} at {gazat.region_layer(config)}; gaze maps {config.gaze.kind}, readers "
-                   f"{config.gaze.aggregate}, max readers {config.gaze.max_readers or 'all'}")
-    return out
+                   f"{lo.regional_low:g} at {gazat.region_layer(config)}; L_attn and regional negatives on "
+                   f"{lo.gaze_views} view(s), negatives {lo.regional_negatives}; gaze maps {config.gaze.kind}, "
+                   f"readers {config.gaze.aggregate}, max readers {config.gaze.max_readers or 'all'}")
+    if gazat.spec(config)[0] == "standard":
+        out.append(f"- second view: {'T_strong of a standard view' if config.views.baseline_strong else 'standard'}")
+    return out + _mcgip(results)
 
 
 def write(results: dict, config, workdir: str) -> str:
@@ -171,7 +214,8 @@ COMPARE = (("test@pretrain", "probe_auroc", "probe AUROC"), ("test@pretrain", "p
 
 def comparison(workdirs: list[str]) -> str:
     """A markdown table of finished runs side by side (one row per workdir, from its results.json and config.json):
-    linear probe, few-shot fine-tuning AUROC and the pretrained model's attention alignment on test."""
+    linear probe, few-shot fine-tuning AUROC (mean (std) over the label-subset draws) and the pretrained model's
+    attention alignment on test."""
     import json
 
     rows = []
@@ -180,7 +224,10 @@ def comparison(workdirs: list[str]) -> str:
             res = json.load(f)
         with open(os.path.join(wd, "config.json")) as f:
             method = json.load(f).get("method", "?")
-        rows.append([NAMES.get(method, method)] + [_f(res.get(split, {}).get(key)) for split, key, _ in COMPARE])
+        groups = draw_groups(k[len("test@"):] for k in res if k.startswith("test@"))
+        rows.append([NAMES.get(method, method)] + [
+            mean_std([res.get(f"test@{n}", {}).get(key) for n in groups.get(split[len("test@"):], [])])
+            if split.startswith("test@finetune") else _f(res.get(split, {}).get(key)) for split, key, _ in COMPARE])
     return R.markdown_table(["method"] + [name for _, _, name in COMPARE], rows)
 
 

@@ -4,17 +4,28 @@ separates high- from low-attention features; then linear probing and few-shot fi
 
 Methods (`config.method`; fixed here so that a grid overriding only `method` gets the right baseline):
 - gazat: views I_a, I_g = A I + (1 - A) T_strong(I) (`gazejax.data.views`); L = L_contrast (NT-Xent over the 2N
-  views, Sec. 2.3.2) + alpha L_attn (Sec. 2.3.3, both views against their own warped gaze maps) + beta L_regional.
+  views, Sec. 2.3.2) + alpha L_attn (Sec. 2.3.3) + beta L_regional. `loss.gaze_views = "unblended"`: L_attn on I_a
+  only and regional negatives from I_a (in I_g the clean vs strongly augmented pixels *are* the gaze map, so
+  attention there can be read off the pixels); "both" is the earlier form (both views), kept as an ablation.
 - random_maps: gazat with every gaze map replaced by a random smooth map (the fixations moved to random places).
-- simclr: two standard views, NT-Xent only (alpha = beta = 0 by definition): no gaze anywhere.
-- mcgip (McGIP, Zhao et al.): simclr whose positives also include image pairs with gaze-map cosine similarity above
-  `mcgip.threshold` (multi-positive NT-Xent; gaze never enters the network).
-- byol (Grill et al.): predictor + momentum target, symmetric 2 - 2 cos. moco (MoCo v2): momentum encoder + queue,
-  symmetric InfoNCE against the queue.
+- simclr: two views, NT-Xent only (alpha = beta = 0 by definition): no gaze anywhere. Gaze-free methods take
+  T_strong on their second view (`views.baseline_strong`, the augmentation strength GazAT's I_g gets) unless it is
+  off (two weak views).
+- mcgip (McGIP, Zhao et al. AAAI 2024; zhaozh10/McGIP): simclr whose positives also include image pairs whose
+  gaze similarity exceeds `mcgip.threshold` (multi-positive NT-Xent; gaze never enters the network). Similarity as
+  the authors' heat-map scheme (`losses.gaze_similarity`: dHash of 8 x 9 maps, cosine of the bits, threshold 0.7);
+  their SimCLR host (simclr_gaze.py) divides the summed -log p by the number of positive pairs, here each anchor's
+  mean over its positives is averaged (Khosla et al.). The share of training pairs it marks is in report.md.
+- byol (Grill et al.): predictor + momentum target (cosine schedule of m to 1), symmetric 2 - 2 cos. moco (MoCo
+  v2): momentum encoder + queue (sized from the data, keys of the anchor's own image masked), shuffle-BN emulated
+  over `moco.bn_groups` groups, symmetric InfoNCE against the queue.
 - supervised: no pretraining; one stage on all training labels from a fresh initialisation.
-Stages (Sec. 2.5.3): pretrain (evaluation = linear probe on frozen features + attention alignment) ->
-finetune_<p>pct for each label fraction, each from the pretraining's best checkpoint; every stage is evaluated on
-test at the end (report.md shows them side by side). Evaluation: `gazejax.methods.gazat.evaluate`.
+Stages (Sec. 2.5.3): pretrain (evaluation = linear probe on frozen features + attention alignment; warm-up/cosine
+learning rate from `pretrain_schedule`) -> finetune_<p>pct[_d<k>] for each label fraction and subset draw, each
+from the pretraining's last checkpoint, for a fixed number of epochs (`pretrain_monitor` / `monitor` =
+"val/train_calls": the last checkpoint; "val/probe_auroc" / "val/auroc" would select on a fully labelled
+validation split many times the label budget); every stage is evaluated on test at the end (report.md shows them
+side by side, with mean (std) over the draws). Evaluation: `gazejax.methods.gazat.evaluate`.
 """
 from __future__ import annotations
 
@@ -25,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gazejax import losses
-from gazejax.methods.gazat import losses as losses_ssl
+from gazejax.methods.gazat import cases, losses as losses_ssl
 from gazejax.data.cxr import labels as cxr_labels
 from gazejax.data import transforms2d, views
 from gazejax.engine.api import Stage
@@ -108,29 +119,51 @@ def layer_weights(config) -> dict[str, float]:
     return dict(zip(layers, (float(v) for v in given)))
 
 
+def momentum_fields(config, objective: str) -> dict[str, Any]:
+    """The SSLModel fields of the momentum target and queue: BYOL's cosine schedule over the pretraining's steps,
+    MoCo's constant momentum, queue (`cases.queue_size`: from the data unless given) and shuffle-BN groups."""
+    if objective == "byol":
+        b = config.byol
+        cosine = b.momentum_schedule == "cosine"
+        if b.momentum_schedule not in ("cosine", "constant"):
+            raise _fail(f"byol.momentum_schedule must be 'cosine' or 'constant', got {b.momentum_schedule!r}")
+        return {"momentum": float(b.momentum), "momentum_schedule": b.momentum_schedule,
+                "momentum_steps": cases.momentum_steps(config) if cosine else 0}
+    if objective != "moco":
+        return {}
+    size = cases.queue_size(config)
+    if size % int(config.batch_size):
+        raise _fail(f"moco.queue_size {size} must be a multiple of batch_size {config.batch_size}")
+    groups, accum = int(config.moco.bn_groups), int(config.get("grad_accum_steps", 1) or 1)
+    views_per_call = 2 * int(config.batch_size) // accum  # the model sees one micro-batch at a time
+    if groups < 1 or views_per_call % groups:
+        raise _fail(f"moco.bn_groups {groups} must divide the {views_per_call} views of a (micro-)batch")
+    return {"momentum": float(config.moco.momentum), "queue_size": size, "bn_groups": groups}
+
+
 def build_model(config) -> nn.Module:
     _, objective, gaze_losses, _ = spec(config)
     m = config.model
-    if objective == "moco" and int(config.moco.queue_size) % int(config.batch_size):
-        raise _fail(f"moco.queue_size {config.moco.queue_size} must be a multiple of batch_size {config.batch_size}")
-    momentum = {"byol": config.byol.momentum, "moco": config.moco.momentum}.get(objective, 0.0)
     return SSLModel(backbone=m.backbone, backbone_kwargs=backbone_kwargs(config), num_classes=num_classes(config),
                     attention_layers=attention_layers(config), region_layer=region_layer(config),
                     proj_hidden=int(m.proj_hidden), proj_dim=int(m.proj_dim), proj_bn=objective == "byol",
                     predictor_hidden=int(m.predictor_hidden) if objective == "byol" else 0, region_head=gaze_losses,
-                    momentum=float(momentum), queue_size=int(config.moco.queue_size) if objective == "moco" else 0,
                     vit_attention=m.vit_attention, dtype=jnp.dtype(m.dtype), conv_impl=str(m.get("conv_impl", "auto")),
-                    single_view_batch_stats=config.method == "supervised" or not config.finetune.freeze_norm)
+                    single_view_batch_stats=config.method == "supervised" or not config.finetune.freeze_norm,
+                    **momentum_fields(config, objective))
 
 
 def init_batch(config) -> dict[str, np.ndarray]:
     x = np.zeros((1, *config.data.image_size, 1), np.float32)
-    return {"view_a": x, "view_g": x}
+    return {"view_a": x, "view_g": x, "index": np.zeros((1,), np.int32)}
 
 
 def model_inputs(batch) -> tuple:
-    """Pretraining batches hold two views, fine-tuning and evaluation batches one image."""
-    return (batch["view_a"], batch["view_g"]) if "view_a" in batch else (batch["image"],)
+    """Pretraining batches hold two views and each image's index in the training set (MoCo's queue keeps it with
+    the keys), fine-tuning and evaluation batches one image."""
+    if "view_a" not in batch:
+        return (batch["image"],)
+    return (batch["view_a"], batch["view_g"]) + ((batch["index"],) if "index" in batch else ())
 
 
 # ---- losses ------------------------------------------------------------------------------------------------------
@@ -149,24 +182,35 @@ def classification_loss(outputs: dict, batch: dict, config) -> tuple[jnp.ndarray
     return ce, {"loss_ce": ce}
 
 
+GAZE_VIEWS = {"unblended": "a", "both": "ag"}  # loss.gaze_views -> the views L_attn and the regional negatives use
+
+
+def gaze_views(config) -> str:
+    if config.loss.gaze_views not in GAZE_VIEWS:
+        raise _fail(f"loss.gaze_views must be one of {tuple(GAZE_VIEWS)}, got {config.loss.gaze_views!r}")
+    return GAZE_VIEWS[config.loss.gaze_views]
+
+
 def gaze_losses(outputs: dict, batch: dict, config) -> tuple[jnp.ndarray, dict]:
-    """alpha L_attn (both views, each against its own gaze maps) + beta L_regional (Sec. 2.3.3-2.3.4)."""
-    lo, has = config.loss, batch["has_gaze"]
+    """alpha L_attn (each view of `gaze_views` against its own gaze maps, averaged) + beta L_regional (Sec.
+    2.3.3-2.3.4)."""
+    lo, has, used = config.loss, batch["has_gaze"], gaze_views(config)
     total, metrics = jnp.zeros((), jnp.float32), {}
     if lo.alpha > 0:
         weights = layer_weights(config)
         terms = [losses_ssl.attention_transfer(outputs[f"attention_{v}"],
                                                {k: batch[f"attn_{v}_{k}"] for k in weights}, weights, lo.distance,
-                                               has) for v in ("a", "g")]
-        attn = 0.5 * (terms[0][0] + terms[1][0])
+                                               has) for v in used]
+        attn = sum(t[0] for t in terms) / len(terms)
         total = total + lo.alpha * attn
         metrics["loss_attn"] = attn
-        metrics.update({f"attn_{k}": 0.5 * (terms[0][1][k] + terms[1][1][k]) for k in weights})
+        metrics.update({f"attn_{k}": sum(t[1][k] for t in terms) / len(terms) for k in weights})
     if lo.beta > 0:
         name = region_layer(config)
         reg, stats = losses_ssl.regional_contrastive(
             outputs["dense_a"], outputs["dense_g"], batch[f"attn_a_{name}"], batch[f"attn_g_{name}"],
-            lo.regional_high, lo.regional_low, lo.temperature, has)
+            lo.regional_high, lo.regional_low, lo.temperature, has, negatives=lo.regional_negatives,
+            negative_views=used)
         total = total + lo.beta * reg
         metrics.update(loss_regional=reg, **stats)
     return total, metrics
@@ -179,15 +223,15 @@ def pretrain_loss(outputs: dict, batch: dict, config) -> tuple[jnp.ndarray, dict
         loss = losses_ssl.byol_loss(outputs["p_a"], outputs["zt_g"]) + losses_ssl.byol_loss(outputs["p_g"],
                                                                                               outputs["zt_a"])
         return loss, {"loss_byol": loss}
-    if objective == "moco":
-        q = outputs["queue"]
-        loss = 0.5 * (losses_ssl.moco_infonce(outputs["z_a"], outputs["zt_g"], q, tau)
-                      + losses_ssl.moco_infonce(outputs["z_g"], outputs["zt_a"], q, tau))
+    if objective == "moco":  # keys queued from the anchor's own image are no negatives
+        q, q_ids, ids = outputs["queue"], outputs.get("queue_ids"), batch.get("index")
+        loss = 0.5 * (losses_ssl.moco_infonce(outputs["z_a"], outputs["zt_g"], q, tau, q_ids, ids)
+                      + losses_ssl.moco_infonce(outputs["z_g"], outputs["zt_a"], q, tau, q_ids, ids))
         return loss, {"loss_moco": loss}
     positives = None
     if objective == "mcgip":
         positives = losses_ssl.gaze_similarity_positives(batch["gaze_sig"], batch["has_gaze"],
-                                                         float(config.mcgip.threshold))
+                                                         float(config.mcgip.threshold), config.mcgip.similarity)
     contrast = losses_ssl.nt_xent(outputs["z_a"], outputs["z_g"], tau, positives)
     metrics = {"loss_contrast": contrast}
     if positives is not None:
@@ -230,17 +274,29 @@ def fraction_name(fraction: float) -> str:
     return f"{float(fraction) * 100:g}pct".replace(".", "p")
 
 
+def label_subsets(config) -> list[tuple[str, float, int]]:
+    """(name, fraction, draw) of every few-shot label subset: "<p>pct" with one draw, "<p>pct_d<k>" with several
+    (`finetune.subset_draws`; draw k is seeded by data.seed + k, the same for every method and training seed)."""
+    draws = int(config.finetune.subset_draws)
+    if draws < 1:
+        raise _fail(f"finetune.subset_draws must be >= 1, got {draws}")
+    return [(fraction_name(f) + (f"_d{k}" if draws > 1 else ""), float(f), k)
+            for f in config.finetune.label_fractions for k in range(draws)]
+
+
 def stages(config) -> list[Stage]:
-    """pretrain -> finetune_<p>pct per label fraction (each from the pretraining's best); supervised: one stage."""
+    """pretrain -> finetune_<subset> per label subset (each from the pretraining's checkpoint that
+    `pretrain_monitor` picks: the last by default); supervised: one stage."""
     spec(config)
     ft = config.finetune
     finetune = dict(epochs=int(ft.epochs), trainable=FINETUNE_TRAINABLE, optimizer={"lr": float(ft.lr)},
-                    monitor=config.monitor, evaluate=True, options={"task": "finetune"})
+                    evaluate=True, options={"task": "finetune"})
     if config.method == "supervised":
-        return [Stage(name="supervised", init_from="init", **finetune)]
+        return [Stage(name="supervised", init_from="init", monitor=config.supervised_monitor, **finetune)]
     out = [Stage(name="pretrain", epochs=int(config.pretrain_epochs), trainable=PRETRAIN_TRAINABLE,
-                 monitor=config.pretrain_monitor, evaluate=True, options={"task": "pretrain"})]
-    for fraction in ft.label_fractions:
-        name = fraction_name(fraction)
-        out.append(Stage(name=f"finetune_{name}", train_set=f"label_{name}", init_from="pretrain", **finetune))
+                 optimizer=config.pretrain_schedule.to_dict(), monitor=config.pretrain_monitor, evaluate=True,
+                 options={"task": "pretrain"})]
+    for name, _, _ in label_subsets(config):
+        out.append(Stage(name=f"finetune_{name}", train_set=f"label_{name}", init_from="pretrain",
+                         monitor=config.monitor, **finetune))
     return out

@@ -51,7 +51,7 @@ def test_mcgip_positives_follow_gaze_similarity_and_the_multi_positive_loss():
     za, zb = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
     sig = np.array([[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]], np.float32)
     has = np.array([True, True, True, False])
-    pos = np.asarray(L.gaze_similarity_positives(jnp.asarray(sig), jnp.asarray(has), 0.8))
+    pos = np.asarray(L.gaze_similarity_positives(jnp.asarray(sig), jnp.asarray(has), 0.8, "cosine"))
     want = np.eye(4, dtype=bool)
     want[0, 1] = want[1, 0] = True  # cos = 0.994; images 2 and 3 are identical but 3 has no gaze
     np.testing.assert_array_equal(pos, want)
@@ -97,8 +97,9 @@ def test_activation_attention_and_attention_distances():
     assert float(total) == pytest.approx(0.25 * float(per["x"]) + 2.0 * float(per["y"]), rel=1e-6)
 
 
-def _regional_reference(fa, fg, aa, ag, high, low, tau, valid):
-    """Independent loop: region means from the thresholds, then the Sec. 2.3.3 loss per anchor, symmetrised."""
+def _regional_reference(fa, fg, aa, ag, high, low, tau, valid, kinds=("low",), views="ag"):
+    """Independent loop: region means from the thresholds, then the Sec. 2.3.3 loss per anchor, symmetrised;
+    negatives: the `kinds` regions of the other valid images in `views`."""
     b = len(fa)
 
     def pool(f, m):
@@ -106,7 +107,9 @@ def _regional_reference(fa, fg, aa, ag, high, low, tau, valid):
 
     hi_a = [pool(fa[i], aa[i] >= high) for i in range(b)]
     hi_g = [pool(fg[i], ag[i] >= high) for i in range(b)]
-    lo = {i: [r for r in (pool(fa[i], aa[i] <= low), pool(fg[i], ag[i] <= low)) if r is not None]
+    fv, av = {"a": fa, "g": fg}, {"a": aa, "g": ag}
+    region = {"low": lambda a: a <= low, "high": lambda a: a >= high}
+    lo = {i: [r for v in views for k in kinds for r in [pool(fv[v][i], region[k](av[v][i]))] if r is not None]
           for i in range(b) if valid[i]}
     losses = []
     for i in range(b):
@@ -131,21 +134,95 @@ def test_regional_loss_takes_positives_and_negatives_from_the_threshold_regions(
     ag[2] = 0.5  # image 2: no high region in view g -> no anchor; no low region in view g
     valid = np.array([True, True, True, False])  # image 3 (no gaze): neither anchor nor negative
     args = (0.7, 0.1, 0.3)
+    old = dict(negatives="low", negative_views="ag")  # the earlier form (ablation row "blended_targets")
     got, stats = L.regional_contrastive(*(jnp.asarray(x, jnp.float32) for x in (fa, fg, aa, ag)), *args,
-                                        valid=jnp.asarray(valid))
+                                        valid=jnp.asarray(valid), **old)
     want, anchors = _regional_reference(fa, fg, aa, ag, *args, valid)
     assert float(got) == pytest.approx(want, rel=1e-5)
     assert float(stats["regional_anchors"]) == anchors
+    for kinds, views in ((("low",), "a"), (("low", "high"), "a"), (("low", "high"), "ag")):
+        new, _ = L.regional_contrastive(*(jnp.asarray(x, jnp.float32) for x in (fa, fg, aa, ag)), *args,
+                                        valid=jnp.asarray(valid), negatives="+".join(kinds), negative_views=views)
+        assert float(new) == pytest.approx(_regional_reference(fa, fg, aa, ag, *args, valid, kinds, views)[0],
+                                           rel=1e-5), (kinds, views)
     # features where 0.1 < A < 0.7, and every feature of the gaze-less image, are in no region: no effect
     fa2, fg2 = fa.copy(), fg.copy()
     fa2[aa == 0.5] += 10 * rng.normal(size=(int((aa == 0.5).sum()), d))
     fg2[3] = rng.normal(size=(h, w, d))
     again, _ = L.regional_contrastive(*(jnp.asarray(x, jnp.float32) for x in (fa2, fg2, aa, ag)), *args,
-                                      valid=jnp.asarray(valid))
+                                      valid=jnp.asarray(valid), **old)
     assert float(again) == pytest.approx(float(got), rel=1e-5)
     # a low-attention feature of another image is a negative: moving it changes the loss
     fa3 = fa.copy()
     fa3[1][aa[1] <= 0.1] += 5.0
     moved, _ = L.regional_contrastive(*(jnp.asarray(x, jnp.float32) for x in (fa3, fg, aa, ag)), *args,
-                                      valid=jnp.asarray(valid))
+                                      valid=jnp.asarray(valid), **old)
     assert abs(float(moved) - float(got)) > 1e-3
+
+
+def test_moco_masks_queued_keys_of_the_anchors_own_image():
+    rng = np.random.default_rng(3)
+    q, k, queue = rng.normal(size=(3, 4)), rng.normal(size=(3, 4)), rng.normal(size=(6, 4))
+    ids, queue_ids = np.array([7, 2, 5]), np.array([2, 7, -1, 7, 9, 5])
+    qn, kn, un = _unit(q), _unit(k), _unit(queue)
+    want = np.mean([-(qn[i] @ kn[i] / 0.2) + logsumexp(np.concatenate(
+        [[qn[i] @ kn[i]], [un[j] @ qn[i] for j in range(6) if queue_ids[j] != ids[i]]]) / 0.2) for i in range(3)])
+    got = L.moco_infonce(*(jnp.asarray(x) for x in (q, k, queue)), 0.2, jnp.asarray(queue_ids), jnp.asarray(ids))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    unmasked = L.moco_infonce(*(jnp.asarray(x) for x in (q, k, queue)), 0.2)
+    assert float(unmasked) > float(got) + 1e-3  # the same-image keys were negatives before
+
+
+def test_mcgip_dhash_similarity_is_the_cosine_of_difference_hash_bits():
+    maps = np.array([[[3, 2, 1], [1, 2, 3]],       # bits (row-wise "left > right"): 1 1 0 0
+                     [[3, 1, 2], [0, 0, 5]],       # 1 0 0 0
+                     [[1, 1, 1], [1, 1, 1]],       # 0 0 0 0 (flat: similarity 0 with anything)
+                     [[1, 2, 3], [3, 2, 1]]], np.float32)  # 0 0 1 1
+    bits = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]], np.float64)
+    norms = np.maximum(np.linalg.norm(bits, axis=1, keepdims=True), 1e-12)
+    want = (bits / norms) @ (bits / norms).T
+    np.testing.assert_allclose(np.asarray(L.gaze_similarity(jnp.asarray(maps), "dhash")), want, atol=1e-6)
+    pos = np.asarray(L.gaze_similarity_positives(jnp.asarray(maps), jnp.ones(4, bool), 0.7, "dhash"))
+    expected = np.eye(4, dtype=bool)
+    expected[0, 1] = expected[1, 0] = True  # cos = 1 / sqrt(2) = 0.707 > 0.7
+    np.testing.assert_array_equal(pos, expected)
+    with pytest.raises(ValueError, match="kind"):
+        L.gaze_similarity(jnp.asarray(maps), "hamming")
+
+
+def test_regional_negatives_defeat_the_two_vector_solution_and_the_diagnostics_show_it():
+    # every high-gaze region maps to u and every low-gaze region to -u, in both views: a trivial solution
+    b, tau = 4, 0.5
+    u = np.array([1.0, 0.0, 0.0])
+    att = np.zeros((b, 2, 2))
+    att[:, 0, :] = 0.9  # top row high, bottom row low
+    feat = np.where((att >= 0.5)[..., None], u, -u)
+    args = [jnp.asarray(x, jnp.float32) for x in (feat, feat, att, att)] + [0.5, 0.1, tau]
+    old, _ = L.regional_contrastive(*args, negatives="low", negative_views="ag")
+    new, stats = L.regional_contrastive(*args, negatives="low+high", negative_views="a")
+    # low negatives only: pos 1/tau against 2(B-1) negatives at -1/tau; with high negatives: (B-1) at +1/tau too
+    assert float(old) == pytest.approx(math.log(1 + 2 * (b - 1) * math.exp(-2 / tau)), rel=1e-5)
+    assert float(new) == pytest.approx(math.log(b + (b - 1) * math.exp(-2 / tau)), rel=1e-5)
+    assert float(stats["regional_high_cos"]) == pytest.approx(1.0, abs=1e-6)  # collapse diagnostic
+    assert float(stats["regional_high_low_cos"]) == pytest.approx(-1.0, abs=1e-6)
+    assert float(stats["regional_pos_cos"]) == pytest.approx(1.0, abs=1e-6)
+    spread = np.random.default_rng(4).normal(size=(b, 2, 2, 3))
+    _, healthy = L.regional_contrastive(*[jnp.asarray(x, jnp.float32) for x in (spread, spread, att, att)],
+                                        0.5, 0.1, tau)
+    assert float(healthy["regional_high_cos"]) < 0.9
+
+
+def test_regional_negatives_come_from_the_unblended_view():
+    rng = np.random.default_rng(5)
+    b = 3
+    fa, fg = rng.normal(size=(b, 2, 2, 4)), rng.normal(size=(b, 2, 2, 4))
+    att = np.zeros((b, 2, 2))
+    att[:, 0, :] = 0.9
+    moved = fg.copy()
+    moved[:, 1] += 3.0  # view g's low-gaze features (its strongly augmented pixels)
+    for views, changes in (("a", False), ("ag", True)):
+        base, _ = L.regional_contrastive(*(jnp.asarray(x, jnp.float32) for x in (fa, fg, att, att)), 0.5, 0.1,
+                                         0.3, negative_views=views)
+        other, _ = L.regional_contrastive(*(jnp.asarray(x, jnp.float32) for x in (fa, moved, att, att)), 0.5, 0.1,
+                                          0.3, negative_views=views)
+        assert (abs(float(base) - float(other)) > 1e-4) == changes, views
