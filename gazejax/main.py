@@ -20,6 +20,40 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: a new fold
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train (then evaluate) or evaluate only.")
 
 
+def _one_line(error: BaseException) -> str:
+    """The last non-empty line of an exception message (config_flags and flag errors span several lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    return text.strip("'\"") if isinstance(error, (AttributeError, KeyError)) else text
+
+
+def _usage_error(message: str) -> None:
+    print(f"gazejax: usage error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with one line and exit status 2 for a bad flag, a missing or failing config file, an
+    unknown config argument or preset, or an unknown `--config.<field>` (GAZEJAX_DEBUG=1 shows the traceback)."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # noqa: BLE001  (flags.Error, and whatever the config file's get_config raises)
+        if os.environ.get("GAZEJAX_DEBUG"):
+            raise
+        if isinstance(e, AttributeError):
+            _usage_error(f"unknown config field in a --config.* override: {_one_line(e)}")
+        if isinstance(e, OSError) or "No such file" in str(e):
+            _usage_error(f"cannot load the config file: {_one_line(e)}")
+        _usage_error(_one_line(e))
+    return []
+
+
+def check_config(config) -> None:
+    """Values no run can use, refused before anything is written (exit status 2)."""
+    if int(config.batch_size) < 1:
+        _usage_error(f"config.batch_size must be >= 1, got {config.batch_size}")
+
+
 def default_workdir(config) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return os.path.join("runs", f"{config.method_family}-{config.method}-{config.preset}-{stamp}")
@@ -32,9 +66,17 @@ def main(argv) -> int:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    config = _CONFIG.value
+    try:
+        config = _CONFIG.value
+        if config is not None:
+            config.get("method_family")  # a file that failed to load leaves a placeholder that raises on use
+    except OSError as e:  # config_flags defers a failed load of the file to the first read of the value
+        if os.environ.get("GAZEJAX_DEBUG"):
+            raise
+        _usage_error(f"cannot load the config file: {_one_line(e)}")
     if config is None:
-        raise app.UsageError("--config is required, e.g. --config=configs/brats.py")
+        _usage_error("--config is required, e.g. --config=configs/brats.py")
+    check_config(config)
     import jax
 
     from gazejax import methods
@@ -52,10 +94,10 @@ def main(argv) -> int:
     except train.Preempted as e:
         print(f"gazejax: {e}", file=sys.stderr)
         return 143
-    except (train.NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    except (train.NonFiniteLossError, ValueError, OSError) as e:  # OSError: missing files, read-only or full disk
         if os.environ.get("GAZEJAX_DEBUG"):
             raise
-        print(f"gazejax: error: {e}", file=sys.stderr)
+        print(f"gazejax: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     test = results.get("test", {}).get("metrics", {})
     if test:
@@ -67,7 +109,7 @@ def main(argv) -> int:
 
 
 def run() -> None:
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+"""`python -m gazejax.main` with bad flags or config values: one line on stderr naming the field or file, exit
+status 2, no traceback, and nothing written to the workdir."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CASES = [
+    (["--config=configs/brats.py", "--config.no_such_field=1"], "unknown config field in a --config.* override: "
+                                                                 "no_such_field"),
+    (["--config=configs/brats.py:preset=nope"], "unknown preset 'nope'"),
+    (["--config=configs/brats.py:bogus=1"], "unknown config argument 'bogus'"),
+    (["--config=configs/missing.py"], "cannot load the config file: [Errno 2] No such file or directory"),
+    (["--config=configs/brats.py", "--config.batch_size=0"], "config.batch_size must be >= 1, got 0"),
+    (["--config=configs/brats.py", "--config.batch_size=abc"], "flag --config.batch_size=abc"),
+    (["--config=configs/brats.py", "--no_such_flag"], "Unknown command line flag 'no_such_flag'"),
+]
+
+
+@pytest.mark.parametrize("args,message", CASES, ids=[c[1][:30] for c in CASES])
+def test_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "GAZEJAX_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "gazejax.main", *args, f"--workdir={workdir}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("gazejax: usage error: ") and message in lines[0], lines
+    assert not workdir.exists()
