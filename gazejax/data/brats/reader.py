@@ -58,11 +58,12 @@ def _nifti_stem(name: str) -> str | None:
 
 
 def _canonical(case_dir: str, case_id: str, kind: str) -> str | None:
-    for suffix in (".nii.gz", ".nii"):
-        path = os.path.join(case_dir, f"{case_id}_{kind}{suffix}")
-        if os.path.isfile(path):
-            return path
-    return None
+    found = [p for p in (os.path.join(case_dir, f"{case_id}_{kind}{suffix}") for suffix in (".nii.gz", ".nii"))
+             if os.path.isfile(p)]
+    if len(found) > 1:  # which one is current? Refuse rather than pick one silently
+        raise DataError(f"{case_id}: both {os.path.basename(found[0])} and {os.path.basename(found[1])} in "
+                        f"{case_dir}; keep one")
+    return found[0] if found else None
 
 
 def _find_modality(case_dir: str, case_id: str, modality: str) -> str:
@@ -71,6 +72,10 @@ def _find_modality(case_dir: str, case_id: str, modality: str) -> str:
         return path
     hits = sorted(n for n in os.listdir(case_dir) if (_nifti_stem(n) or "").lower().endswith("_" + modality))
     if len(hits) == 1:
+        owner = _nifti_stem(hits[0])[: -len(modality) - 1]
+        if owner.lower() != case_id.lower():  # a renamed folder, or another case's file copied in
+            raise DataError(f"{case_id}: {hits[0]} in {case_dir} belongs to case {owner!r}, not to the folder's "
+                            f"case {case_id!r}; folder and file names must carry the same case id")
         return os.path.join(case_dir, hits[0])
     if not hits:
         raise DataError(f"{case_id}: missing {modality} image {case_id}_{modality}.nii[.gz] in {case_dir}")
@@ -160,6 +165,8 @@ def read_case(case_dir: str | os.PathLike) -> dict:
             ref = (data.shape, affine, zooms, os.path.basename(path))
         else:
             _check_geometry(case_id, path, data.shape, affine, ref[0], ref[1], ref[3])
+        if not np.any(data):  # an empty brain cannot be cropped or normalised
+            raise DataError(f"{case_id}: {os.path.basename(path)} is all zero (an empty {modality} volume)")
         volumes.append(data.astype(np.float32, copy=False))
     seg_path, seg = _find_seg(case_dir, case_id), None
     if seg_path:
@@ -232,8 +239,13 @@ def read_survival(root: str | os.PathLike) -> dict[str, dict]:
             if not case_id:
                 continue
             days, censored = parse_survival_days(record.get(days_col, "") if days_col else "", path, row)
+            age = _optional_float(record.get(age_col, "") if age_col else "", path, row, "Age")
+            for name, value, top in (("Survival_days", days, 36500.0), ("Age", age, 130.0)):
+                if value is not None and not 0.0 <= value <= top:
+                    raise DataError(f"{path}: row {row} ({case_id}): implausible {name} {value:g} "
+                                    f"(expected 0 to {top:g})")
             out[case_id] = {
-                "age": _optional_float(record.get(age_col, "") if age_col else "", path, row, "Age"),
+                "age": age,
                 "survival_days": days, "censored": censored, "survival_class": survival_class(days, censored),
                 "extent_of_resection": (record.get(eor_col) or "").strip() if eor_col else ""}
     return out
