@@ -226,7 +226,7 @@ def test_read_fixations_axes_and_readers(tmp_path):
 
 @pytest.mark.parametrize("header, row, problem", [
     ("reader_id,expertise,slice_axis,slice_index,x,y,start_s", "R1,expert,2,5,3,4,0.5", "missing columns"),
-    (None, "R1,expert,2,5,three,4,0.5,0.2", "row 2: x is not a number"),
+    (None, "R1,expert,2,5,three,4,0.5,0.2", "row 2: slice_index, x or y is not a finite number"),
     (None, "R1,radiologist,2,5,3,4,0.5,0.2", "unknown expertise"),
     (None, "R1,expert,oblique,5,3,4,0.5,0.2", "unknown slice_axis"),
 ])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import math
+import logging
 import os
 import re
 import zlib
@@ -18,6 +18,8 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from gazejax.data.errors import DataError
+
+log = logging.getLogger("gazejax")
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 LABELS = (0, 1, 2, 4)  # background, NCR/NET, edema, enhancing tumour
@@ -281,16 +283,26 @@ def gaze_path(gaze_dir: str | os.PathLike | None, case_id: str) -> str | None:
 
 
 def _float_column(rows: list[dict], column: str, path: str) -> np.ndarray:
-    values = np.empty(len(rows), dtype=np.float64)
+    """The column as float64; text that is not a number becomes NaN (a bad row, see `read_fixations`)."""
+    values = np.full(len(rows), np.nan)
     for n, row in enumerate(rows):
-        text = (row[column] or "").strip()
         try:
-            values[n] = float(text)
+            values[n] = float((row[column] or "").strip())
         except ValueError:
-            raise DataError(f"{path}: row {n + 2}: {column} is not a number: {text!r}") from None
-        if not math.isfinite(values[n]):
-            raise DataError(f"{path}: row {n + 2}: {column} is not finite: {text!r}")
+            pass
     return values
+
+
+def _first_bad_rows(checks: list[tuple[np.ndarray, str]], n: int) -> tuple[np.ndarray, str]:
+    """(bool [n] rows that fail any check, "row R: reason" of the first of them) for (ok mask, reason) checks."""
+    bad = np.zeros(n, bool)
+    for ok, _ in checks:
+        bad |= ~ok
+    if not bad.any():
+        return bad, ""
+    first = int(np.argmax(bad))
+    reason = next(r for ok, r in checks if not ok[first])
+    return bad, f"row {first + 2}: {reason}"
 
 
 def _text_column(rows: list[dict], column: str, path: str, allowed: dict | None = None) -> list:
@@ -304,10 +316,15 @@ def _text_column(rows: list[dict], column: str, path: str, allowed: dict | None 
     return [allowed[v.lower()] for v in values]
 
 
-def read_fixations(path: str | os.PathLike) -> Fixations:
+def read_fixations(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> Fixations:
     """Reads `<case_id>_fixations.csv` (columns reader_id, expertise, slice_axis, slice_index, x, y, start_s,
     duration_s). Axial slice k of axis 2 with (x, y) gives point (x, y, k): x indexes the lower remaining array axis,
-    y the higher one. slice_axis is 0/1/2 or sagittal/coronal/axial; expertise is expert or non_expert."""
+    y the higher one. slice_axis is 0/1/2 or sagittal/coronal/axial; expertise is expert or non_expert.
+
+    Rows with a coordinate or start that is not a finite number, a duration that is not > 0, or (given the volume's
+    `shape`) a point outside the volume (slice index past the depth included) are dropped with one warning per file
+    (count and first bad row); a file left with no usable fixation is a DataError naming it and the first reason.
+    """
     path = os.fspath(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -319,6 +336,8 @@ def read_fixations(path: str | os.PathLike) -> Fixations:
     missing = [c for c in FIXATION_COLUMNS if c not in fieldnames]
     if missing:
         raise DataError(f"{path}: missing columns {', '.join(missing)}")
+    if not rows:
+        raise DataError(f"{path}: no fixation rows (a case without gaze has no fixations file)")
     expertise_names = {e: e for e in EXPERTISE} | {"non-expert": "non_expert", "nonexpert": "non_expert"}
     axis = np.asarray(_text_column(rows, "slice_axis", path, _AXIS_NAMES), dtype=np.int8)
     slice_index, x, y = (_float_column(rows, c, path) for c in ("slice_index", "x", "y"))
@@ -330,13 +349,22 @@ def read_fixations(path: str | os.PathLike) -> Fixations:
     points[rows_idx, axis] = slice_index
     points[rows_idx, low] = x
     points[rows_idx, high] = y
-    duration = _float_column(rows, "duration_s", path)
-    if np.any(duration < 0):
-        raise DataError(f"{path}: row {int(np.argmax(duration < 0)) + 2}: negative duration_s")
-    return Fixations(reader_id=np.asarray(_text_column(rows, "reader_id", path), dtype=str),
-                     expertise=np.asarray(_text_column(rows, "expertise", path, expertise_names), dtype=str),
-                     points=points, start_s=_float_column(rows, "start_s", path), duration_s=duration,
-                     slice_axis=axis)
+    duration, start = _float_column(rows, "duration_s", path), _float_column(rows, "start_s", path)
+    checks = [(np.isfinite(points).all(axis=1), "slice_index, x or y is not a finite number"),
+              (np.isfinite(start), "start_s is not a finite number"),
+              (np.isfinite(duration) & (duration > 0), "duration_s is not > 0")]
+    if shape is not None:  # voxel indices: voxel i covers [i - 0.5, i + 0.5)
+        inside = ((points >= -0.5) & (points < np.asarray(shape[:3], np.float64) - 0.5)).all(axis=1)
+        checks.append((inside | ~checks[0][0], f"point outside the volume of shape {tuple(shape[:3])}"))
+    bad, first = _first_bad_rows(checks, len(rows))
+    if bad.all():
+        raise DataError(f"{path}: no usable fixation: all {len(rows)} rows are bad (first: {first})")
+    if bad.any():
+        log.warning("%s: dropped %d of %d fixations (first: %s)", path, int(bad.sum()), len(rows), first)
+    fix = Fixations(reader_id=np.asarray(_text_column(rows, "reader_id", path), dtype=str),
+                    expertise=np.asarray(_text_column(rows, "expertise", path, expertise_names), dtype=str),
+                    points=points, start_s=start, duration_s=duration, slice_axis=axis)
+    return fix.take(~bad)
 
 
 def select_readers(fixations: Fixations, expertise: str = "expert") -> Fixations:

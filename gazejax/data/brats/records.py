@@ -37,7 +37,8 @@ class CaseRecord:
 
     @property
     def has_gaze(self) -> bool:
-        return len(self.points) > 0
+        """True when the case's rendered gaze map is non-zero (not merely when a fixation file exists)."""
+        return self.gaze_norm > 0
 
     def image(self) -> np.ndarray:
         return np.load(os.path.join(self.cache_dir, f"{self.case_id}_image.npy"), mmap_mode="r")
@@ -131,6 +132,6 @@ def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: 
         if seg is not None:
             io.save_npy(os.path.join(cache_dir, f"{case_id}_seg.npy"), seg)
         io.write_json(meta_path, meta, indent=None)
-    fixations = brats.read_fixations(gaze_file) if gaze_file else None
+    fixations = brats.read_fixations(gaze_file, shape=meta["shape"]) if gaze_file else None
     survival_class = survival.get(case_id, {}).get("survival_class", -1)
     return make_record(case_id, meta, fixations, readers, sigma, survival_class, cache_dir)

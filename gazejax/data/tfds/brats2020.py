@@ -96,7 +96,7 @@ class Brats2020(tfds.core.GeneratorBasedBuilder):
             case_id = os.path.basename(os.path.normpath(case_dir))
             image, seg, meta = brats_records.preprocess_case(case_dir)
             gaze_file = brats.gaze_path(gaze_dir, case_id) if os.path.isdir(gaze_dir) else None
-            fix = brats.read_fixations(gaze_file) if gaze_file else None
+            fix = brats.read_fixations(gaze_file, shape=meta["shape"]) if gaze_file else None
             info = survival.get(case_id, {})
             rows.append(common.to_json({"case_id": case_id, "meta": meta, "survival_class": info.get(
                 "survival_class", -1), "gaze": None if fix is None else dataclasses.asdict(fix)}))
