@@ -10,8 +10,9 @@ Table 4 (4 methods x ratios 0.2/0.3/0.5/0.7 x 5 seeds; the test split is fixed, 
   python -m gazejax.experiments --config=configs/cxr_san.py:preset=paper --grid=table4
 
 Arguments (`configs/cxr_san.py:key=val,...`): preset=demo|paper, method=backbone|gaze_star|gaze_loss|ours (Table
-4's Backbone, +gaze*, +gaze loss, ours), backbone=efficientnet_b0|mobilenet_v2|resnet18, dataset=egd_cxr|reflacx,
-ratio (share of the training part: 0.2/0.3/0.5/0.7 in Table 4; 1.0 = all of it), seed.
+4's Backbone, +gaze*, +gaze loss, ours) or backbone_matched (not in the paper: the "ours" network trained without
+gaze, a backbone row with ours' exact parameter count), backbone=efficientnet_b0|mobilenet_v2|resnet18,
+dataset=egd_cxr|reflacx, ratio (share of the training part: 0.2/0.3/0.5/0.7 in Table 4; 1.0 = all of it), seed.
 
 Table 4 reports "the average of the best 30 epochs": every validation also scores the test split
 (`track_test`), and the report gives (a) the mean test AUROC of the `best_n` evaluations with the best validation
@@ -24,7 +25,7 @@ import ml_collections
 
 from gazejax.engine.config_args import add_engine_fields, parse_arg
 
-METHODS = ("backbone", "gaze_star", "gaze_loss", "ours")
+METHODS = ("backbone", "backbone_matched", "gaze_star", "gaze_loss", "ours")
 BACKBONES = ("efficientnet_b0", "mobilenet_v2", "resnet18")
 DATASETS = ("egd_cxr", "reflacx")
 RATIOS = (0.2, 0.3, 0.5, 0.7)
@@ -78,7 +79,9 @@ def _model(backbone: str) -> ml_collections.ConfigDict:
     m.san_width = 32                        # SAN conv groups: san_width, 2 * san_width channels (M2)
     m.aab_heads = 4                         # AAB attention heads
     m.aab_head_dim = 64                     # c_h = 64 (Sec. 3.2)
-    m.aab_ffn_mult = 2                      # AAB feed-forward hidden width = aab_ffn_mult x E4 channels
+    m.aab_ffn_mult = 2                      # AAB feed-forward hidden width = aab_ffn_mult x refined channels
+    m.aab_site = "stride32"                 # AAB on the 320-ch stride-32 map before EffNet's 1x1 final conv (+0.68M
+                                            # params); "head_map" = on the 1280-ch final_conv (+7.57M > backbone)
     m.dropout = -1.0                        # head dropout; < 0 = the backbone's own (EffNet/MobileNet 0.2, ResNet 0)
     m.dtype = "float32"                     # compute dtype (params stay float32)
     m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
@@ -95,7 +98,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = args["preset"]
     c.method_family = "cxr_san"             # gazejax.methods.<family>
-    c.method = args["method"]               # Table 4 row: backbone | gaze_star (+gaze*) | gaze_loss | ours
+    c.method = args["method"]               # Table 4 row: backbone | gaze_star (+gaze*) | gaze_loss | ours;
+                                            # backbone_matched = ours' network without gaze (parameter control)
     c.seed = int(args["seed"])              # parameter init / shuffling seed (the repeats of the table4 grid)
 
     c.data = d = _data(args["dataset"])
@@ -135,7 +139,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
-LABELS = {"backbone": "Backbone", "gaze_star": "+gaze*", "gaze_loss": "+gaze loss", "ours": "ours"}
+LABELS = {"backbone": "Backbone", "backbone_matched": "Backbone, param-matched", "gaze_star": "+gaze*",
+          "gaze_loss": "+gaze loss", "ours": "ours"}
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural_Effusion")  # metric-key spelling
 
 
@@ -146,9 +151,10 @@ def _percent(*keys: str) -> dict[str, float]:
 def get_grid(name: str) -> dict:
     """Named sweeps for `python -m gazejax.experiments --config=configs/cxr_san.py --grid=NAME`.
 
-    table4: 4 methods x ratios (0.2, 0.3, 0.5, 0.7) x 5 seeds. Tables (test AUROC in %, mean (std) over seeds):
-    mean AUROC per method x ratio three ways (the `best_n` evaluations with the best validation AUROC, the best
-    checkpoint, the `best_n` best test evaluations), then Table 4's layout (ratio, method; average and per class).
+    table4: Table 4's 4 methods plus the parameter-matched backbone (ours' network without gaze) x ratios (0.2,
+    0.3, 0.5, 0.7) x 5 seeds. Tables (test AUROC in %, mean (std) over seeds): mean AUROC per method x ratio three
+    ways (the `best_n` evaluations with the best validation AUROC, the best checkpoint, the `best_n` best test
+    evaluations), then Table 4's layout (ratio, method; average and per class), then each method's parameter count.
     """
     if name != "table4":
         raise ValueError(f"configs/cxr_san.py: unknown grid {name!r} (table4)")
@@ -164,12 +170,15 @@ def get_grid(name: str) -> dict:
                    "row": ("data.ratio", "method"), "title_row": "ratio, method", "stats": False,
                    "row_labels": {(r, m): f"{r} {LABELS[m]}" for r in RATIOS for m in METHODS},
                    "metrics": table4, "scale": _percent(*(k for k, _ in table4))})
+    tables.append({"title": "Parameters (millions) per method; the param-matched backbone has ours' count",
+                   "row": "method", "row_labels": LABELS, "stats": False, "scale": {"params_total": 1e-6},
+                   "digits": {"params_total": 3}, "metrics": (("params_total", "parameters (M)"),)})
     return {"cells": cells, "tables": tables, "title": f"SAN+AAB chest X-ray {name}", "repeat_label": "seeds"}
 
 
 def _demo(c: ml_collections.ConfigDict) -> None:
-    """128x96 images (SAN grid 8x6, E4 4x3), an EfficientNet-b0 at width/depth 0.25 (E4 = final_conv, 320
-    channels), 300 synthetic images (210 train / 30 val / 60 test), 15 epochs of Adam with a cosine decay after
+    """128x96 images (SAN grid 8x6, E4 4x3), an EfficientNet-b0 at width/depth 0.25 (the AAB on its 80-channel
+    stride-32 map; final_conv has 320 channels), 300 synthetic images (210 train / 30 val / 60 test), 15 epochs of Adam with a cosine decay after
     epoch 10; the best-N averages use N = 5 of the 15 evaluations."""
     c.data.image_size = (128, 96)           # about the synthetic 256x208 radiographs' aspect, multiples of 32
     c.data.gaze_grids = gaze_grids(c.data.image_size)

@@ -1,6 +1,7 @@
 """The 2D chest X-ray classifier of Huang et al. (BMVC 2021, Sec. 4.2): an EfficientNet-b0 (or other gazejax 2D)
-encoder whose deepest feature E4 is refined by SAN + AAB before the backbone's head, with 5 sigmoid outputs; plus
-the paper's Table 4 baselines (Backbone, +gaze*, +gaze loss).
+encoder whose stride-32 feature is refined by SAN + AAB (before EfficientNet's / MobileNet's final 1x1 conv) on
+its way to the backbone's head, with 5 sigmoid outputs; plus the paper's Table 4 baselines (Backbone, +gaze*,
++gaze loss).
 
 Channels-last `[B, H, W, C]`. Parameters: "backbone" (the registry backbone built without a head, so a
 torchvision checkpoint maps in unchanged), "classifier" (the head's Dense), and "san"/"aab" (ours) or
@@ -25,6 +26,8 @@ from gazejax.models.san import GRID_DOWNSAMPLING, SAN
 Dtype = Any
 METHODS = ("backbone", "ours", "gaze_star", "gaze_loss")  # Table 4 rows: Backbone, ours, +gaze*, +gaze loss
 E4_STRIDE = 32  # every gazejax 2D CNN backbone's deepest map is at 1/32
+AAB_SITES = ("stride32", "head_map")  # where "ours" puts the AAB (see SANAABClassifier)
+REFINE_FAMILIES = ("efficientnet", "mobilenet")  # backbones with a 1x1 conv after the stride-32 stage (`refine`)
 
 
 def gaze_stride(method: str) -> int | None:
@@ -54,34 +57,30 @@ class SANAABClassifier(nn.Module):
     ResNet `layer4`, DenseNet relu(`norm5`)), the map its own head pools. Then, per `method`:
     - "backbone": GAP(E4) -> dropout -> Dense ("classifier"); "gaze" None.
     - "ours": SAN on the 4x down-sampled image gives M2 and gaze logits at 1/16 (Sec. 3.1), which is finer than
-      E4's 1/32: the AAB max-pools M2 by 2 onto E4's grid (attention grid = E4's, no up-sampling of M'), and
-      E4' = E4 + M' (Sec. 3.2) goes to the same head. "gaze" = SAN's logits `[B, H/16, W/16, 1]`.
+      the 1/32 backbone grid: the AAB max-pools M2 by 2 onto it (attention grid = the backbone's, no up-sampling
+      of M'), refines the map at `aab_site` (X' = X + M', Sec. 3.2), and the head pools the result as in
+      "backbone". "gaze" = SAN's logits `[B, H/16, W/16, 1]`.
     - "gaze_star" (+gaze*): a 1x1 conv ("gaze_head", with bias) on E4 predicts gaze logits `[B, H/32, W/32, 1]`;
       with train=False the head's GAP is replaced by `gaze_attention_pool` (the predicted gaze as a soft
       spatial attention over E4); training pools with plain GAP, as in the paper ("use the estimated gaze as
       soft attention map during inference").
     - "gaze_loss" (+gaze loss): the same gaze head, trained with the KL saliency loss of the gaze-enhanced
       classifier; its output never enters the classification path (only its gradient reaches the encoder).
-    AAB placement and size: E4 for EfficientNet is `final_conv` (1280 channels at width 1.0), the last layer of
-    torchvision's `features` and of efficientnet_pytorch's `extract_features`, i.e. "the encoder part of
-    EfficientNet-b0" (Sec. 4.2) whose output the head pools; the AAB therefore sits exactly "between the encoder
-    and the task heads" (Sec. 3.2) for every backbone family. The price is size: the AAB's K/V/W^O projections
-    and its FFN scale with E4's channels, so at width 1.0 (224^2 input) ours has 11.64M parameters against the
-    backbone's 4.01M (AAB 7.57M, of which the FFN 6.55M; SAN 65K); `aab_ffn_mult=1` gives 8.37M. MobileNet-v2
-    (also 1280 channels): 9.86M vs 2.23M; ResNet-18 (512): 12.71M vs 11.18M. The paper gives no parameter
-    counts; placing the AAB before the 1x1 `final_conv` (320 channels, +0.68M) would be smaller but would split
-    the backbone module and move E4 off the map the baselines' gaze heads read, so it is not done.
-    Logits are float32 (sigmoid multi-label, 5 findings in the paper); "gaze" logits are float32. Dropout
-    (None = the backbone's own head dropout, 0.2 for EfficientNet) uses the "dropout" RNG stream when training.
-    Methods with gaze need H and W divisible by 32 (so that the SAN grid is exactly twice E4's and the gaze grids
-    are H/16 or H/32 exactly).
-
+    AAB placement (`aab_site`) and size: the AAB's K/V/W^O projections and its FFN scale with the channels of
+    the map it refines. "stride32" (default) refines the last stage's output, before EfficientNet's / MobileNet's
+    1x1 `final_conv` (320 channels at width 1.0; via the backbone's `refine` hook, so the parameter tree stays
+    torchvision's), which then expands E4' to 1280 channels for the head: at 224^2, EfficientNet-b0 ours has
+    4.75M parameters against the backbone's 4.01M (AAB 0.68M, SAN 65K), MobileNet-v2 2.97M vs 2.23M. "head_map"
+    refines E4 = `final_conv` itself (1280 channels): AAB 7.57M, i.e. ours 11.64M vs 4.01M (MobileNet-v2 9.86M vs
+    2.23M), an attention block twice the size of the network it serves. ResNet and DenseNet have no 1x1 conv
+    after their last stage, so both sites are E4 (ResNet-18: 512 channels, ours 12.71M vs 11.18M).
     Attributes:
       backbone: registry name of a 2D CNN backbone (efficientnet_b0 in the paper).
       num_classes: sigmoid outputs (5: atelectasis, cardiomegaly, consolidation, edema, pleural effusion).
       method: one of `METHODS`.
       san_width / aab_heads / aab_head_dim: SAN width (M2 has 2 * san_width channels), AAB heads and c_h (64).
-      aab_ffn_mult: the AAB feed-forward hidden width in multiples of E4's channels (2, as the 3D AAB).
+      aab_ffn_mult: the AAB feed-forward hidden width in multiples of the refined map's channels (2, as 3D).
+      aab_site: "stride32" (the last stage's output, before the final 1x1 conv) or "head_map" (E4), see above.
       backbone_kwargs: extra backbone constructor arguments (e.g. in_channels=1, width_mult).
       dropout: classifier dropout, None = the backbone's.
       dtype: computation dtype (parameters float32).
@@ -96,6 +95,7 @@ class SANAABClassifier(nn.Module):
     aab_heads: int = 4
     aab_head_dim: int = 64
     aab_ffn_mult: int = 2
+    aab_site: str = "stride32"
     backbone_kwargs: Mapping[str, Any] | None = None
     dropout: float | None = None
     dtype: Dtype = jnp.float32
@@ -105,13 +105,17 @@ class SANAABClassifier(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, jax.Array | None]:
         self._validate(x)
         net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype, self.conv_impl)
-        e4 = head_feature_map(self.backbone, net(x, train)["features"])
         gaze = None
         if self.method == "ours":
             m2, gaze = SAN(self.san_width, dtype=self.dtype, conv_impl=self.conv_impl, name="san")(x, train)
             aab = AAB(self.aab_heads, self.aab_head_dim, self.aab_ffn_mult, dtype=self.dtype, name="aab")
-            e4 = aab(e4, m2, train)
-        elif self.method in ("gaze_star", "gaze_loss"):
+            if self.aab_site == "stride32" and backbone_family(self.backbone) in REFINE_FAMILIES:
+                e4 = head_feature_map(self.backbone, net(x, train, refine=lambda f: aab(f, m2, train))["features"])
+            else:
+                e4 = aab(head_feature_map(self.backbone, net(x, train)["features"]), m2, train)
+        else:
+            e4 = head_feature_map(self.backbone, net(x, train)["features"])
+        if self.method in ("gaze_star", "gaze_loss"):
             gaze = conv1x1(e4, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)
         if self.method == "gaze_star" and not train:
             pooled = gaze_attention_pool(e4, gaze)
@@ -128,6 +132,8 @@ class SANAABClassifier(nn.Module):
         """One-line ValueErrors for an unknown method or backbone, or an input the method cannot take."""
         gaze_stride(self.method)
         backbone_family(self.backbone)
+        if self.aab_site not in AAB_SITES:
+            raise ValueError(f"classifier2d.py: aab_site must be one of {', '.join(AAB_SITES)}, got {self.aab_site!r}")
         if self.num_classes < 1:
             raise ValueError(f"classifier2d.py: num_classes must be >= 1, got {self.num_classes}")
         multiple = 1 if self.method == "backbone" else E4_STRIDE

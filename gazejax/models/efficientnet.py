@@ -12,12 +12,14 @@ have exactly torchvision's 5,288,548 / 21,458,488 parameters. BatchNorm eps foll
   [B, H/s, W/s, C_s] (B0: 16, 24, 40, 112, 320 channels; V2-S: 24, 48, 64, 160, 256)
 - "final_conv": the 1x1 conv-BN-SiLU before pooling, [B, H/32, W/32, C] (C = 1280 for both)
 "pooled" is the global average of "final_conv". Training uses the "dropout" RNG stream (classifier dropout
-and stochastic depth).
+and stochastic depth). `refine` (optional, a function `[B, H/32, W/32, C_32] -> same shape`) is applied to the
+last stage's output between "stride32" (kept unrefined) and the final 1x1 conv: the hook through which a method
+inserts a block there (SAN + AAB's 2D classifier) without splitting the backbone's parameter tree.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -152,7 +154,8 @@ class EfficientNetFeatures(nn.Module):
     conv_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
+    def __call__(self, x: jnp.ndarray, train: bool = False, refine: Callable | None = None
+                 ) -> tuple[jnp.ndarray, dict]:
         x = ConvNormAct(self.stages[0][4], 3, 2, activation=nn.silu, eps=self.eps, dtype=self.dtype,
                         conv_impl=self.conv_impl, name="0")(x, train)
         stride, feats = 2, {"stride2": x}
@@ -165,6 +168,8 @@ class EfficientNetFeatures(nn.Module):
                                   self.conv_impl, name=str(i + 1))(x, train)
             stride *= s
             feats[f"stride{stride}"] = x
+        if refine is not None:
+            x = apply_refine(refine, x, "efficientnet.py")
         x = ConvNormAct(self.last_channel, 1, activation=nn.silu, eps=self.eps, dtype=self.dtype,
                         conv_impl=self.conv_impl, name=str(len(self.stages) + 1))(x, train)
         feats["final_conv"] = x
@@ -210,15 +215,23 @@ class EfficientNet(nn.Module):
                      for k, r, kern, s, c_in, c_out, n in self.stages)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
+    def __call__(self, x: jnp.ndarray, train: bool = False, refine: Callable | None = None) -> dict:
         x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
         stages = self.scaled_stages()
         last = self.last_channel if self.last_channel is not None else 4 * stages[-1][5]
         x, feats = EfficientNetFeatures(stages, last, self.stochastic_depth_prob, self.bn_eps, self.dtype,
-                                        self.remat, self.conv_impl, name="features")(x, train)
+                                        self.remat, self.conv_impl, name="features")(x, train, refine)
         pooled = global_avg_pool(x)
         logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype, self.dropout, train)
         return outputs(logits, feats, pooled)
+
+
+def apply_refine(refine: Callable, x: jnp.ndarray, where: str) -> jnp.ndarray:
+    """`refine(x)`, which must keep x's shape (the final 1x1 conv's input channels fix its parameters)."""
+    y = refine(x)
+    if y.shape != x.shape:
+        raise ValueError(f"{where}: refine must keep the stride-32 map's shape {x.shape}, got {y.shape}")
+    return y
 
 
 def efficientnet_b0(**kwargs) -> EfficientNet:

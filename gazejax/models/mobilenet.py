@@ -11,17 +11,19 @@ parameters.
   [B, H/s, W/s, C_s] (16, 24, 32, 96, 320 channels at width_mult 1)
 - "final_conv": the 1x1 conv-BN-ReLU6 before pooling, [B, H/32, W/32, 1280]
 "pooled" is the global average of "final_conv"; the classifier applies dropout 0.2 when training ("dropout"
-RNG stream).
+RNG stream). `refine` (optional, `[B, H/32, W/32, C_32] -> same shape`) is applied between "stride32" (kept
+unrefined) and the final 1x1 conv, as in `efficientnet` (where a method inserts a block, e.g. the 2D AAB).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from gazejax.models.backbone_utils import (ConvNormAct, batch_norm, classifier_head, global_avg_pool,
                                            make_divisible, outputs, prepare_input, relu6, torch_conv)
+from gazejax.models.efficientnet import apply_refine
 
 # (expand ratio t, output channels c, repeats n, first stride s): torchvision's / the paper's Table 2.
 V2_SETTING = (
@@ -71,7 +73,8 @@ class MobileNetV2Features(nn.Module):
     conv_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, dict]:
+    def __call__(self, x: jnp.ndarray, train: bool = False, refine: Callable | None = None
+                 ) -> tuple[jnp.ndarray, dict]:
         first = make_divisible(32 * self.width_mult, self.round_nearest)
         last = make_divisible(1280 * max(1.0, self.width_mult), self.round_nearest)
         ci = self.conv_impl
@@ -84,6 +87,8 @@ class MobileNetV2Features(nn.Module):
                 x = InvertedResidual(out, block_stride, t, self.dtype, ci, name=str(idx))(x, train)
                 stride, idx = stride * block_stride, idx + 1
                 feats[f"stride{stride}"] = x
+        if refine is not None:
+            x = apply_refine(refine, x, "mobilenet.py")
         x = ConvNormAct(last, 1, activation=relu6, dtype=self.dtype, conv_impl=ci, name=str(idx))(x, train)
         feats["final_conv"] = x
         return x, feats
@@ -113,10 +118,10 @@ class MobileNetV2(nn.Module):
     conv_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> dict:
+    def __call__(self, x: jnp.ndarray, train: bool = False, refine: Callable | None = None) -> dict:
         x = prepare_input(x, self.in_channels, self.stem_mode, self.dtype)
         x, feats = MobileNetV2Features(tuple(self.setting), self.width_mult, self.round_nearest, self.dtype,
-                                       self.conv_impl, name="features")(x, train)
+                                       self.conv_impl, name="features")(x, train, refine)
         pooled = global_avg_pool(x)
         logits = classifier_head(pooled, self.num_classes, "classifier", self.dtype, self.dropout, train)
         return outputs(logits, feats, pooled)

@@ -23,7 +23,9 @@ from gazejax.data import io
 from gazejax.engine.logs import read_metrics
 from gazejax.methods.cxr_san.spec import FINDINGS, metric_key, param_counts
 
-NAMES = {"backbone": "Backbone", "gaze_star": "+gaze*", "gaze_loss": "+gaze loss", "ours": "ours (SAN + AAB)"}
+NAMES = {"backbone": "Backbone", "backbone_matched": "Backbone, param-matched (SAN + AAB without gaze)",
+         "gaze_star": "+gaze*", "gaze_loss": "+gaze loss", "ours": "ours (SAN + AAB)"}
+PARAM_ROWS = ("backbone", "backbone_matched", "ours")  # the parameter table of every report
 KEYS = ("auroc",) + tuple(metric_key(f) for f in FINDINGS)  # average first, then Table 4's finding columns
 MODES = (("best_val_n", "mean of the best-N evaluations by validation AUROC"),
          ("best_test_n", "mean of the N best test evaluations (optimistic)"))
@@ -162,8 +164,23 @@ def _figures(rows: dict, evals: list, summary: dict, gaze_examples: list[dict], 
     return lines
 
 
+def parameter_table(config) -> list[str]:
+    """Markdown lines: parameters per group of the Backbone, param-matched backbone and ours networks of this
+    config (its backbone, widths and AAB site), plus this run's method if it is another."""
+    methods = PARAM_ROWS + (() if config.method in PARAM_ROWS else (config.method,))
+    counts = {}
+    for method in methods:
+        other = config.copy_and_resolve_references()
+        other.method = method
+        counts[method] = param_counts(other)
+    groups = ("backbone", "classifier", "san", "aab", "gaze_head")
+    rows = [[NAMES.get(m, m) + (" (this run)" if m == config.method else "")]
+            + [f"{c.get(g, 0):,}" for g in groups] + [f"{c['total']:,}"] for m, c in counts.items()]
+    return [f"Parameters (AAB site `{config.model.get('aab_site', 'stride32')}`):", "",
+            R.markdown_table(["network", *groups, "total"], rows), ""]
+
+
 def _header(config, info: dict, test: dict) -> list[str]:
-    counts = param_counts(config)
     split_rows = [[k, len(info.get(f"{k}_ids", [])), info.get("with_gaze", {}).get(k, 0)]
                   for k in ("train", "val", "test")]
     pos = test.get("positives", {})
@@ -175,22 +192,22 @@ def _header(config, info: dict, test: dict) -> list[str]:
             f"training ratio {config.data.ratio}.", "",
             R.markdown_table(["split", "images", "with gaze"], split_rows), "",
             "Test positives per finding (positives / known labels): " + ", ".join(
-                f"{f} {p}/{n}" for f, (p, n) in pos.items()) + ".", "",
-            "Parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ".", ""]
+                f"{f} {p}/{n}" for f, (p, n) in pos.items()) + ".", ""] + parameter_table(config)
 
 
 def write(results: dict, config, workdir: str) -> str:
     """Writes `<workdir>/report.md`, its figures and best_epochs.json from `{"val", "test", "data_info"}`.
 
-    Side effect: the best-N averages (`summary_metrics`) are added to `results["test"]["metrics"]`, so they reach
-    results.json (which the trainer writes after the report) and the table4 grid's tables.
+    Side effect: the best-N averages (`summary_metrics`) and "params_total" are added to
+    `results["test"]["metrics"]`, so they reach results.json (which the trainer writes after the report) and the
+    table4 grid's tables.
     """
     fig_dir = os.path.join(workdir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
     test, val = results.get("test", {}), results.get("val", {})
     evals = tracked_evaluations(workdir)
     summary = best_n_summary(evals, int(config.best_n))
-    test.setdefault("metrics", {}).update(summary_metrics(summary))
+    test.setdefault("metrics", {}).update(summary_metrics(summary), params_total=param_counts(config)["total"])
     io.write_json(os.path.join(workdir, "best_epochs.json"), summary)
     rows = _auroc_rows(test["metrics"], val.get("metrics", {}), summary)
     lines = _header(config, results.get("data_info", {}), test)

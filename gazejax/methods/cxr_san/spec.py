@@ -10,6 +10,9 @@ what it costs in parameters. Methods (`config.method`, Table 4's rows):
   the pooling (soft attention).
 - "gaze_loss" (+gaze loss): the same head trained with the KL saliency loss of the gaze-enhanced classifier the
   paper borrows it from; it never enters the classification path.
+- "backbone_matched" (not in the paper): the "ours" network (SAN + AAB, the same parameters) with L = w1 L_cls
+  only, gaze never read: a backbone row with ours' exact parameter count, so that Table 4 separates what gaze
+  adds from what the AAB's extra parameters add.
 L_cls is the multi-label sigmoid BCE over known labels ("we apply the typical cross-entropy loss to replace L_seg",
 Sec. 3.3); w1 = config.loss.cls, w2 = config.loss.gaze (0.5 as in Sec. 4.1).
 Data: `gazejax.data.cxr.pipeline` with label_set "5label"; gaze targets `gaze_san` (1/16) and `gaze_e4` (1/32),
@@ -34,7 +37,8 @@ from gazejax import losses
 from gazejax.metrics import classification as cls
 from gazejax.metrics import saliency
 from gazejax.engine.api import DataBundle, Stage, iterate_in_batches
-from gazejax.models.classifier2d import E4_STRIDE, METHODS, SANAABClassifier, gaze_stride
+from gazejax.models import classifier2d
+from gazejax.models.classifier2d import E4_STRIDE, SANAABClassifier
 from gazejax.models.cam import backbone_family
 
 log = logging.getLogger("gazejax")
@@ -43,6 +47,23 @@ FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Ef
 SLUGS = tuple(f.replace(" ", "_") for f in FINDINGS)  # the findings in metric and column names
 GRID_NAMES = {16: "san", E4_STRIDE: "e4"}  # gaze stride -> name of its data.gaze_grids entry
 EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", "gaze_san", "gaze_e4")
+
+
+MODEL_METHODS = {"backbone_matched": "ours"}  # config.method -> the SANAABClassifier method it trains
+METHODS = (*classifier2d.METHODS, *MODEL_METHODS)
+
+
+def model_method(method: str) -> str:
+    """The `SANAABClassifier.method` a config method builds ("backbone_matched" -> "ours")."""
+    if method not in METHODS:
+        raise ValueError(f"methods/cxr_san.py: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return MODEL_METHODS.get(method, method)
+
+
+def gaze_stride(method: str) -> int | None:
+    """Input pixels per cell of the gaze target a method trains with; None when it reads no gaze (backbone,
+    backbone_matched)."""
+    return None if method in MODEL_METHODS else classifier2d.gaze_stride(model_method(method))
 
 
 def metric_key(finding: str) -> str:
@@ -69,11 +90,10 @@ def _backbone_kwargs(config) -> dict[str, Any]:
 
 def build_model(config) -> SANAABClassifier:
     m = config.model
-    if config.method not in METHODS:
-        raise ValueError(f"methods/cxr_san.py: unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
-    return SANAABClassifier(backbone=m.backbone, num_classes=len(FINDINGS), method=config.method,
+    return SANAABClassifier(backbone=m.backbone, num_classes=len(FINDINGS), method=model_method(config.method),
                             san_width=int(m.san_width), aab_heads=int(m.aab_heads), aab_head_dim=int(m.aab_head_dim),
-                            aab_ffn_mult=int(m.aab_ffn_mult), backbone_kwargs=_backbone_kwargs(config),
+                            aab_ffn_mult=int(m.aab_ffn_mult), aab_site=str(m.get("aab_site", "stride32")),
+                            backbone_kwargs=_backbone_kwargs(config),
                             dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype),
                             conv_impl=str(m.get("conv_impl", "auto")))
 
@@ -94,7 +114,7 @@ def param_counts(config) -> dict[str, int]:
 
 def gaze_target_key(method: str) -> str | None:
     """The batch key of the gaze target a method trains with: "gaze_san" (ours), "gaze_e4" (gaze_star,
-    gaze_loss), None (backbone)."""
+    gaze_loss), None (backbone, backbone_matched)."""
     stride = gaze_stride(method)
     return None if stride is None else f"gaze_{GRID_NAMES[stride]}"
 

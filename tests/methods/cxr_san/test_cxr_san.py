@@ -45,14 +45,16 @@ def test_config_arguments_presets_and_grids():
             cxr_config.get_config(bad)
 
 
-@pytest.mark.parametrize("method", ["backbone", "gaze_star", "gaze_loss", "ours"])
+@pytest.mark.parametrize("method", ["backbone", "backbone_matched", "gaze_star", "gaze_loss", "ours"])
 def test_every_method_builds_with_its_gaze_grid(method):
     c = cxr_config.get_config(f"method={method}")
     model, x = cxr_san.build_model(c), cxr_san.init_batch(c)["image"]
     out = jax.eval_shape(lambda v: model.init_with_output(jax.random.key(0), v)[0], x)
     assert out["logits"].shape == (1, 5)
     key = cxr_san.gaze_target_key(method)
-    if key is None:
+    if method == "backbone_matched":  # ours' network (SAN's gaze logits exist) trained without a gaze target
+        assert key is None and out["gaze"] is not None
+    elif key is None:
         assert out["gaze"] is None
     else:
         assert out["gaze"].shape == (1, *c.data.gaze_grids[key[len("gaze_"):]], 1)
@@ -71,7 +73,8 @@ def test_table4_grid_and_its_tables(tmp_path):
     from gazejax.experiments import runner as experiments, tables as experiments_tables
 
     grid = cxr_config.get_grid("table4")
-    assert len(grid["cells"]) == 4 * 4 * 5
+    assert len(grid["cells"]) == 5 * 4 * 5  # Table 4's 4 methods + the param-matched backbone
+    params = {"backbone": 4.0e6, "backbone_matched": 4.75e6, "ours": 4.75e6, "gaze_star": 4.01e6, "gaze_loss": 4.01e6}
     assert {c["data.ratio"] for c in grid["cells"]} == {0.2, 0.3, 0.5, 0.7}
     values = {}
     for cell in grid["cells"]:
@@ -80,12 +83,13 @@ def test_table4_grid_and_its_tables(tmp_path):
         folder = tmp_path / "cells" / experiments.cell_name(cell)
         folder.mkdir(parents=True)
         metrics = {"auroc": auroc, "auroc_best_val_n": auroc, "auroc_best_test_n": auroc + 0.05,
-                   **{f"auroc_{f}_best_val_n": auroc for f in FINDINGS}}
+                   "params_total": params[cell["method"]], **{f"auroc_{f}_best_val_n": auroc for f in FINDINGS}}
         (folder / "results.json").write_text(json.dumps({"test": metrics}))
     md = experiments_tables.aggregate(str(tmp_path), grid["cells"], grid, experiments.cell_name)["markdown"]
     mean, std = np.mean(values["ours", 0.2]), np.std(values["ours", 0.2], ddof=1)
     assert f"| ours | {100 * mean:.2f} ({std:.3f}) |" in md  # a method x ratio row, in %
     assert f"| 0.3 +gaze loss | {100 * np.mean(values['gaze_loss', 0.3]):.2f}" in md  # Table 4's layout
+    assert "| Backbone, param-matched | 4.750 (0.000) |" in md and "| Backbone | 4.000 (0.000) |" in md
     with pytest.raises(ValueError):
         cxr_config.get_grid("table1")
 
@@ -294,7 +298,9 @@ def test_tiny_end_to_end_run_writes_report_with_auroc_table(tmp_path):
     assert saved["auroc_best_test_n"] == pytest.approx(np.mean([e["test/auroc"] for e in tracked]))
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| Average | Atelectasis | Cardiomegaly | Consolidation | Edema | Pleural Effusion |" in report
-    assert "mean of the best-N evaluations by validation AUROC" in report and "Parameters:" in report
+    assert "mean of the best-N evaluations by validation AUROC" in report and "Parameters (AAB site" in report
+    assert "| Backbone, param-matched (SAN + AAB without gaze) |" in report
+    assert saved["params_total"] == cxr_san.param_counts(c)["total"]
     pngs = sorted(os.listdir(tmp_path / "run" / "figures"))
     assert "auroc_per_class.png" in pngs and "gaze_0.png" in pngs
     assert all(f"figures/{p}" in report for p in pngs)
