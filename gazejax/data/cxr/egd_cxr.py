@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from gazejax.data import dicom
-from gazejax.data.cxr.labels import CXRRecord, Fixations, parse_float, read_csv
+from gazejax.data.cxr.labels import CXRRecord, Fixations, RowChecks, parse_float, read_csv
 from gazejax.data.errors import DataError
 
 SCREEN = (1920, 1080)  # (width, height) of the EGD-CXR display, fixed by the experiment
@@ -211,34 +211,48 @@ class EGDCXR:
                 groups.setdefault(full, []).append(k)
         by_id = {r.dicom_id: r for r in records}
         names = ("FPOGX", "FPOGY", "X_ORIGINAL", "Y_ORIGINAL", "FPOGS", "FPOGD", "Time (in secs)")
-        out = {}
+        parts, row_numbers, oks = {}, [], []
         for did, idx in groups.items():
             try:
                 values = np.array([[float(rows[k][col[n]]) for n in names] for k in idx], np.float64)
             except ValueError as err:
                 raise DataError(f"{path}: DICOM_ID {did}: bad number ({err})") from err
-            out[did] = self._fixations(values, by_id[did])
-        return out
+            parts[did], ok = self._fixations(values, by_id[did])
+            row_numbers.append(np.asarray(idx) + 2)
+            oks.append(ok)
+        if not parts:
+            return {}
+        checks = RowChecks(np.concatenate(row_numbers))  # one warning (or error) for the whole file
+        for reason in oks[0]:
+            checks.add(np.concatenate([ok[reason] for ok in oks]), reason)
+        keep = np.split(checks.report(path), np.cumsum([len(n) for n in row_numbers])[:-1])
+        return {did: fix.subset(k) for (did, fix), k in zip(parts.items(), keep)}
 
-    def _fixations(self, v: np.ndarray, record: CXRRecord) -> Fixations:
-        """Columns of v: FPOGX, FPOGY, X_ORIGINAL, Y_ORIGINAL, FPOGS, FPOGD, Time (in secs)."""
+    def _fixations(self, v: np.ndarray, record: CXRRecord) -> tuple[Fixations, dict[str, np.ndarray]]:
+        """Columns of v: FPOGX, FPOGY, X_ORIGINAL, Y_ORIGINAL, FPOGS, FPOGD, Time (in secs). Returns every row's
+        fixation and the row checks by reason (the caller drops failing rows with one warning per file)."""
         top, bottom, left, right = record.meta["pads"]
         (sw, sh), eye = self.screen, v[:, 0:2] * self.screen
         # the data set's own on-image test (its X/Y_ORIGINAL = int(-W/w') sentinel is 0, not negative, when the
         # image was shown larger than its pixel size)
-        keep = (eye[:, 0] > left) & (eye[:, 0] < sw - right) & (eye[:, 1] > top) & (eye[:, 1] < sh - bottom)
+        on_image = (eye[:, 0] > left) & (eye[:, 0] < sw - right) & (eye[:, 1] > top) & (eye[:, 1] < sh - bottom)
         if self.coords == "original":
             points = v[:, 2:4]
-            keep &= (points >= 0).all(axis=1)
+            on_image &= (points >= 0).all(axis=1)
         else:
             header = dicom.read_header(record.image_path)
             size = (header["rows"], header["cols"])
             points = screen_to_image(v[:, 0:2], record.meta["pads"], size, self.screen)
-            keep &= ((points >= 0) & (points < np.array(size[::-1]))).all(axis=1)
+            on_image &= ((points >= 0) & (points < np.array(size[::-1]))).all(axis=1)
         if self.source == "fixations":
-            durations, starts = v[:, 5].astype(np.float32), v[:, 4]
+            durations, starts = v[:, 5], v[:, 4]
         else:
             durations, starts = _sample_durations(v[:, 6]), v[:, 6]
-        fix = Fixations(points=points.astype(np.float32), durations=durations,
-                        readers=np.full(len(v), READER_ID), start_times=starts.astype(np.float32))
-        return fix.subset(keep)
+        finite = np.isfinite(points).all(axis=1) & np.isfinite(v[:, 0:2]).all(axis=1)
+        checks = {"coordinates are not finite numbers": finite,
+                  "duration is not > 0": np.isfinite(durations) & (np.asarray(durations) > 0),
+                  "start time is not a finite number": np.isfinite(starts),
+                  "off the image (the data set's on-image test)": on_image | ~finite}
+        fix = Fixations(points=points.astype(np.float32), durations=np.asarray(durations, np.float32),
+                        readers=np.full(len(v), READER_ID), start_times=np.asarray(starts, np.float32))
+        return fix, checks

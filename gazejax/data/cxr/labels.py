@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
 from gazejax.data.errors import DataError
+
+log = logging.getLogger("gazejax")
 
 
 @dataclasses.dataclass
@@ -96,16 +99,21 @@ def read_csv(path: str | os.PathLike, required: Sequence[str]) -> tuple[list[str
     """(header, rows) of a CSV file; DataError naming the file if it is missing or lacks `required` columns."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: empty CSV file")
-        header = [h.strip() for h in header]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DataError(f"{path}: missing columns {missing}")
-        rows = [row for row in reader if row]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = [row for row in reader if row]
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a UTF-8 text CSV (byte {err.start}: {err.reason})") from None
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed CSV ({err})") from None
+    if header is None:
+        raise DataError(f"{path}: empty CSV file")
+    header = [h.strip() for h in header]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing}")
     bad = next((i for i, r in enumerate(rows) if len(r) != len(header)), None)
     if bad is not None:
         raise DataError(f"{path}: row {bad + 2} has {len(rows[bad])} fields, header has {len(header)}")
@@ -122,6 +130,35 @@ def write_columns(path: str | os.PathLike, columns: Sequence[str], data: dict, n
     with open(path, "w", newline="") as f:
         f.write(",".join(columns) + "\r\n")
         f.writelines(",".join(row) + "\r\n" for row in zip(*cells))
+
+
+class RowChecks:
+    """Per-row validity of a fixation file: `add(ok, reason)` records a check over its rows; `report(path)` logs one
+    warning with the number of dropped rows and the first bad row (spreadsheet numbering: header = row 1) and
+    raises DataError when no row is usable."""
+
+    def __init__(self, rows: np.ndarray):
+        self.rows = np.asarray(rows)  # CSV row number of each entry
+        self.bad = np.zeros(len(self.rows), bool)
+        self.reasons: list[tuple[np.ndarray, str]] = []
+
+    def add(self, ok: np.ndarray, reason: str) -> None:
+        ok = np.asarray(ok, bool)
+        self.reasons.append((ok, reason))
+        self.bad |= ~ok
+
+    def first(self) -> str:
+        i = int(np.argmax(self.bad))
+        return f"row {int(self.rows[i])}: " + next(r for ok, r in self.reasons if not ok[i])
+
+    def report(self, path: str) -> np.ndarray:
+        """The keep mask; warns once or raises (see the class docstring)."""
+        if len(self.rows) and self.bad.all():
+            raise DataError(f"{path}: no usable fixation: all {len(self.rows)} rows are bad (first: {self.first()})")
+        if self.bad.any():
+            log.warning("%s: dropped %d of %d fixations (first: %s)", path, int(self.bad.sum()), len(self.rows),
+                        self.first())
+        return ~self.bad
 
 
 def parse_float(value: str) -> float:

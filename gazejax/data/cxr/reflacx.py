@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from gazejax.data import dicom
-from gazejax.data.cxr.labels import CXRRecord, Fixations, parse_float, read_csv
+from gazejax.data.cxr.labels import CXRRecord, Fixations, RowChecks, parse_float, read_csv
 from gazejax.data.errors import DataError
 
 META_COLUMNS = ("id", "split", "eye_tracking_data_discarded", "image", "dicom_id", "subject_id", "image_size_x",
@@ -65,8 +65,15 @@ def _fixations(path: str, reading_id: str, size: tuple[int, int], outside: str, 
     points, rects = v[:, 2:4], v[:, 6:10]
     lo = np.maximum(rects[:, :2], 0.0)
     hi = np.minimum(rects[:, 2:], np.array(size[::-1], np.float64) - 1.0)
-    inside = ((points >= lo) & (points <= hi)).all(axis=1)
-    keep = np.isfinite(points).all(axis=1) & (inside if outside == "drop" else True)
+    finite = np.isfinite(points).all(axis=1)
+    checks = RowChecks(np.arange(len(v)) + 2)
+    checks.add(finite, "x_position or y_position is not a finite number")
+    checks.add(np.isfinite(v[:, 0]) & (v[:, 1] - v[:, 0] > 0), "fixation duration (end - start) is not > 0")
+    checks.add(np.isfinite(v[:, 4:6]).all(axis=1) & (v[:, 4:6] > 0).all(axis=1),
+               "angular resolution (pixels per degree) is not > 0")
+    if outside == "drop":
+        checks.add(((points >= lo) & (points <= hi)).all(axis=1) | ~finite, "outside the image region shown")
+    keep = checks.report(path)
     if outside == "clip":
         points = np.clip(points, lo, hi)
     fix = Fixations(points=points.astype(np.float32), durations=(v[:, 1] - v[:, 0]).astype(np.float32),

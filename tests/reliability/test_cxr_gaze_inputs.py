@@ -1,0 +1,136 @@
+"""Fault injection for chest X-ray gaze files (EGD-CXR fixations.csv, REFLACX per-reading fixations.csv) and an
+undecodable CSV: bad rows are dropped with one warning per file giving the count and first bad row, a file with no
+usable fixation is a one-line error naming it, and nothing on disk is altered."""
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import logging
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from gazejax.data.cxr.egd_cxr import EGDCXR
+from gazejax.data.cxr.reflacx import REFLACX
+from gazejax.data.errors import DataError
+from gazejax.data.synthetic.cxr import generate_egd_cxr, generate_reflacx
+
+SIZE = (80, 64)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cxr_faults")
+    return {"egd": generate_egd_cxr(str(base), images=6, seed=2, size=SIZE),
+            "reflacx": generate_reflacx(str(base), images=6, seed=2, size=SIZE)}
+
+
+def _copy(pristine, kind, tmp_path):
+    root, mimic = pristine[kind]
+    new_root = shutil.copytree(root, tmp_path / os.path.basename(root))
+    return str(new_root), mimic
+
+
+def _edit_rows(path, edit) -> None:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    body = edit(header, body)
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *body])
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize("column,value,reason", [("FPOGX", "nan", "coordinates are not finite numbers"),
+                                                 ("FPOGD", "0", "duration is not > 0"),
+                                                 ("FPOGD", "-0.2", "duration is not > 0")])
+def test_egd_bad_rows_dropped_with_one_warning(pristine, tmp_path, caplog, column, value, reason):
+    root, mimic = _copy(pristine, "egd", tmp_path)
+    path = os.path.join(root, "fixations.csv")
+    clean = {r.dicom_id: len(r.fixations) for r in EGDCXR(root, mimic).records()}
+
+    def spoil(header, body):
+        for row in body[3:5]:
+            row[header.index(column)] = value
+        return body
+
+    _edit_rows(path, spoil)
+    before = _digest(path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gazejax"):
+        records = EGDCXR(root, mimic).records()
+    messages = [m for m in _warnings(caplog) if m.startswith(path)]
+    assert len(messages) == 1 and "dropped" in messages[0] and reason in messages[0], _warnings(caplog)
+    assert sum(len(r.fixations) for r in records) <= sum(clean.values()) - 2  # the two spoiled rows are gone
+    assert all(np.all(r.fixations.durations > 0) and np.isfinite(r.fixations.points).all() for r in records)
+    assert _digest(path) == before
+
+
+def test_egd_file_without_usable_fixations_is_an_error(pristine, tmp_path):
+    root, mimic = _copy(pristine, "egd", tmp_path)
+    path = os.path.join(root, "fixations.csv")
+
+    def spoil(header, body):
+        for row in body:
+            row[header.index("FPOGD")] = "0"
+        return body
+
+    _edit_rows(path, spoil)
+    with pytest.raises(DataError) as info:
+        EGDCXR(root, mimic).records()
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(path) and "no usable fixation" in message
+    assert "duration is not > 0" in message
+
+
+def _reading_file(root) -> str:
+    return sorted(glob.glob(os.path.join(root, "main_data", "*", "fixations.csv")))[0]
+
+
+def test_reflacx_bad_rows_dropped_and_all_bad_is_an_error(pristine, tmp_path, caplog):
+    root, mimic = _copy(pristine, "reflacx", tmp_path)
+    path = _reading_file(root)
+
+    def spoil_two(header, body):
+        body[0][header.index("x_position")] = "nan"
+        body[1][header.index("timestamp_end_fixation")] = body[1][header.index("timestamp_start_fixation")]
+        return body
+
+    _edit_rows(path, spoil_two)
+    with caplog.at_level(logging.WARNING, logger="gazejax"):
+        REFLACX(root, mimic).records()
+    messages = [m for m in _warnings(caplog) if m.startswith(path)]
+    assert len(messages) == 1 and "(first: row 2: x_position or y_position is not a finite number)" in messages[0]
+
+    def spoil_all(header, body):
+        for row in body:
+            row[header.index("x_position")] = ""
+        return body
+
+    _edit_rows(path, spoil_all)
+    before = _digest(path)
+    with pytest.raises(DataError) as info:
+        REFLACX(root, mimic).records()
+    assert str(info.value).startswith(path) and "no usable fixation" in str(info.value)
+    assert _digest(path) == before
+
+
+def test_undecodable_csv_is_one_line(pristine, tmp_path):
+    root, mimic = _copy(pristine, "egd", tmp_path)
+    path = os.path.join(root, "master_sheet.csv")
+    with open(path, "ab") as f:
+        f.write(b"\xff\xfe\xfa broken bytes\n")
+    with pytest.raises(DataError) as info:
+        EGDCXR(root, mimic).records()
+    assert "\n" not in str(info.value) and str(info.value).startswith(path) and "not a UTF-8 text CSV" in str(
+        info.value)
