@@ -50,6 +50,24 @@ def save_npy(path: str, array: np.ndarray) -> str:
     return path
 
 
+def npy_intact(path: str, shape: tuple[int, ...] | None = None) -> bool:
+    """True when `path` is a whole .npy file: a readable header whose array (of `shape`, when given) fills the rest
+    of the file exactly. A cache file cut short by a crash or a full disk reads False, so it is rebuilt."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)(f)
+            data_start = f.tell()
+        size = os.path.getsize(path)
+    except (OSError, ValueError):
+        return False
+    array_shape, _, dtype = header
+    if shape is not None and tuple(array_shape) != tuple(shape):
+        return False
+    return size - data_start == int(np.prod(array_shape)) * np.dtype(dtype).itemsize
+
+
 def cache_dir(configured: str, kind: str, root: str) -> str:
     """`configured` when set, else ~/.cache/gazejax/<kind>_<sha1 of root's absolute path, 12 hex digits>."""
     if configured:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 from gazejax.data import gaze as gaze_lib
 from gazejax.data import io, transforms3d
 from gazejax.data.brats import reader as brats
+
+log = logging.getLogger("gazejax")
 
 SAN_STRIDE = 16  # SAN output grid = 1/16 of the input (4x down-sampling, then two 2x max-pools)
 
@@ -110,6 +113,17 @@ def make_record(case_id: str, meta: dict, fixations: brats.Fixations | None, rea
         survival_class=int(survival_class), **extra)
 
 
+def _cached_arrays_intact(cache_dir: str, case_id: str, meta: dict) -> bool:
+    """The case's cached image (and seg) files are whole and of the cropped shape (else the case is decoded again)."""
+    crop = tuple(meta.get("crop_shape", ()))
+    ok = io.npy_intact(os.path.join(cache_dir, f"{case_id}_image.npy"), crop + (4,))
+    if ok and meta.get("has_seg"):
+        ok = io.npy_intact(os.path.join(cache_dir, f"{case_id}_seg.npy"), crop)
+    if not ok:
+        log.warning("%s: cached arrays of %s are missing or truncated; decoding the case again", cache_dir, case_id)
+    return ok
+
+
 def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: str, sigma: float,
                  survival: dict) -> CaseRecord:
     """Reads, crops, normalises and caches one case (reusing the cache when the source files are unchanged)."""
@@ -121,9 +135,12 @@ def prepare_case(case_dir: str, cache_root: str, gaze_dir: str | None, readers: 
     key = _cache_key(case_dir, gaze_file)
     meta = None
     if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("key") != key:
+        try:
+            with open(meta_path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            meta = None  # a cut metadata file: decode the case again
+        if meta is not None and (meta.get("key") != key or not _cached_arrays_intact(cache_dir, case_id, meta)):
             meta = None
     if meta is None:
         image, seg, meta = preprocess_case(case_dir)

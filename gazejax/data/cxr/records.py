@@ -90,7 +90,8 @@ def _cached(rec: cxr_labels.CXRRecord, reader, folder: str, size: tuple[int, int
     try:
         with open(stem + ".json") as f:
             meta = json.load(f)
-        if meta["key"] == key and all(os.path.isfile(stem + s) for s in (".npy",) + ("_masks.npy",) * bool(names)):
+        if meta["key"] == key and io.npy_intact(stem + ".npy", tuple(size)) and (
+                not names or io.npy_intact(stem + "_masks.npy", tuple(size) + (len(names),))):
             return meta
     except (OSError, ValueError, KeyError):
         pass
