@@ -98,3 +98,21 @@ def test_implausible_survival_rows_are_errors(root, column, value):
     before = _tree_digest(root)
     _expect(lambda: brats.read_survival(root), "survival_info.csv: row 2", f"implausible {column}")
     assert _tree_digest(root) == before
+
+
+def test_identical_volumes_under_two_ids_are_reported(root, tmp_path, caplog):
+    import logging
+
+    from gazejax.data.brats import records
+
+    copy_id = "BraTS20_Training_003"
+    target = os.path.join(root, copy_id)
+    os.makedirs(target)
+    for name in os.listdir(os.path.join(root, CASE)):
+        shutil.copy(os.path.join(root, CASE, name), os.path.join(target, name.replace(CASE, copy_id)))
+    cache = str(tmp_path / "cache")
+    recs = [records.prepare_case(c, cache, None, "expert", 2.0, {}) for c in brats.list_cases(root)]
+    with caplog.at_level(logging.WARNING, logger="gazejax"):
+        groups = records.report_duplicates(recs)
+    assert groups == [[CASE, copy_id]]
+    assert any(CASE in r.getMessage() and copy_id in r.getMessage() for r in caplog.records)

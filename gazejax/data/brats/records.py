@@ -37,6 +37,7 @@ class CaseRecord:
     weights: np.ndarray    # [N] fixation durations
     gaze_norm: float       # max of the full-case gaze map at the SAN scale (0 when no gaze)
     survival_class: int    # -1 unknown
+    content_sha1: str = ""  # of the preprocessed image: equal hashes under two ids are one scan (a split leak)
 
     @property
     def has_gaze(self) -> bool:
@@ -83,8 +84,8 @@ def preprocess_case(case_dir: str) -> tuple[np.ndarray, np.ndarray | None, dict]
     """Reads one case, crops it to its non-zero box and normalises intensities (open_brats2020).
 
     Returns (image float32 [x, y, z, 4], seg uint8 [x, y, z] or None, meta) with meta = {"bbox" [[x0, x1], ...],
-    "shape" (original X, Y, Z), "affine" [4][4], "spacing" [3], "has_seg", "crop_shape"}: what both the npy cache
-    and the TFDS builder (`gazejax.data.tfds.brats2020`) store, so the two sources give identical examples.
+    "shape" (original X, Y, Z), "affine" [4][4], "spacing" [3], "has_seg", "crop_shape", "content_sha1"}: what both
+    the npy cache and the TFDS builder (`gazejax.data.tfds.brats2020`) store, so the two sources give identical examples.
     """
     case = brats.read_case(case_dir)
     image, seg, bbox = transforms3d.crop_to_nonzero(case["image"], case["seg"])
@@ -93,7 +94,8 @@ def preprocess_case(case_dir: str) -> tuple[np.ndarray, np.ndarray | None, dict]
     image = transforms3d.normalize_intensity(image).astype(np.float32)
     meta = {"bbox": [list(map(int, b)) for b in bbox], "shape": list(case["image"].shape[:3]),
             "affine": np.asarray(case["affine"]).tolist(), "spacing": list(map(float, case["spacing"])),
-            "has_seg": seg is not None, "crop_shape": list(image.shape[:3])}
+            "has_seg": seg is not None, "crop_shape": list(image.shape[:3]),
+            "content_sha1": hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()}
     return image, None if seg is None else seg.astype(np.uint8), meta
 
 
@@ -110,7 +112,21 @@ def make_record(case_id: str, meta: dict, fixations: brats.Fixations | None, rea
         case_id=case_id, cache_dir=cache_dir, bbox=tuple(tuple(b) for b in meta["bbox"]), shape=tuple(meta["shape"]),
         affine=np.asarray(meta["affine"]), spacing=tuple(meta["spacing"]), has_seg=meta["has_seg"], points=points,
         weights=weights, gaze_norm=_gaze_norm(points, weights, tuple(meta["crop_shape"]), sigma),
-        survival_class=int(survival_class), **extra)
+        survival_class=int(survival_class), content_sha1=str(meta.get("content_sha1", "")), **extra)
+
+
+def report_duplicates(records: list[CaseRecord]) -> list[list[str]]:
+    """Groups of case ids whose preprocessed images are identical (same content hash), with a warning naming them:
+    one scan under two ids lands in two folds and leaks between training and test."""
+    by_hash: dict[str, list[str]] = {}
+    for r in records:
+        if r.content_sha1:
+            by_hash.setdefault(r.content_sha1, []).append(r.case_id)
+    groups = [ids for ids in by_hash.values() if len(ids) > 1]
+    for ids in groups:
+        log.warning("BraTS data: cases %s hold identical images (one scan under several ids leaks between splits)",
+                    ", ".join(ids))
+    return groups
 
 
 def _cached_arrays_intact(cache_dir: str, case_id: str, meta: dict) -> bool:
