@@ -70,14 +70,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.densenet_blocks = (6, 12, 48, 32)     # DenseNet-201 dense blocks
     m.densenet_init_features = 64           # DenseNet-201 stem width
     m.densenet_bn_size = 4                  # DenseNet-BC bottleneck factor
-    m.encoder_cut = "transition3"           # "all layers before the last dense block" | denseblock4 (ref. code)
+    m.encoder_cut = "transition3"           # map injected into the UNet: "all layers before the last dense
+                                            # block" | denseblock4 (ref. code); stage 1 trains the whole DenseNet
     m.unet_widths = (64, 128, 256, 512, 1024)  # Res_SE-UNet / UNet_S / MT-UNet widths, four max-pools
     m.fusion_hidden = 64                    # fusion classifier: Linear 64 -> Dropout -> ReLU -> Linear 3
     m.fusion_dropout = 0.25
     m.detach = True                         # saliency / fusion losses never reach the encoders they read
     m.dtype = "float32"                     # compute dtype (params stay float32)
     m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
-    m.init_from = ""                        # converted ImageNet DenseNet-201 (python -m gazejax.models.convert)
+    m.init_from = ""                        # converted ImageNet DenseNet-201 (python -m gazejax.models.convert);
+                                            # "" = from scratch (the paper preset warns in the log and report)
 
     c.loss = lo = ml_collections.ConfigDict()
     lo.triplet_margin = 1.0                 # TripletMarginLoss(margin=1.0, p=2) of the reference code
@@ -120,13 +122,13 @@ GRID_ORDER = ("mt_unet", "dnet201", "dnet201_cl", "unet_s", "res_se_unet", "cxrg
 def get_grid(name: str) -> dict:
     """`tables12`: the full method and every baseline, one seed (`--seeds` adds more); tables.md holds Table 1
     (classification), Table 2 (saliency means, with two-sided paired t-tests of every method's per-image KL / CC /
-    HS against ours from `cases.json`) and the per-image std of Table 2."""
+    HS / SIM against ours from `cases.json`) and the per-image std of Table 2."""
     if name != "tables12":
         raise ValueError(f"configs/cxrgazelearn.py: unknown grid {name!r} (tables12)")
     cells = [{"method": m, "seed": 0} for m in GRID_ORDER]
     table1 = (("auroc_Normal", "AUC (Normal)"), ("auroc_CHF", "AUC (Heart failure)"),
               ("auroc_pneumonia", "AUC (Pneumonia)"), ("auroc", "AUC"), ("accuracy", "Accuracy"))
-    table2 = (("kl", "KL"), ("cc", "CC"), ("sim", "HS"))
+    table2 = (("kl", "KL"), ("cc", "CC"), ("hs", "HS"), ("sim", "SIM"))  # HS = the paper's; SIM = MIT's
     tables = [
         {"title": "Table 1: chest X-ray classification (test split)", "row": "method", "title_row": "method",
          "row_labels": LABELS, "metrics": table1, "stats": False},

@@ -100,6 +100,20 @@ def sim(pred: np.ndarray, gt: np.ndarray) -> float:
 histogram_intersection = sim
 
 
+def hs(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Histogram similarity (HS, Qiu et al.'s Table 2): sum of element-wise minima of P = pred / sum(pred) and
+    Q = gt / sum(gt), the maps taken as they are (no min-max stretch, unlike `sim`).
+
+    1 for maps proportional to each other, 0 for disjoint ones. Both maps must be non-negative; an all-zero map
+    stays zero (score 0), as in `sim` and `kl_div`. A softmax prediction is > 0 everywhere, so its minimum is not
+    lifted to 0 first as SIM's min-max does, which is why HS and SIM differ on the same maps.
+    """
+    pred, gt = _pair(pred, gt, "hs")
+    if pred.min() < 0 or gt.min() < 0:
+        raise ValueError("hs: maps must be non-negative")
+    return float(np.sum(np.minimum(_to_distribution(pred), _to_distribution(gt))))
+
+
 def nss(pred: np.ndarray, fixation_mask: np.ndarray) -> float:
     """Normalised scanpath saliency: mean of the standardised prediction over fixated pixels.
 

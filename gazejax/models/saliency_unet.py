@@ -23,6 +23,7 @@ from gazejax.models.densenet import DenseNetFeatures
 
 ENCODER_BLOCKS = ("res_se", "plain")
 ENCODER_CUTS = ("transition3", "denseblock4")  # paper ("before the last dense block") | reference code
+GROUPS = ("densenet", "res_se_unet", "fusion")  # CXRGazeLearnNet's parts ("densenet" = features + dnet_head)
 
 
 def _conv(features: int, kernel: int, dtype: Any, name: str | None = None, conv_impl: str = "auto") -> nn.Conv:
@@ -206,16 +207,17 @@ class MTUNet(nn.Module):
 
 
 class DenseNetEncoder(nn.Module):
-    """DenseNet-201 up to `cut` with a linear head, `x [B, H, W, 1] -> dict`: stage 1 of CXRGazeLearn, and alone
-    the DNet201 / DNet201-CL baselines.
+    """The whole DenseNet-201 with a linear head on GAP(relu(norm5)), `x [B, H, W, 1] -> dict`: stage 1 of
+    CXRGazeLearn, and alone the DNet201 / DNet201-CL baselines.
 
-    Parameters: torchvision's "features/..." (a converted ImageNet checkpoint initialises them through
+    Parameters: torchvision's "features/..." (all of them: a converted ImageNet checkpoint initialises them through
     `config.model.init_from`; enclosing models share this scope, so the names stay at their root) and "dnet_head".
-    The grey image is repeated to 3 channels. `cut="transition3"` (paper): map = transition3's output
-    [B, H/32, W/32, C], pooled = GAP(map); `cut="denseblock4"` (reference code): map = denseblock4's output,
-    pooled = GAP(relu(norm5)) as torchvision's classifier reads. Returns {"map", "embedding" (the pooled vector,
-    also the triplet embedding), "dnet_logits" [B, K], "gradcam" (eval only: Grad-CAM of every class at the
-    pooled map, [B, H/32, W/32, K])}.
+    The grey image is repeated to 3 channels. Every layer is built and trained, the head reading relu(norm5) as
+    torchvision's classifier does; `cut` only names the map handed to the saliency UNet: "transition3" (paper:
+    "all layers before the last dense block", [B, H/32, W/32, C3]) or "denseblock4" (reference code,
+    [B, H/32, W/32, C]). Returns {"map", "embedding" (GAP(relu(norm5)) [B, C], also the triplet embedding),
+    "dnet_logits" [B, K], "gradcam" (when `gradcam`, by default in eval mode: Grad-CAM of every class at norm5's
+    output, the network's last layer (pytorch-grad-cam's `features[-1]` for DenseNets), [B, H/32, W/32, K])}.
     """
 
     num_classes: int = 3
@@ -228,23 +230,21 @@ class DenseNetEncoder(nn.Module):
     conv_impl: str = "auto"  # conv_impl.IMPLS
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> dict:
+    def __call__(self, x: jax.Array, train: bool = False, gradcam: bool | None = None) -> dict:
         if self.cut not in ENCODER_CUTS:
             raise ValueError(f"saliency_unet.py: encoder cut must be one of {ENCODER_CUTS}, got {self.cut!r}")
-        paper = self.cut == "transition3"
-        last, feats = DenseNetFeatures(self.growth_rate, tuple(self.block_config), self.num_init_features,
-                                       self.bn_size, 0.0, self.dtype, cut=self.cut if paper else "",
-                                       conv_impl=self.conv_impl, name="features")(
-            prepare_input(x, 1, "repeat", self.dtype), train)
-        pooled_map = (last if paper else nn.relu(last)).astype(jnp.float32)
+        norm5, feats = DenseNetFeatures(self.growth_rate, tuple(self.block_config), self.num_init_features,
+                                        self.bn_size, 0.0, self.dtype, cut="", conv_impl=self.conv_impl,
+                                        name="features")(prepare_input(x, 1, "repeat", self.dtype), train)
+        norm5 = norm5.astype(jnp.float32)
         head = nn.Dense(self.num_classes, dtype=self.dtype, name="dnet_head")
-        pooled = global_avg_pool(pooled_map)
+        pooled = global_avg_pool(nn.relu(norm5))
         out = {"map": feats[self.cut], "embedding": pooled,
                "dnet_logits": head(pooled.astype(self.dtype)).astype(jnp.float32)}
-        if not train:
+        if (not train) if gradcam is None else gradcam:
             params = head.variables["params"]
-            out["gradcam"] = grad_cam_from_head(  # the head as a pure function of the map: GAP + dnet_head
-                pooled_map, lambda a: jnp.mean(a, axis=(1, 2)) @ params["kernel"] + params["bias"])
+            out["gradcam"] = grad_cam_from_head(  # the head as a pure function of norm5: relu, GAP, dnet_head
+                norm5, lambda a: jnp.mean(nn.relu(a), axis=(1, 2)) @ params["kernel"] + params["bias"])
         return out
 
 
@@ -256,8 +256,11 @@ class CXRGazeLearnNet(nn.Module):
     GAP(last decoder map)) -> Linear 64 -> Dropout 0.25 -> ReLU -> Linear 3 (stage 3: "fusion/*").
     `detach=True` stops the gradients of the saliency and fusion losses at the encoders they read (the paper
     freezes those in stages 2 and 3, so the result is the same and the backward pass much cheaper); False lets a
-    stage fine-tune through them. Outputs: "embedding" [B, C] (triplet), "dnet_logits" (stage 1b), "saliency"
-    [B, H, W, 1], "logits" (fusion, stage 3), and "gradcam" [B, H/32, W/32, K] of the DenseNet head (eval only).
+    stage fine-tune through them. `inference` (a call argument; names among `GROUPS`) runs those parts in
+    inference mode even when `train` is True: BatchNorm on its running statistics, which it leaves alone, and no
+    dropout, as a frozen stage asks (`Stage.frozen`). Outputs: "embedding" [B, C] (triplet), "dnet_logits"
+    (stage 1b), "saliency" [B, H, W, 1], "logits" (fusion, stage 3), and "gradcam" [B, H/32, W/32, K] of the
+    DenseNet head (eval only).
     """
 
     widths: Sequence[int] = (64, 128, 256, 512, 1024)
@@ -269,17 +272,22 @@ class CXRGazeLearnNet(nn.Module):
     conv_impl: str = "auto"  # conv_impl.IMPLS, of both encoders and the decoder
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> dict:
+    def __call__(self, x: jax.Array, train: bool = False, inference: Sequence[str] = ()) -> dict:
+        unknown = set(inference) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"saliency_unet.py: inference names {sorted(unknown)} are not parts of the model "
+                             f"({', '.join(GROUPS)})")
+        mode = {part: train and part not in inference for part in GROUPS}
         enc_kwargs = dict(self.encoder_kwargs or {})
         encoder = DenseNetEncoder(**enc_kwargs, dtype=self.dtype, conv_impl=self.conv_impl, name="densenet")
         nn.share_scope(self, encoder)  # "features/...", "dnet_head/..." at the root, as torchvision names them
-        enc = encoder(x, train)
+        enc = encoder(x, mode["densenet"], gradcam=not train)
         stop = jax.lax.stop_gradient if self.detach else (lambda a: a)
         sal = SaliencyUNet(self.widths, "res_se", dtype=self.dtype, conv_impl=self.conv_impl,
-                           name="res_se_unet")(x, stop(enc["map"]), train)
+                           name="res_se_unet")(x, stop(enc["map"]), mode["res_se_unet"])
         fused = stop(jnp.concatenate([enc["embedding"], sal["decoder_pooled"]], -1))
         logits = FusionHead(enc_kwargs.get("num_classes", 3), self.hidden, self.dropout, self.dtype,
-                            name="fusion")(fused, train)
+                            name="fusion")(fused, mode["fusion"])
         out = {"embedding": enc["embedding"], "dnet_logits": enc["dnet_logits"], "saliency": sal["saliency"],
                "logits": logits}
         return out | ({"gradcam": enc["gradcam"]} if "gradcam" in enc else {})

@@ -5,4 +5,4 @@ from gazejax.methods.cxrgazelearn import report, spec
 
 METHOD = Method(name="cxrgazelearn", build_model=spec.build_model, init_batch=spec.init_batch,
                 loss_fn=spec.loss_fn, make_data=spec.make_data, evaluate=spec.evaluate, report=report.write,
-                stages=spec.stages)
+                stages=spec.stages, apply_kwargs=spec.apply_kwargs)

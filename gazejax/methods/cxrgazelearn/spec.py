@@ -3,20 +3,25 @@ cooperative learning, and the baselines of its Tables 1-2, as one method family 
 
 Stages (`config.method="cxrgazelearn"`; Adam 1e-4, 50 epochs each, early stopping on the validation split; each
 starts from the previous stage's best checkpoint):
-  stage1a  triplet pretraining of the DenseNet encoder ("features/*"; monitor val/triplet, min)
-  stage1b  CE fine-tuning of the DenseNet with a linear head ("features/*", "dnet_head/*"; val/auroc)
-  stage2   the Res_SE-UNet with the frozen DenseNet map injected at its decoder start, KL loss
+  stage1a  triplet pretraining of the whole DenseNet-201 ("features/*"; monitor val/triplet, min)
+  stage1b  CE fine-tuning of the DenseNet with a linear head on GAP(relu(norm5)) ("features/*", "dnet_head/*";
+           val/auroc)
+  stage2   the Res_SE-UNet with the frozen DenseNet's transition3 map injected at its decoder start, KL loss
            ("res_se_unet/*"; val/kl, min)
   stage3   the multi-scale fusion classifier on both encoders, CE ("fusion/*"; val/auroc)
+The parts a stage does not train are frozen (`Stage.frozen`, "frozen in Stage 2 and 3", Sec. III.B): their
+parameters and BatchNorm statistics stay bit-identical and they run in inference mode (`apply_kwargs`).
 Baselines: dnet201_cl (1a + 1b), dnet201 (1b), res_se_unet / unet_s (stage 2 without the DenseNet, Res_SE or plain
 encoder), mt_unet (one joint stage, CE and KL weighted by learnable sigmas, `gazejax.losses.mtunet_weighting`).
 A stage's `options` say which loss it trains ("loss") and what its evaluation scores: "head" (the outputs key of
-the classification logits), "saliency", "embedding" (the triplet loss over the split).
+the classification logits), "saliency", "embedding" (the triplet loss over the split), and which parts of the
+full model run in inference mode ("inference").
 Model: `gazejax.models.saliency_unet`. Data: `gazejax.data.cxr.pipeline` (synthetic EGD-CXR by default; the paper's
 983/100 split), gaze maps normalised to sum 1 at the saliency output grid (= the input size).
-Evaluation (test split, held out): OvR macro / per-class AUC and accuracy; saliency KL, CC, SIM (histogram
-similarity) of softmax(saliency logits) against the gaze map (MIT conventions), mean and std over images, with
-per-image scores in `cases` so the experiment runner can pair them (t-tests); Grad-CAM of the DenseNet head.
+Evaluation (test split, held out): OvR macro / per-class AUC and accuracy; saliency KL, CC, HS (the paper's
+histogram similarity, sum min(P, Q) of the maps normalised to sum 1) and SIM (the MIT benchmark's, min-max
+stretched first) of softmax(saliency logits) against the gaze map, mean and std over images, with per-image scores
+in `cases` so the experiment runner can pair them (t-tests); Grad-CAM of the DenseNet head.
 """
 from __future__ import annotations
 
@@ -39,16 +44,22 @@ from gazejax.metrics import saliency as sal_metrics
 log = logging.getLogger("gazejax")
 
 GAZE_KEY = "gaze_saliency"  # batch key of the gaze map at the saliency grid (data.gaze_grids["saliency"])
-SALIENCY_METRICS = {"kl": sal_metrics.kl_div, "cc": sal_metrics.cc, "sim": sal_metrics.sim}
+SALIENCY_METRICS = {"kl": sal_metrics.kl_div, "cc": sal_metrics.cc, "hs": sal_metrics.hs, "sim": sal_metrics.sim}
 EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", GAZE_KEY)
-# name -> (trainable globs of the full model, options, monitor, monitor mode)
+# name -> (trainable globs of the full model, options, monitor, monitor mode, frozen parts of the full model)
 STAGES = {
-    "stage1a": (("features/*",), {"loss": "triplet", "embedding": True}, "val/triplet", "min"),
-    "stage1b": (("features/*", "dnet_head/*"), {"loss": "ce", "head": "dnet_logits"}, "val/auroc", "max"),
-    "stage2": (("res_se_unet/*",), {"loss": "kl", "saliency": True}, "val/kl", "min"),
-    "stage3": (("fusion/*",), {"loss": "ce", "head": "logits", "saliency": True}, "val/auroc", "max"),
-    "mt_unet": (("*",), {"loss": "mtunet", "head": "logits", "saliency": True}, "val/loss", "min"),
+    "stage1a": (("features/*",), {"loss": "triplet", "embedding": True}, "val/triplet", "min",
+                ("res_se_unet", "fusion")),
+    "stage1b": (("features/*", "dnet_head/*"), {"loss": "ce", "head": "dnet_logits"}, "val/auroc", "max",
+                ("res_se_unet", "fusion")),
+    "stage2": (("res_se_unet/*",), {"loss": "kl", "saliency": True}, "val/kl", "min", ("densenet", "fusion")),
+    "stage3": (("fusion/*",), {"loss": "ce", "head": "logits", "saliency": True}, "val/auroc", "max",
+               ("densenet", "res_se_unet")),
+    "mt_unet": (("*",), {"loss": "mtunet", "head": "logits", "saliency": True}, "val/loss", "min", ()),
 }
+# parameter / collection globs of each part of the full model (models.saliency_unet.GROUPS)
+PART_PATTERNS = {"densenet": ("features/*", "dnet_head/*"), "res_se_unet": ("res_se_unet/*",),
+                 "fusion": ("fusion/*",)}
 PLANS = {"cxrgazelearn": ("stage1a", "stage1b", "stage2", "stage3"), "dnet201_cl": ("stage1a", "stage1b"),
          "dnet201": ("stage1b",), "res_se_unet": ("stage2",), "unet_s": ("stage2",), "mt_unet": ("mt_unet",)}
 EVALUATED = {"cxrgazelearn": ("stage1b", "stage2")}  # in-run ablations: DNet201-CL, saliency before stage 3
@@ -73,6 +84,8 @@ def encoder_kwargs(config) -> dict[str, Any]:
 def build_model(config):
     m, method = config.model, config.method
     _plan(config)
+    if config.preset == "paper" and scratch_warning(config):
+        log.warning("WARNING (paper preset): %s", scratch_warning(config))
     widths, dtype = tuple(int(w) for w in m.unet_widths), jnp.dtype(m.dtype)
     common = {"dtype": dtype, "conv_impl": str(m.get("conv_impl", "auto"))}
     if method == "cxrgazelearn":
@@ -99,12 +112,30 @@ def stages(config) -> list[Stage]:
     epochs = dict(config.get("stage_epochs", {}) or {})
     out = []
     for name in plan:
-        trainable, options, monitor, mode = STAGES[name]
+        trainable, options, monitor, mode, parts = STAGES[name]
+        parts = parts if config.method == "cxrgazelearn" else ()  # the baselines' models have no other parts
         out.append(Stage(name=name, epochs=int(epochs.get(name, config.epochs)),
                          trainable=trainable if full else ("*",), monitor=monitor, monitor_mode=mode,
-                         early_stop_patience=int(config.early_stop_patience), options=dict(options),
+                         early_stop_patience=int(config.early_stop_patience),
+                         options=dict(options, inference=parts),
+                         frozen=tuple(p for part in parts for p in PART_PATTERNS[part]),
                          evaluate=name in EVALUATED.get(config.method, ())))
     return out
+
+
+def apply_kwargs(stage) -> dict[str, Any]:
+    """The frozen parts of the full model run in inference mode (`CXRGazeLearnNet(..., inference=...)`)."""
+    parts = tuple(stage.options.get("inference", ())) if stage is not None else ()
+    return {"inference": parts} if parts else {}
+
+
+def scratch_warning(config) -> str | None:
+    """The warning of a paper-preset DenseNet trained from scratch (no `model.init_from`), else None."""
+    if config.method not in ("cxrgazelearn", "dnet201", "dnet201_cl") or config.model.get("init_from"):
+        return None
+    return ("the DenseNet starts from scratch: model.init_from is empty, so no ImageNet weights are loaded "
+            "(convert torchvision's densenet201 with `python -m gazejax.models.convert --arch densenet201 "
+            "--checkpoint densenet201.pth --out DIR --num-classes 0` and set --config.model.init_from=DIR)")
 
 
 def _options(config, stage) -> dict[str, Any]:
@@ -242,7 +273,7 @@ def _split_metrics(run: dict, opts: dict, config) -> tuple[dict[str, float], np.
 def evaluate(predict, split, config, out_dir: str | None = None, stage=None) -> dict:
     """Metrics of one EvalSplit for `stage` (the run's last stage when None; see the module docstring).
 
-    Returns {"metrics", "cases" (per image: label, prediction, class probabilities, kl / cc / sim), "figures"
+    Returns {"metrics", "cases" (per image: label, prediction, class probabilities, kl / cc / hs / sim), "figures"
     (one image per class), "class_counts", "stage"}; `out_dir` (test) also gets predictions.csv and
     figure_maps.npz (the figure images' predicted maps, which a sibling run's report can show)."""
     if split is None or len(split) == 0:

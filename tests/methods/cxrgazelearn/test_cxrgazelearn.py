@@ -1,8 +1,10 @@
 """CXRGazeLearn as a method (configs/cxrgazelearn.py + gazejax.methods.cxrgazelearn): config and stages, the
 triplet loss against hand-computed and brute-force values (both minings), the KL / CE / MT-UNet losses against
 gazejax.metrics.saliency and hand formulas, the evaluation against scikit-learn and the MIT metrics, the report's
-sibling tables and t-tests against scipy, the tables12 grid, and one tiny end-to-end run of all four stages:
-frozen parameters stay bit-identical and every stage starts from the previous stage's best checkpoint."""
+sibling tables and t-tests against scipy, the tables12 grid, HS (the paper's histogram similarity) against hand
+values, the whole DenseNet-201 in stage 1 (torchvision's parameter count), frozen parts in inference mode, the
+from-scratch warning, and one tiny end-to-end run of all four stages: frozen parameters and BatchNorm statistics
+stay bit-identical and every stage starts from the previous stage's best checkpoint."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,6 +67,12 @@ def test_stages_train_the_papers_modules():
     assert plans == {"cxrgazelearn": ["stage1a", "stage1b", "stage2", "stage3"], "mt_unet": ["mt_unet"],
                      "dnet201_cl": ["stage1a", "stage1b"], "dnet201": ["stage1b"], "res_se_unet": ["stage2"],
                      "unet_s": ["stage2"]}
+    dnet, unet_, fusion = ("features/*", "dnet_head/*"), ("res_se_unet/*",), ("fusion/*",)
+    assert [s.frozen for s in stages] == [unet_ + fusion, unet_ + fusion, dnet + fusion, dnet + unet_]
+    assert [M.apply_kwargs(s) for s in stages] == [{"inference": ("res_se_unet", "fusion")}] * 2 + [
+        {"inference": ("densenet", "fusion")}, {"inference": ("densenet", "res_se_unet")}]
+    for m in ("dnet201", "dnet201_cl", "mt_unet", "res_se_unet", "unet_s"):  # other models: nothing to freeze
+        assert all(not s.frozen and M.apply_kwargs(s) == {} for s in M.stages(cfg_lib.get_config(f"method={m}")))
     unet = cfg_lib.get_config("method=unet_s")
     assert M.stages(unet)[0].trainable == ("*",) and _trainable_modules(unet, M.stages(unet)[0]) == {
         "enc1", "enc2", "enc3", "enc4", "enc5", "up1", "up2", "up3", "up4", "dec1", "dec2", "dec3", "dec4", "head"}
@@ -186,7 +194,7 @@ def test_evaluate_matches_sklearn_and_mit_metrics(tmp_path):
     assert m["auroc_pneumonia"] == pytest.approx(roc_auc_score(labels == 2, probs[:, 2]), rel=1e-12)
     assert m["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
     p = softmax(sal_logits.reshape(9, -1).astype(np.float64), axis=1)
-    for key, fn in (("kl", sal.kl_div), ("cc", sal.cc), ("sim", sal.sim)):
+    for key, fn in (("kl", sal.kl_div), ("cc", sal.cc), ("hs", sal.hs), ("sim", sal.sim)):
         per = [fn(p[i], split.examples[i][M.GAZE_KEY].ravel()) for i in range(9) if i != 4]
         assert m[key] == pytest.approx(np.mean(per), rel=1e-9) and m[f"{key}_std"] == pytest.approx(
             np.std(per, ddof=1), rel=1e-9)
@@ -298,12 +306,13 @@ def test_four_stages_freeze_and_hand_over_best_checkpoints(tmp_path, monkeypatch
     results = train.train_and_evaluate(c, str(tmp_path / "run"), method)
     trainer = train.Trainer(c, str(tmp_path / "run"), method)
     variables = trainer.init_variables()
-    by_step = {}
+    by_step, stats = {}, {}
     for step in trainer.ckpt.manager.all_steps():
         meta = trainer.ckpt.restore_meta(step)
         tx = train._stage_tx(c, trainer.stages[meta["stage"]], 1, variables["params"])
         state = trainer.ckpt.restore(step, abstract_like(trainer.new_state(variables, tx)))[0]
         by_step[step] = (meta["stage_name"], jax.tree.map(np.asarray, state.params))
+        stats[step] = jax.tree.map(np.asarray, state.collections["batch_stats"])
     trainer.close()
     assert [name for _, (name, _) in sorted(by_step.items())] == ["stage1a", "stage1b", "stage1b", "stage2", "stage3"]
     init, s1a, s1b_best, s1b_last, s2, s3 = [variables["params"]] + [by_step[s][1] for s in sorted(by_step)]
@@ -316,6 +325,95 @@ def test_four_stages_freeze_and_hand_over_best_checkpoints(tmp_path, monkeypatch
         assert {m for m in modules if not same(before, after, m)} == trained
     assert {m for m in modules if not same(s1a, s1b_best, m)} == {"features", "dnet_head"}
     assert not same(s1b_best, s1b_last, "features")  # stage 2 started from stage 1b's best (its first step)
+    # BatchNorm statistics: only the stage's own part moves; frozen parts keep theirs bit-identical (fusion has none)
+    st_init, st1a, st1b, _, st2, st3 = [variables["batch_stats"]] + [stats[s] for s in sorted(stats)]
+    for before, after, moved in ((st_init, st1a, {"features"}), (st1a, st1b, {"features"}),
+                                 (st1b, st2, {"res_se_unet"}), (st2, st3, set())):
+        assert {m for m in ("features", "res_se_unet") if not same(before, after, m)} == moved
     assert np.isfinite(results["test"]["metrics"]["cc"]) and set(results["stages"]) == {"stage1b", "stage2"}
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Table 1" in report and "Table 2" in report and os.path.exists(tmp_path / "run" / "figures" / "fig2.png")
+
+
+# ---------------------------------------------------------------------------------------------------- issue 14
+def test_hs_is_the_papers_histogram_similarity_not_sim():
+    pred, gt = np.array([1.0, 2, 3, 4]), np.array([4.0, 3, 2, 1])
+    # P = [.1 .2 .3 .4], Q = [.4 .3 .2 .1]: minima .1 .2 .2 .1
+    assert sal.hs(pred, gt) == pytest.approx(0.6)
+    assert sal.sim(pred, gt) == pytest.approx(1 / 3)  # min-max first: [0 1/6 1/3 1/2] vs [1/2 1/3 1/6 0]
+    # an offset (a softmax's floor) lowers HS; SIM's min-max removes it
+    assert sal.hs(np.array([1.0, 2.0]), np.array([0.0, 1.0])) == pytest.approx(2 / 3)
+    assert sal.sim(np.array([1.0, 2.0]), np.array([0.0, 1.0])) == pytest.approx(1.0)
+    assert sal.hs(3 * gt, gt) == pytest.approx(1.0) and sal.hs(np.array([1.0, 0]), np.array([0, 1.0])) == 0.0
+    assert sal.hs(np.zeros(4), gt) == 0.0
+    with pytest.raises(ValueError, match="hs: maps must be non-negative"):
+        sal.hs(np.array([-1.0, 1.0]), np.array([1.0, 1.0]))
+    with pytest.raises(ValueError, match="hs: pred shape"):
+        sal.hs(np.ones(3), np.ones(4))
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def test_stage1_trains_the_whole_densenet201_and_injects_transition3():
+    from gazejax import models
+
+    paper = cfg_lib.get_config("preset=paper")
+    encoder = models.build("densenet_encoder", **M.encoder_kwargs(paper))
+    shapes = jax.eval_shape(lambda x: encoder.init(jax.random.key(0), x, train=False), np.zeros((1, 64, 64, 1)))
+    out = jax.eval_shape(lambda v, x: encoder.apply(v, x, train=False), shapes, np.zeros((1, 64, 64, 1)))
+    # torchvision densenet201: 20,013,928 parameters, of which the classifier has 1920 * 1000 + 1000
+    assert _count(shapes["params"]["features"]) == 20_013_928 - 1_921_000 == 18_092_928
+    assert _count(shapes["params"]["dnet_head"]) == 1920 * 3 + 3
+    stage1b = next(s for s in M.stages(paper) if s.name == "stage1b")
+    keep = optim.path_filter(list(stage1b.trainable))
+    flags = jax.tree_util.tree_map_with_path(lambda p, _: keep(optim.path_string(p)), shapes["params"])
+    assert all(jax.tree.leaves(flags))
+    assert out["map"].shape == (1, 2, 2, 896) and out["embedding"].shape == (1, 1920)  # transition3; norm5
+    assert out["gradcam"].shape == (1, 2, 2, 3)
+
+
+def _tiny_net():
+    from gazejax import models
+
+    return models.build("cxrgazelearn", widths=(2, 2, 4, 4, 4), encoder_kwargs={
+        "num_classes": 3, "growth_rate": 4, "block_config": (1, 1, 1, 1), "num_init_features": 8})
+
+
+def test_frozen_parts_normalise_with_running_statistics_and_keep_them():
+    net, rng = _tiny_net(), np.random.default_rng(0)
+    x = rng.uniform(size=(4, 32, 32, 1)).astype(np.float32)
+    v = jax.jit(lambda a: net.init(jax.random.key(0, impl="rbg"), a))(x)
+    v = dict(v, batch_stats=jax.tree.map(lambda a: a + 0.3 + np.abs(rng.normal(size=a.shape)).astype(np.float32),
+                                         v["batch_stats"]))
+    run = lambda **kw: net.apply(v, x, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}, **kw)  # noqa
+    evaluated = net.apply(v, x, train=False)
+    out, new = run(train=True, inference=("densenet", "res_se_unet"))
+    for key in ("embedding", "dnet_logits", "saliency"):
+        np.testing.assert_allclose(out[key], evaluated[key], rtol=1e-5, atol=1e-6)
+    for part in ("features", "res_se_unet"):
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new["batch_stats"][part]),
+                                                        jax.tree.leaves(v["batch_stats"][part])))
+    assert "gradcam" not in out  # no Grad-CAM inside a training step
+    out, new = run(train=True)  # training mode everywhere: batch statistics, and the running ones move
+    assert not np.allclose(out["embedding"], evaluated["embedding"], rtol=1e-3)
+    assert not np.array_equal(jax.tree.leaves(new["batch_stats"]["features"])[0],
+                              jax.tree.leaves(v["batch_stats"]["features"])[0])
+    with pytest.raises(ValueError, match="inference names \\['unet'\\] are not parts"):
+        run(train=True, inference=("unet",))
+
+
+def test_paper_preset_from_scratch_warns_in_log_and_report(tmp_path, caplog):
+    paper = cfg_lib.get_config("preset=paper")
+    with caplog.at_level("WARNING", logger="gazejax"):
+        M.build_model(paper)
+    assert "WARNING (paper preset): the DenseNet starts from scratch" in caplog.text
+    results = {"test": {"metrics": {}, "cases": [], "figures": {}}, "stages": {}, "data_info": {}}
+    (tmp_path / "run").mkdir()
+    report = open(methods.get("cxrgazelearn").report(results, paper, str(tmp_path / "run"))).read()
+    assert "**WARNING: the DenseNet starts from scratch" in report
+    paper.model.init_from = "/ckpt/densenet201"
+    assert M.scratch_warning(paper) is None
+    assert M.scratch_warning(cfg_lib.get_config("preset=paper,method=unet_s")) is None
+    assert M.scratch_warning(cfg_lib.get_config("preset=paper,method=dnet201")) is not None
