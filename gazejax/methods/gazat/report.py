@@ -76,6 +76,22 @@ def _mcgip(results: dict) -> list[str]:
             f"gaze in a batch)"]
 
 
+DIAGNOSTICS = (("regional_pos_cos", "anchor-positive"), ("regional_high_cos", "high vs other images' high"),
+               ("regional_high_low_cos", "high vs low"))
+
+
+def _collapse(workdir: str) -> list[str]:
+    """The regional loss's collapse diagnostics as last logged in pretraining (cosines of the un-blended view's
+    region features): a high-vs-high cosine near 1 with high-vs-low near -1 is the two-vector solution."""
+    rows = [r for r in R.read_metrics(workdir) if "train/regional_high_cos" in r]
+    if not rows:
+        return []
+    last = rows[-1]
+    values = ", ".join(f"{name} {_f(last.get(f'train/{k}'))}" for k, name in DIAGNOSTICS)
+    return [f"- regional features at the end of pretraining (step {last['step']}, mean cosines): {values}; "
+            f"L_regional {_f(last.get('train/loss_regional'))}"]
+
+
 def _alignment(stages: dict[str, dict]) -> list[str]:
     rows = []
     for name, m in stages.items():
@@ -200,6 +216,7 @@ def write(results: dict, config, workdir: str) -> str:
     stages = _stage_metrics(results)
     lines = [f"# GazAT report: {NAMES.get(config.method, config.method)}", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')} (preset {config.preset}).", ""] + _setup(config, results)
+    lines += _collapse(workdir)
     lines += ["", "## Classification", ""] + _classification(stages)
     lines += ["", "## Attention alignment and pointing game", ""] + _alignment(stages)
     lines += ["", "## Figures", ""] + _figures(results, config, workdir)
@@ -223,9 +240,11 @@ def comparison(workdirs: list[str]) -> str:
         with open(os.path.join(wd, "results.json")) as f:
             res = json.load(f)
         with open(os.path.join(wd, "config.json")) as f:
-            method = json.load(f).get("method", "?")
+            cfg = json.load(f)
+        method = cfg.get("method", "?")
+        weak = method in ("simclr", "byol", "moco", "mcgip") and not cfg.get("views", {}).get("baseline_strong", True)
         groups = draw_groups(k[len("test@"):] for k in res if k.startswith("test@"))
-        rows.append([NAMES.get(method, method)] + [
+        rows.append([NAMES.get(method, method) + (", two weak views" if weak else "")] + [
             mean_std([res.get(f"test@{n}", {}).get(key) for n in groups.get(split[len("test@"):], [])])
             if split.startswith("test@finetune") else _f(res.get(split, {}).get(key)) for split, key, _ in COMPARE])
     return R.markdown_table(["method"] + [name for _, _, name in COMPARE], rows)

@@ -153,3 +153,31 @@ def test_mcgip_positive_rate_is_counted_over_pairs_and_printed():
     assert "33.33 % of the 3 training image pairs" in line and "8 x 9" in line
     c = gazat_config.get_config("preset=paper,method=mcgip")
     assert (c.mcgip.similarity, tuple(c.mcgip.grid), c.mcgip.threshold) == ("dhash", (8, 9), 0.7)
+
+
+def test_report_shows_the_last_logged_collapse_diagnostics(tmp_path):
+    import json
+
+    rows = [{"step": 10, "train/regional_high_cos": 0.5, "train/loss_regional": 3.0},
+            {"step": 20, "val/probe_auroc": 0.7},
+            {"step": 30, "train/regional_high_cos": 0.99, "train/regional_high_low_cos": -0.98,
+             "train/regional_pos_cos": 0.995, "train/loss_regional": 3.466}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    line = gazat_report._collapse(str(tmp_path))[0]
+    assert "step 30" in line and "high vs other images' high 0.990" in line and "high vs low -0.980" in line
+    assert gazat_report._collapse(str(tmp_path / "missing")) == []
+
+
+def test_comparison_table_averages_the_draws_and_labels_weak_view_rows(tmp_path):
+    import json
+
+    for name, strong, aurocs in (("a", True, (0.6, 0.8, 0.7)), ("b", False, (0.5, 0.5, 0.5))):
+        wd = tmp_path / name
+        wd.mkdir()
+        res = {"test@pretrain": {"probe_auroc": 0.9}, **{f"test@finetune_1pct_d{k}": {"auroc": v}
+                                                        for k, v in enumerate(aurocs)}}
+        (wd / "results.json").write_text(json.dumps(res))
+        (wd / "config.json").write_text(json.dumps({"method": "simclr", "views": {"baseline_strong": strong}}))
+    table = gazat_report.comparison([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert "| SimCLR | 0.900 | n/a | 0.700 (0.100) | n/a |" in table
+    assert "| SimCLR, two weak views | 0.900 | n/a | 0.500 (0.000) |" in table
