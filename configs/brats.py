@@ -7,8 +7,14 @@ Real data with the paper's settings:
       --config.data.root=/path/to/MICCAI_BraTS2020_TrainingData
 
 Arguments (`configs/brats.py:key=val,...`): preset=demo|paper, method=backbone|ours|gaze_star|san_star|
-ours_no_gaze|ours_surv, ratio (share of training cases: 0.2/0.3/0.5/0.7 in the paper), fold (0-4), gaze=expert|
-non_expert|all, seed.
+ours_no_gaze|ours_surv, ratio (share of the training cases with gaze: 0.2/0.3/0.5/0.7 in the paper), fold (0-4),
+gaze=expert|non_expert|all, seed.
+
+Paper preset vs demo preset, where they differ in protocol (each field's comment says more):
+  data.ratio_pool  preferred (paper: ratios of the gaze-annotated cases) | demo: all (keeps its earlier numbers)
+  data.augment     open_brats2020 (one gate, scalar scale, always transpose + flip) | demo: per_step
+  eval.mode        whole (one pass over the brain box padded to 16, as open_brats2020) | demo: window
+  model.aab_*      4 heads x 16 = c_h 64, Eq. 1 scaled by sqrt(64) | demo: 2 x 16, per-head sqrt(16)
 """
 from __future__ import annotations
 
@@ -35,10 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.fold = int(args["fold"])              # which fold is the test set
     d.split_seed = 0                        # fixed across methods so every method sees identical splits
     d.val_fraction = 0.1                    # share of non-test cases held out for model selection
-    d.ratio = 1.0                           # share of the training cases used (paper: 0.2 / 0.3 / 0.5 / 0.7)
-    d.ratio_pool = "all"                    # draw the ratio from all cases or only the gaze-annotated ("preferred")
+    d.ratio = 1.0                           # share of the ratio pool trained on (paper: 0.2 / 0.3 / 0.5 / 0.7)
+    d.ratio_pool = "preferred"              # preferred: ratio of the gaze-annotated training cases ("a part of
+                                            # training data that have collected gaze data"); all: of every case
     d.crop_size = (128, 128, 128)           # random pad/crop size (open_brats2020)
-    d.augment_p = 0.5                       # probability of each augmentation (open_brats2020)
+    d.augment = "open_brats2020"            # open_brats2020: one p-gated block (scalar scale, noise, transpose,
+                                            # flip); per_step: each step gated alone (transforms3d.augment)
+    d.augment_p = 0.5                       # augmentation probability (open_brats2020 DataAugmenter p=0.5)
     d.num_threads = 2                       # Grain reader threads
     d.prefetch = 4                          # Grain prefetch buffer (batches)
     d.synthetic = s = ml_collections.ConfigDict()
@@ -55,8 +64,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.dmfnet_width = 128                    # DMFNet channels c (c/4 stem; c, 2c, 3c)
     m.deep_supervision = False              # open_brats2020 option
     m.san_width = 32                        # SAN conv-group widths: san_width, 2 * san_width
-    m.aab_heads = 4                         # AAB attention heads
-    m.aab_head_dim = 64                     # c_h, channels per head
+    m.aab_heads = 4                         # AAB attention heads (the paper gives no count)
+    m.aab_head_dim = 16                     # channels per head: heads x 16 = c_h = 64, the Q/K/V width (Sec. 3.2)
+    m.aab_scale_dim = 64                    # Eq. 1 divides Q K^T by sqrt(c_h = 64); 0 = per-head sqrt(head_dim)
+    m.gaze_star_attention = "feature"       # +gaze* soft attention: feature (1+g)*F before the head, train+test;
+                                            # output p*(1+g)/2 at test; gate p*g at test (old, not scale-preserving)
     m.dtype = "float32"                     # compute dtype (params stay float32)
     m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
     m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)
@@ -80,9 +92,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_devices = 0                       # 0 = all visible devices
 
     c.eval = e = ml_collections.ConfigDict()
-    e.window = ()                           # sliding-window size; () = data.crop_size
-    e.overlap = 0.5                         # window overlap
-    e.gaze_window = ()                      # window of a separate whole-volume gaze pass; () = the seg windows
+    e.mode = "whole"                        # whole: one pass over the brain box padded to a multiple of 16
+                                            # (open_brats2020); window: sliding windows (GroupNorm as in training)
+    e.window = ()                           # window mode: sliding-window size; () = data.crop_size
+    e.overlap = 0.5                         # window mode: window overlap
+    e.gaze_window = ()                      # window mode: window of a separate gaze pass; () = the seg windows
     e.batch = 2                             # windows per inference call
     e.save_predictions = True               # test-split label maps as NIfTI in the original geometry
     e.figure_cases = 2                      # cases kept in memory for report figures
@@ -149,6 +163,11 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.model.san_width = 8
     c.model.aab_heads = 2
     c.model.aab_head_dim = 16
+    c.model.aab_scale_dim = 0               # per-head scaling, as before the paper preset's c_h fix
+    # Protocol choices kept from earlier demos so their numbers stay comparable (the paper preset is faithful):
+    c.data.ratio_pool = "all"               # 40 synthetic cases leave ~14 with gaze in a training pool of 29
+    c.data.augment = "per_step"
+    c.eval.mode = "window"                  # 48^3 windows over the ~56^3 brain box, the training crop size
     c.optim.name = "adam"
     c.optim.lr = 1e-2
     c.optim.decay_start_epoch = 3

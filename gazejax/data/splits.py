@@ -60,16 +60,30 @@ def holdout(ids: Sequence[str], fraction: float, seed: int = 0, groups: Sequence
     return [i for i in ids if i not in held], [i for i in ids if i in held]
 
 
-def ratio_subset(ids: Sequence[str], ratio: float, seed: int = 0, prefer: Sequence[str] | None = None,
-                 pool: str = "all") -> list[str]:
-    """A seeded subset of `round(ratio * len(pool))` ids.
+RATIO_POOLS = ("all", "preferred")
 
-    pool="all": drawn from `ids`. pool="preferred": drawn only from `prefer` (e.g. the gaze-annotated cases: Huang
-    et al. train on "a part of training data that have collected gaze data").
+
+def ratio_subset(ids: Sequence[str], ratio: float, seed: int = 0, prefer: Sequence[str] | None = None,
+                 pool: str = "all", what: str = "pool") -> list[str]:
+    """A seeded subset of `round(ratio * len(pool))` ids (at least one), in the order of `ids`.
+
+    pool="all": drawn from `ids`. pool="preferred": drawn only from the ids also in `prefer` (e.g. the
+    gaze-annotated cases: Huang et al. train on "a part of training data that have collected gaze data", so a
+    ratio is a share of those). `what` names the setting in error messages (e.g. "data.ratio_pool").
     """
     if not 0 < ratio <= 1:
         raise ValueError(f"data ratio must be in (0, 1], got {ratio}")
-    candidates = sorted(set(ids) & set(prefer)) if (pool == "preferred" and prefer is not None) else sorted(ids)
+    if pool not in RATIO_POOLS:
+        raise ValueError(f"{what}: unknown ratio pool {pool!r}; expected one of {', '.join(RATIO_POOLS)}")
+    if pool == "preferred":
+        if prefer is None:
+            raise ValueError(f"{what}='preferred' needs the preferred ids (e.g. the cases with gaze)")
+        candidates = sorted(set(ids) & set(prefer))
+        if not candidates:
+            raise ValueError(f"{what}='preferred': none of the {len(ids)} candidate ids is preferred (no case with "
+                             f"gaze in the training pool?)")
+    else:
+        candidates = sorted(ids)
     n = max(1, int(round(ratio * len(candidates))))
     rng = np.random.default_rng(seed + 1_000_003)
     picked = set(rng.permutation(candidates)[:n].tolist())

@@ -113,46 +113,83 @@ def unpad(array: np.ndarray, pads: Sequence[tuple[int, int]]) -> np.ndarray:
     return array[tuple(slice(lo, array.shape[a] - hi) for a, (lo, hi) in enumerate(pads))]
 
 
-def _brain_std(image: np.ndarray) -> np.ndarray:
-    """Standard deviation of the non-zero voxels of each channel of [X, Y, Z, C] ([C]; 0 for an empty channel)."""
-    brain = image != 0
+def _brain_std(image: np.ndarray, positive: bool = False, ddof: int = 0) -> np.ndarray:
+    """Standard deviation of the brain voxels of each channel of [X, Y, Z, C] ([C]; 0 for an empty channel).
+
+    Brain voxels are the non-zero ones, or with `positive` the voxels > 0 (open_brats2020's `x > 0`)."""
+    brain = image > 0 if positive else image != 0
     count = brain.sum(axis=(0, 1, 2))
-    safe = np.maximum(count, 1)
-    mean = np.where(brain, image, 0).sum(axis=(0, 1, 2), dtype=np.float64) / safe
+    safe = np.maximum(count - ddof, 1)
+    mean = np.where(brain, image, 0).sum(axis=(0, 1, 2), dtype=np.float64) / np.maximum(count, 1)
     var = np.where(brain, (image - mean) ** 2, 0).sum(axis=(0, 1, 2), dtype=np.float64) / safe
     return np.sqrt(var).astype(np.float32)
 
 
+AUGMENT_SCHEMES = ("open_brats2020", "per_step")
+
+
 def augment(image: np.ndarray, seg: np.ndarray | None, points: np.ndarray | None, rng: np.random.Generator,
-            p: float = 0.5) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """open_brats2020 augmentation; each step happens with probability `p`:
-    1. scale each channel of `image` [X, Y, Z, C] by U(0.9, 1.1);
-    2. add Gaussian noise of 0.1 x the std of the channel's brain (non-zero) voxels to every voxel;
-    3. swap two spatial axes (only among axes of equal length, so crops keep their shape);
-    4. flip each spatial axis with probability 1/2 (index i -> size - 1 - i).
-    `seg` [X, Y, Z] and `points` [N, 3] (voxel coordinates, array order) follow steps 3-4 exactly.
+            p: float = 0.5, scheme: str = "per_step"
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Intensity and geometric augmentation of `image` [X, Y, Z, C]; `seg` [X, Y, Z] and `points` [N, 3] (voxel
+    coordinates, array order) follow every geometric step exactly. Two schemes (`AUGMENT_SCHEMES`):
+
+    "open_brats2020" (its `DataAugmenter`): with probability `p` the whole block runs, else nothing:
+      1. scale the image by one scalar U(0.9, 1.1);
+      2. add Gaussian noise of 0.1 x the std (ddof 1) of each channel's voxels > 0 to every voxel;
+      3. swap two distinct spatial axes (a uniform pair; only among equal sides, so crops keep their shape);
+      4. flip one spatial axis (uniform).
+    "per_step" (gazejax's earlier variant): each step by itself with probability `p`: 1. one U(0.9, 1.1) scale
+      per channel; 2. noise as above (std over non-zero voxels, ddof 0); 3. as above; 4. flip each spatial axis
+      with probability 1/2 (possibly none).
     """
+    if scheme not in AUGMENT_SCHEMES:
+        raise ValueError(f"transforms3d.augment: unknown scheme {scheme!r}; expected one of {AUGMENT_SCHEMES}")
     image = np.asarray(image, dtype=np.float32)
-    channels = image.shape[-1]
-    if rng.random() < p:
-        image = image * rng.uniform(0.9, 1.1, size=channels).astype(np.float32)
-    if rng.random() < p:
-        std = _brain_std(image)
-        image = image + rng.standard_normal(image.shape, dtype=np.float32) * (0.1 * std)
     points = None if points is None else np.array(points, dtype=np.float64, copy=True)
-    if rng.random() < p:
-        dims = image.shape[:3]
-        pairs = [(a, b) for a in range(3) for b in range(a + 1, 3) if dims[a] == dims[b]]
-        if pairs:
-            a, b = pairs[rng.integers(len(pairs))]
-            image, seg = np.swapaxes(image, a, b), (None if seg is None else np.swapaxes(seg, a, b))
-            if points is not None:
-                points[:, [a, b]] = points[:, [b, a]]
-    if rng.random() < p:
-        axes = tuple(int(a) for a in np.flatnonzero(rng.random(3) < 0.5))
-        if axes:
-            image, seg = np.flip(image, axes), (None if seg is None else np.flip(seg, axes))
-            if points is not None:
-                sizes = np.asarray(image.shape[:3], dtype=np.float64)
-                points[:, axes] = sizes[list(axes)] - 1.0 - points[:, axes]
+    if scheme == "open_brats2020":
+        if rng.random() >= p:
+            return np.ascontiguousarray(image), (None if seg is None else np.ascontiguousarray(seg)), points
+        image = image * np.float32(rng.uniform(0.9, 1.1))
+        std = _brain_std(image, positive=True, ddof=1)
+        image = image + rng.standard_normal(image.shape, dtype=np.float32) * (0.1 * std)
+        image, seg, points = _swap_axes(image, seg, points, rng, required=True)
+        image, seg, points = _flip(image, seg, points, (int(rng.integers(3)),))
+    else:
+        if rng.random() < p:
+            image = image * rng.uniform(0.9, 1.1, size=image.shape[-1]).astype(np.float32)
+        if rng.random() < p:
+            std = _brain_std(image)
+            image = image + rng.standard_normal(image.shape, dtype=np.float32) * (0.1 * std)
+        if rng.random() < p:
+            image, seg, points = _swap_axes(image, seg, points, rng, required=False)
+        if rng.random() < p:
+            image, seg, points = _flip(image, seg, points, tuple(int(a) for a in np.flatnonzero(rng.random(3) < 0.5)))
     return np.ascontiguousarray(image), (None if seg is None else np.ascontiguousarray(seg)), points
+
+
+def _swap_axes(image, seg, points, rng: np.random.Generator, required: bool):
+    """Swaps a uniformly drawn pair of equal-length spatial axes (an error when `required` and none exists)."""
+    dims = image.shape[:3]
+    pairs = [(a, b) for a in range(3) for b in range(a + 1, 3) if dims[a] == dims[b]]
+    if not pairs:
+        if required:
+            raise ValueError(f"transforms3d.augment: scheme 'open_brats2020' swaps two spatial axes and needs two "
+                             f"equal sides (data.crop_size), got {dims}")
+        return image, seg, points
+    a, b = pairs[rng.integers(len(pairs))]
+    image, seg = np.swapaxes(image, a, b), (None if seg is None else np.swapaxes(seg, a, b))
+    if points is not None:
+        points[:, [a, b]] = points[:, [b, a]]
+    return image, seg, points
+
+
+def _flip(image, seg, points, axes: tuple[int, ...]):
+    """Flips the spatial `axes` (index i -> size - 1 - i) of image, seg and points."""
+    if not axes:
+        return image, seg, points
+    image, seg = np.flip(image, axes), (None if seg is None else np.flip(seg, axes))
+    if points is not None:
+        sizes = np.asarray(image.shape[:3], dtype=np.float64)
+        points[:, axes] = sizes[list(axes)] - 1.0 - points[:, axes]
+    return image, seg, points

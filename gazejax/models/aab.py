@@ -48,17 +48,21 @@ class AAB(nn.Module):
     P = `positional_encoding` of S_a is concatenated to E4^ds channels; in 2D the grid is taken as (1, H, W),
     the paper's D = 1 case, so P keeps 3 channels with a constant-0 first coordinate. Tokens (flattened S_a):
       Q = Dense(heads*head_dim)(M2),  K = Dense(...)([E4^ds, P]),  V = Dense(...)([E4^ds, P])
-      A = Concat_h(softmax(Q_h K_h^T / sqrt(head_dim)) V_h) W^O        (Eq. 1-2, W^O: -> C_e)
+      A = Concat_h(softmax(Q_h K_h^T / sqrt(s)) V_h) W^O        (Eq. 1-2, W^O: -> C_e)
       x = LayerNorm(A);  M' = LayerNorm(x + FFN(x)),  FFN = Dense(ffn_mult*C_e) -> ReLU -> Dense(C_e)
     (post-norm as DETR [Carion et al.], which the paper's Fig. 2 follows; no residual from the query since M2
     and E4 have different widths). M' is reshaped to S_a, up-sampled to S_e by nearest repetition (each E4
     voxel receives the token of the pooling cell it fell into) and added: E4' = E4 + M'.
+    The paper's Q, K, V are (dwh) x c_h with c_h = 64, i.e. heads * head_dim = 64 in all (4 x 16 in the BraTS
+    paper preset), and Eq. 1 divides by sqrt(c_h): `scale_dim` = s, with 0 meaning head_dim (Vaswani et al.'s
+    per-head sqrt(d_k), torch's nn.MultiheadAttention); set it to heads * head_dim for Eq. 1 read literally.
     """
 
     num_heads: int = 4
     head_dim: int = 64
     ffn_mult: int = 2
     dtype: Dtype = jnp.float32
+    scale_dim: int = 0  # Eq. 1 divides Q K^T by sqrt(scale_dim); 0 = head_dim (per-head scaling)
 
     @nn.compact
     def __call__(self, e4: jax.Array, m2: jax.Array, train: bool = False) -> jax.Array:
@@ -93,7 +97,10 @@ class AAB(nn.Module):
             return einops.rearrange(self._dense(features, name)(tokens), "b t (h d) -> b t h d", h=self.num_heads)
 
         q, k, v = project(q_tokens, "query"), project(kv_tokens, "key"), project(kv_tokens, "value")
-        heads = jax.nn.dot_product_attention(q, k, v, scale=1.0 / np.sqrt(self.head_dim))  # Eq. 1
+        if self.scale_dim < 0:
+            raise ValueError(f"aab.py: scale_dim must be >= 0 (0 = head_dim), got {self.scale_dim}")
+        scale = 1.0 / np.sqrt(self.scale_dim or self.head_dim)
+        heads = jax.nn.dot_product_attention(q, k, v, scale=scale)  # Eq. 1
         concat = einops.rearrange(heads, "b t h d -> b t (h d)")
         return self._dense(channels, "out")(concat)  # Eq. 2, W^O
 

@@ -30,6 +30,7 @@ BACKBONES = ("equiunet", "nnunet", "dmfnet")
 DEFAULT_WIDTH = {"equiunet": 48, "nnunet": 32, "dmfnet": 128}  # the papers' widths (EquiUnet w, nnU-Net base, c)
 _BACKBONE_MULTIPLE = {"equiunet": DOWNSAMPLING, "nnunet": nnunet3d.downsampling(5), "dmfnet": dmfnet.DOWNSAMPLING}
 _SAN_METHODS = ("ours", "ours_no_gaze", "san_star")
+GAZE_STAR_ATTENTION = ("feature", "output", "gate")  # how +gaze* uses its predicted gaze (see GazeSegmenter)
 # Largest modulated probability 1 - 1e-6: keeps logit(p) finite in float32 (|logit| <= 13.8).
 _LOG_P_MAX = -1e-6
 
@@ -39,16 +40,43 @@ def _log1mexp(a: jax.Array) -> jax.Array:
     return jnp.where(a > -jnp.log(2.0), jnp.log(-jnp.expm1(a)), jnp.log1p(-jnp.exp(a)))
 
 
-def gaze_modulated_logits(seg_logits: jax.Array, gaze_logits: jax.Array) -> jax.Array:
-    """+gaze* inference: the predicted gaze is a soft attention map on the segmentation probabilities.
-
-    p' = sigmoid(seg) * sigmoid(gaze), per class channel (gaze `[B, *S, 1]` broadcasts over `[B, *S, K]`),
-    returned as logits logit(p') so that sigmoid/threshold consumers are unchanged. Voxels the model expects an
-    expert to ignore are suppressed; attended voxels keep their probability.
-    """
-    log_p = jax.nn.log_sigmoid(seg_logits) + jax.nn.log_sigmoid(gaze_logits)
+def _prob_to_logits(log_p: jax.Array) -> jax.Array:
+    """logit(p) from log p (p < 1 kept by clamping at `_LOG_P_MAX`)."""
     log_p = jnp.minimum(log_p, _LOG_P_MAX)
     return log_p - _log1mexp(log_p)
+
+
+def gaze_modulated_logits(seg_logits: jax.Array, gaze_logits: jax.Array) -> jax.Array:
+    """The hard gate p' = sigmoid(seg) * sigmoid(gaze) as logits (`gaze_star_attention="gate"`, inference only).
+
+    Kept to reproduce earlier runs: it is NOT scale-preserving. A gaze map is a blurred fixation density whose
+    sigmoid is well below 1 over most of a tumour, so even a perfect gaze head pushes most of the whole tumour
+    under the 0.5 threshold. Gaze `[B, *S, 1]` broadcasts over seg `[B, *S, K]`.
+    """
+    return _prob_to_logits(jax.nn.log_sigmoid(seg_logits) + jax.nn.log_sigmoid(gaze_logits))
+
+
+def gaze_output_attention_logits(seg_logits: jax.Array, gaze_logits: jax.Array) -> jax.Array:
+    """p' = sigmoid(seg) * (1 + g) / 2 with g = sigmoid(gaze), as logits (`gaze_star_attention="output"`).
+
+    Scale-preserving: where the gaze head is sure an expert looks (g -> 1) the probability is unchanged; where
+    it is sure nobody looks (g -> 0) it is halved. Gaze `[B, *S, 1]` broadcasts over seg `[B, *S, K]`.
+    """
+    half_one_plus_g = jnp.logaddexp(0.0, jax.nn.log_sigmoid(gaze_logits)) - jnp.log(2.0)  # log((1 + g) / 2)
+    return _prob_to_logits(jax.nn.log_sigmoid(seg_logits) + half_one_plus_g)
+
+
+def gaze_feature_attention_logits(seg_logits: jax.Array, gaze_logits: jax.Array, head_bias: jax.Array
+                                  ) -> jax.Array:
+    """Residual soft attention (1 + g) * F on the decoder's last feature F, before its 1x1 head (`"feature"`).
+
+    The head is linear, seg = W F + b, so W ((1 + g) F) + b = b + (1 + g) (seg - b) exactly: the attention is
+    applied through the logits without re-running the head. g = sigmoid(gaze) in (0, 1) scales features by 1..2
+    (the residual form of Wang et al. 2017, "Residual Attention Network": the map can emphasise, never erase).
+    """
+    g = jax.nn.sigmoid(gaze_logits.astype(jnp.float32))
+    bias = jnp.asarray(head_bias, jnp.float32)
+    return bias + (1.0 + g) * (seg_logits - bias)
 
 
 class GazeSegmenter(nn.Module):
@@ -58,9 +86,14 @@ class GazeSegmenter(nn.Module):
     - "ours" / "ours_no_gaze": SAN on the input, AAB(e4, m2) -> e4', decoder on e4'. "gaze" = SAN's gaze logits
       `[B, D/16, H/16, W/16, 1]`. The two differ only in the gaze loss target (expert gaze vs. the segmentation
       mask), so they are the same network.
-    - "gaze_star" (+gaze*): a 1x1 conv head on the decoder's last full-resolution feature predicts full-resolution
-      gaze logits; "gaze" is their 16^3 average pool (the SAN grid, so every method's gaze loss is the same). With
-      train=False the seg logits are modulated by `gaze_modulated_logits`; "deep" never is.
+    - "gaze_star" (+gaze*): a 1x1 conv head ("gaze_head") on the decoder's last full-resolution feature predicts
+      full-resolution gaze logits; "gaze" is their 16^3 average pool (the SAN grid: gaze metrics compare every
+      method on one grid), and with train=True "gaze_full" holds the full-resolution logits (the loss supervises
+      them against the up-sampled target). The predicted gaze is a soft attention map (Sec. 4.1, [29]) used as
+      `gaze_star_attention` says: "feature" (default) weights the last decoder feature by (1 + g) before the
+      output head, in training and inference alike (`gaze_feature_attention_logits`); "output" multiplies the
+      probabilities by (1 + g) / 2 at inference only; "gate" is the earlier p * g hard gate at inference only
+      (not scale-preserving, kept to reproduce old runs). "deep" is never modulated.
     - "san_star" (+SAN*): M2 up-sampled (align-corners linear) to e4's grid, concatenated to e4, 1x1 conv (with
       bias) back to e4's channels; no AAB. "gaze" = SAN's gaze logits.
     - "cbam" (Unet+CBAM, EquiUnet only): open_brats2020's Att_EquiUnet, CBAM after encoder1..4, bottom and
@@ -87,6 +120,8 @@ class GazeSegmenter(nn.Module):
     san_width: int = 32
     aab_heads: int = 4
     aab_head_dim: int = 64
+    aab_scale_dim: int = 0  # AAB's Eq. 1 divides by sqrt(aab_scale_dim); 0 = per-head width (see AAB.scale_dim)
+    gaze_star_attention: str = "feature"  # GAZE_STAR_ATTENTION: how +gaze* applies its gaze map
     survival_classes: int = 0
     dtype: Dtype = jnp.float32
     backbone: str = "equiunet"
@@ -112,17 +147,29 @@ class GazeSegmenter(nn.Module):
             gaze = self._to_gaze_grid(cbam_maps[-1], x)
         out = decoder((*skips, e4), train)
         seg = out.seg
+        full_gaze = None
         if self.method == "gaze_star":
             full_gaze = conv1x1(out.last, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)
             gaze = avg_pool(full_gaze, GRID_DOWNSAMPLING)
-            if not train:
-                seg = gaze_modulated_logits(seg, full_gaze)
+            seg = self._gaze_star_seg(decoder, seg, full_gaze, train)
         if gaze is not None:
             chex.assert_shape([gaze, *gaze_extra], (x.shape[0], *(s // GRID_DOWNSAMPLING for s in x.shape[1:-1]), 1))
         result = {"seg": seg, "deep": out.deep, "gaze": gaze, "survival": self._survival(e4)}
         if self.method in ATTENTION_METHODS:
             result["gaze_extra"] = gaze_extra
+        if full_gaze is not None and train:
+            result["gaze_full"] = full_gaze
         return result
+
+    def _gaze_star_seg(self, decoder: nn.Module, seg: jax.Array, full_gaze: jax.Array, train: bool) -> jax.Array:
+        """+gaze*'s seg logits after the gaze attention of `gaze_star_attention` (see the class docstring)."""
+        if self.gaze_star_attention == "feature":
+            return gaze_feature_attention_logits(seg, full_gaze, _head_bias(decoder))
+        if train:  # "output" and "gate" act at inference only
+            return seg
+        if self.gaze_star_attention == "output":
+            return gaze_output_attention_logits(seg, full_gaze)
+        return gaze_modulated_logits(seg, full_gaze)
 
     def _validate(self, x: jax.Array) -> None:
         """One-line ValueErrors for an unknown method/backbone, a bad combination or a bad input shape."""
@@ -136,6 +183,9 @@ class GazeSegmenter(nn.Module):
                              f"not {self.backbone!r}")
         if self.remat and self.backbone != "equiunet":
             raise ValueError(f"segmenter.py: remat is implemented for the equiunet backbone, not {self.backbone!r}")
+        if self.gaze_star_attention not in GAZE_STAR_ATTENTION:
+            raise ValueError(f"segmenter.py: unknown gaze_star_attention {self.gaze_star_attention!r}; expected one "
+                             f"of {', '.join(GAZE_STAR_ATTENTION)}")
         if self.norm is not None and self.backbone != "dmfnet":
             raise ValueError(f"segmenter.py: norm={self.norm!r} is only configurable for backbone 'dmfnet'")
         multiple = _BACKBONE_MULTIPLE[self.backbone]
@@ -174,7 +224,8 @@ class GazeSegmenter(nn.Module):
             up = resize_align_corners(m2, e4.shape[1:-1]).astype(e4.dtype)
             return conv1x1(jnp.concatenate([e4, up], axis=-1), e4.shape[-1], self.dtype, name="san_fuse",
                            conv_impl=self.conv_impl)
-        return AAB(self.aab_heads, self.aab_head_dim, dtype=self.dtype, name="aab")(e4, m2, train)
+        return AAB(self.aab_heads, self.aab_head_dim, dtype=self.dtype, scale_dim=self.aab_scale_dim, name="aab")(
+            e4, m2, train)
 
     def _survival(self, e4: jax.Array) -> jax.Array | None:
         """ours+surv: global average pool of e4' -> Dense(survival_classes) logits, or None when off."""
@@ -183,3 +234,13 @@ class GazeSegmenter(nn.Module):
         pooled = jnp.mean(e4.astype(jnp.float32), axis=tuple(range(1, e4.ndim - 1)))
         head = nn.Dense(self.survival_classes, dtype=self.dtype, param_dtype=jnp.float32, name="survival_head")
         return head(pooled).astype(jnp.float32)
+
+
+def _head_bias(decoder: nn.Module) -> jax.Array:
+    """The bias of a backbone decoder's 1x1 output head ("outconv" in EquiUnet/Att_EquiUnet, "seg" in nnU-Net and
+    DMFNet; DMFNet's head has none, so 0)."""
+    params = decoder.variables["params"]
+    head = params.get("outconv", params.get("seg"))
+    if head is None:
+        raise ValueError(f"segmenter.py: decoder {type(decoder).__name__} has no 'outconv' or 'seg' output head")
+    return head.get("bias", jnp.zeros((), jnp.float32))

@@ -47,13 +47,16 @@ def wt_lowres(seg: np.ndarray) -> np.ndarray:
 
 
 def make_train_example(record: CaseRecord, crop: tuple, sigma: float, rng: np.random.Generator,
-                       augment_p: float = 0.5) -> dict[str, np.ndarray]:
-    """Random pad/crop + augmentation of one cached case, gaze rendered after the geometric transforms."""
+                       augment_p: float = 0.5, augment_scheme: str = "per_step") -> dict[str, np.ndarray]:
+    """Random pad/crop + augmentation of one cached case, gaze rendered after the geometric transforms.
+
+    `augment_scheme` is a `transforms3d.AUGMENT_SCHEMES` entry (config `data.augment`), `augment_p` its
+    probability (`data.augment_p`); augment_p = 0 turns augmentation off."""
     image, seg = np.asarray(record.image()), np.asarray(record.seg())
     (image, seg), offset = transforms3d.random_pad_crop([image, seg], crop, rng)
     points = record.points - np.asarray(offset, np.float64)
     if augment_p > 0:
-        image, seg, points = transforms3d.augment(image, seg, points, rng, p=augment_p)
+        image, seg, points = transforms3d.augment(image, seg, points, rng, p=augment_p, scheme=augment_scheme)
     return {
         "image": np.ascontiguousarray(image, np.float32),
         "target": regions_onehot(seg),
@@ -66,13 +69,14 @@ def make_train_example(record: CaseRecord, crop: tuple, sigma: float, rng: np.ra
 
 def build_splits(records: list[CaseRecord], cfg: Any) -> dict[str, list[CaseRecord]]:
     """train / val / test records: fold `cfg.fold` of a seeded K-fold is the test set; a seeded share of the rest
-    is the validation set (model selection only); the training set is `cfg.ratio` of what remains."""
+    is the validation set (model selection only); the training set is `cfg.ratio` of what remains, drawn from the
+    cases with gaze when `cfg.ratio_pool` is "preferred" (the paper) or from all of them ("all")."""
     labelled = [r for r in records if r.has_seg]
     ids = [r.case_id for r in labelled]
     rest, test = splits.kfold(ids, cfg.num_folds, cfg.fold, seed=cfg.split_seed)
     train_pool, val = splits.holdout(rest, cfg.val_fraction, seed=cfg.split_seed)
     with_gaze = [r.case_id for r in labelled if r.has_gaze]
     train = splits.ratio_subset(train_pool, cfg.ratio, seed=cfg.split_seed, prefer=with_gaze,
-                                pool=cfg.get("ratio_pool", "all"))
+                                pool=cfg.ratio_pool, what="data.ratio_pool")
     by_id = {r.case_id: r for r in labelled}
     return {"train": [by_id[i] for i in train], "val": [by_id[i] for i in val], "test": [by_id[i] for i in test]}

@@ -1,4 +1,11 @@
-"""Whole-volume 3D inference (sliding window at the training crop size) and BraTS evaluation of one case.
+"""Whole-volume 3D inference and BraTS evaluation of one case, in one of two modes (`EVAL_MODES`, config
+`eval.mode`):
+
+- "whole": one forward pass over the case's brain box (the cached non-zero crop) zero-padded at the end to a
+  multiple of 16, as open_brats2020 infers. GroupNorm then normalises over the whole brain, not over a 128^3 crop
+  as in training; one compilation per distinct padded shape.
+- "window": sliding windows of the training crop size (GroupNorm statistics as in training); a window that sees
+  little tumour normalises differently from one that sees much, so overlapping windows can disagree.
 
 Windows start at multiples of the SAN stride so the 1/16-resolution gaze outputs of overlapping windows land on one
 common grid; overlapping predictions are averaged with uniform weights. One compiled shape serves every case: the
@@ -73,6 +80,29 @@ def sliding_window(predict: Callable, image: np.ndarray, window: tuple, overlap:
     return seg_prob, gaze_prob
 
 
+EVAL_MODES = ("whole", "window")
+
+
+def infer_case(predict: Callable, image: np.ndarray, mode: str, window: tuple, overlap: float, batch: int,
+               gaze_window: tuple | None = None) -> tuple[np.ndarray, np.ndarray | None, tuple]:
+    """(seg_prob [*padded, 3], gaze_prob [*padded/16, 1] or None, padded shape the gaze grid refers to) of the
+    brain-box `image` [X, Y, Z, 4] in `mode` ("whole" ignores window/overlap/batch; see the module docstring)."""
+    if mode not in EVAL_MODES:
+        raise ValueError(f"eval.mode: unknown mode {mode!r}; expected one of {', '.join(EVAL_MODES)}")
+    if mode == "whole":
+        padded, _ = pad_volume(image, (1, 1, 1), SAN_STRIDE)
+        seg_prob, gaze_prob = sliding_window(predict, padded, padded.shape[:3], 0.0, 1)
+        return seg_prob, gaze_prob, padded.shape[:3]
+    padded, _ = pad_volume(image, window, SAN_STRIDE)
+    seg_prob, gaze_prob = sliding_window(predict, padded, window, overlap, batch)
+    gaze_frame = padded.shape[:3]
+    if gaze_window and gaze_prob is not None:
+        whole, _ = pad_volume(image, gaze_window, SAN_STRIDE)
+        _, gaze_prob = sliding_window(predict, whole, tuple(gaze_window), overlap, 1)
+        gaze_frame = whole.shape[:3]
+    return seg_prob, gaze_prob, gaze_frame
+
+
 def probs_to_labels(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """[..., 3] sigmoid outputs (ET, TC, WT) -> BraTS labels (ET->4, TC\\ET->1, WT\\TC->2)."""
     on = prob > threshold
@@ -96,22 +126,17 @@ def gaze_scores(pred: np.ndarray, record: CaseRecord, padded_shape: tuple, sigma
 
 
 def evaluate_case(predict: Callable, record: CaseRecord, window: tuple, overlap: float, batch: int, sigma: float,
-                  out_dir: str | None = None, gaze_window: tuple | None = None) -> dict:
+                  out_dir: str | None = None, gaze_window: tuple | None = None, mode: str = "window") -> dict:
     """Segments one cached case, scores it in the original geometry, optionally writes the prediction NIfTI.
 
-    Segmentation uses sliding windows of `window` (the training crop: GroupNorm statistics then match training).
-    With `gaze_window`, the gaze map comes from a separate pass with that (larger) window, normally one pass over
-    the whole volume: SAN is the network that skims the whole scan, and per-window GroupNorm makes it rank saliency
-    within each window, so maps stitched from windows that miss the tumour are not comparable across windows.
+    mode "whole": one pass over the padded brain box. mode "window": sliding windows of `window` (the training
+    crop: GroupNorm statistics then match training); with `gaze_window`, the gaze map comes from a separate pass
+    with that (larger) window, normally one pass over the whole volume: SAN is the network that skims the whole
+    scan, and per-window GroupNorm makes it rank saliency within each window, so maps stitched from windows that
+    miss the tumour are not comparable across windows.
     """
     image = np.asarray(record.image())
-    padded, _ = pad_volume(image, window, SAN_STRIDE)
-    seg_prob, gaze_prob = sliding_window(predict, padded, window, overlap, batch)
-    gaze_frame = padded.shape[:3]
-    if gaze_window and gaze_prob is not None:
-        whole, _ = pad_volume(image, gaze_window, SAN_STRIDE)
-        _, gaze_prob = sliding_window(predict, whole, tuple(gaze_window), overlap, 1)
-        gaze_frame = whole.shape[:3]
+    seg_prob, gaze_prob, gaze_frame = infer_case(predict, image, mode, window, overlap, batch, gaze_window)
     crop = image.shape[:3]
     labels_crop = probs_to_labels(seg_prob[:crop[0], :crop[1], :crop[2]])
     labels = np.zeros(record.shape, np.uint8)

@@ -100,6 +100,30 @@ def _gaze_fig(rec, image, gaze_prob, config, fig_dir) -> str:
     return f"![gaze {rec.case_id}](figures/{os.path.basename(p)})"
 
 
+EVAL_MODE_TEXT = {"whole": "one pass over each case's brain box zero-padded to a multiple of 16 (open_brats2020)",
+                  "window": "sliding windows of the training crop, overlapping predictions averaged"}
+
+
+def protocol_lines(config) -> list[str]:
+    """The choices that decide what the numbers mean: inference mode, training pool, augmentation, AAB width."""
+    d, m, e = config.data, config.model, config.eval
+    mode = e.get("mode", "window")
+    window = tuple(e.window or d.crop_size) if mode == "window" else None
+    pool = d.get("ratio_pool", "all")
+    lines = [f"- Inference (`eval.mode={mode}`): {EVAL_MODE_TEXT.get(mode, mode)}"
+             + (f", window {'x'.join(map(str, window))}, overlap {e.overlap}." if window else "."),
+             f"- Training cases (`data.ratio_pool={pool}`): share {d.ratio} of the "
+             + ("training cases that have gaze." if pool == "preferred" else "training cases, with or without gaze."),
+             f"- Augmentation (`data.augment={d.get('augment', 'per_step')}`), probability {d.augment_p}."]
+    if config.method in ("ours", "ours_no_gaze", "ours_surv"):
+        scale = m.get("aab_scale_dim", 0) or m.aab_head_dim
+        lines.append(f"- AAB: {m.aab_heads} heads x {m.aab_head_dim} = Q/K/V width {m.aab_heads * m.aab_head_dim}, "
+                     f"Eq. 1 scaled by 1/sqrt({scale}).")
+    if config.method == "gaze_star":
+        lines.append(f"- +gaze* attention (`model.gaze_star_attention={m.get('gaze_star_attention', 'feature')}`).")
+    return lines
+
+
 def write(results: dict, config, workdir: str) -> str:
     fig_dir = os.path.join(workdir, "figures")
     os.makedirs(fig_dir, exist_ok=True)
@@ -113,6 +137,7 @@ def write(results: dict, config, workdir: str) -> str:
              "", R.markdown_table(["split", "cases", "with gaze"],
                                   [[k, len(info.get(f"{k}_cases", [])), info.get("with_gaze", {}).get(k, 0)]
                                    for k in ("train", "val", "test")]), "",
+             "Protocol:", "", *protocol_lines(config), "",
              "## Test split (held-out fold, never used for model selection)", ""]
     lines += _tables(test.get("metrics", {}), label)
     if val.get("metrics"):

@@ -2,8 +2,10 @@
 
 Model: `gazejax.models.segmenter.GazeSegmenter` (EquiUnet backbone; SAN on the 4x down-sampled input; AAB fusing
 SAN's M2 into the encoder's E4). Loss: L = w1 * L_seg + w2 * L_g (Eq. 3-4), deep supervision summed when enabled,
-survival cross-entropy for `ours_surv`. Data: BraTS 2020 layout (synthetic by default). Evaluation: Dice and HD95 of
-ET/TC/WT per case in the original geometry, SAN gaze vs the readers' gaze (CC, KL, SIM, NSS, AUC-Judd).
+survival cross-entropy for `ours_surv`; +gaze*'s full-resolution gaze head takes Eq. 4 against the up-sampled
+target. Data: BraTS 2020 layout (synthetic by default). Evaluation (`eval.mode`: one pass over the whole brain box,
+or sliding windows): Dice and HD95 of ET/TC/WT per case in the original geometry, SAN gaze vs the readers' gaze
+(CC, KL, SIM, NSS, AUC-Judd).
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ import logging
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gazejax import losses, models
+from gazejax.data.transforms3d import AUGMENT_SCHEMES
 from gazejax.engine.api import DataBundle, Stage
 
 log = logging.getLogger("gazejax")
@@ -31,6 +35,7 @@ def build_model(config):
         "gaze_segmenter", method="ours" if method in ("ours_surv", "ours_no_gaze") else method,
         num_classes=3, width=width, in_channels=4, deep_supervision=m.deep_supervision,
         san_width=m.san_width, aab_heads=m.aab_heads, aab_head_dim=m.aab_head_dim,
+        aab_scale_dim=int(m.get("aab_scale_dim", 0)), gaze_star_attention=str(m.get("gaze_star_attention", "feature")),
         survival_classes=3 if method == "ours_surv" else 0, dtype=jnp.dtype(m.dtype), backbone=m.backbone,
         remat=bool(config.get("remat", False)), conv_impl=str(m.get("conv_impl", "auto")))
 
@@ -56,7 +61,7 @@ def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tupl
             target, has = batch["wt_lowres"], jnp.ones(batch["wt_lowres"].shape[0], bool)
         else:
             target, has = batch["gaze"], batch["has_gaze"]
-        g = losses.gaze_bce(outputs["gaze"], target, has)
+        g = _gaze_loss(outputs, target, has)
         for i, extra in enumerate(outputs.get("gaze_extra") or []):  # TASN: detail attention is supervised too
             ge = losses.gaze_bce(extra, target, has)
             metrics[f"loss_gaze_extra{i}"] = ge
@@ -69,6 +74,20 @@ def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tupl
         metrics["loss_survival"] = ce
         total = total + w.survival * ce
     return total, metrics
+
+
+def upsample_gaze_target(target: jnp.ndarray, shape: tuple) -> jnp.ndarray:
+    """Gaze target `[B, *S/16, 1]` -> `[B, *S, 1]` by linear interpolation between cell centres (half-pixel,
+    edges clamped), the grid that `pipeline.render_gaze` samples; values stay in [0, 1]."""
+    return jax.image.resize(target.astype(jnp.float32), tuple(shape), "linear")
+
+
+def _gaze_loss(outputs: dict, target: jnp.ndarray, has: jnp.ndarray) -> jnp.ndarray:
+    """Eq. 4 on the SAN-grid logits, or for +gaze* on its full-resolution head ("gaze_full", training only)."""
+    full = outputs.get("gaze_full")
+    if full is not None:
+        return losses.gaze_bce(full, upsample_gaze_target(target, full.shape), has)
+    return losses.gaze_bce(outputs["gaze"], target, has)
 
 
 def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
@@ -91,12 +110,14 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
         records = [brats_records.prepare_case(c, cache, gaze_dir if os.path.isdir(gaze_dir) else None,
                                               d.gaze_readers, d.gaze_sigma, survival) for c in brats.list_cases(root)]
     parts = brats_pipeline.build_splits(records, d)
-    crop, sigma, p = tuple(d.crop_size), d.gaze_sigma, d.augment_p
+    crop, sigma, p, scheme = tuple(d.crop_size), d.gaze_sigma, d.augment_p, d.get("augment", "per_step")
+    if scheme not in AUGMENT_SCHEMES:
+        raise ValueError(f"data.augment: unknown scheme {scheme!r}; expected one of {', '.join(AUGMENT_SCHEMES)}")
     train_records = parts["train"]
     source = grain.MapDataset.source(train_records)
 
     def augment(record, rng):
-        return brats_pipeline.make_train_example(record, crop, sigma, rng, augment_p=p)
+        return brats_pipeline.make_train_example(record, crop, sigma, rng, augment_p=p, augment_scheme=scheme)
 
     info = {"root": root, "cache": cache, "synthetic": not d.root,
             **{f"{k}_cases": [r.case_id for r in v] for k, v in parts.items()},
@@ -126,12 +147,17 @@ def evaluate(predict, records, config, out_dir: str | None = None, stage=None) -
     from gazejax.metrics import stats
 
     e = config.eval
+    mode = e.get("mode", "window")
+    if mode not in eval3d.EVAL_MODES:
+        raise ValueError(f"eval.mode: unknown mode {mode!r}; expected one of {', '.join(eval3d.EVAL_MODES)}")
+    if mode == "whole" and (tuple(e.window) or tuple(e.gaze_window)):
+        raise ValueError("eval.window / eval.gaze_window apply to eval.mode='window'; clear them for 'whole'")
     window = tuple(e.window or config.data.crop_size)
     per_case = []
     for record in records:
         res = eval3d.evaluate_case(predict, record, window, e.overlap, e.batch, config.data.gaze_sigma,
                                    out_dir if (out_dir and e.save_predictions) else None,
-                                   gaze_window=tuple(e.gaze_window) or None)
+                                   gaze_window=tuple(e.gaze_window) or None, mode=mode)
         if len(per_case) >= e.get("figure_cases", 2):  # keep volumes only for the report's figures
             res = {"case_id": res["case_id"], "scores": res["scores"]}
         per_case.append(res)
