@@ -150,7 +150,7 @@ def _training(c: ml_collections.ConfigDict) -> None:
     f.epochs = 50                           # Sec. 2.4 (also the supervised baseline's epochs)
     f.lr = 1e-4                             # fine-tuning AdamW learning rate
     f.label_fractions = (0.01, 0.1)         # Sec. 2.5.3 few-shot: 1 % and 10 % of the training labels
-    f.subset_draws = 3                      # label-subset draws per fraction (report: mean (std) over them)
+    f.subset_draws = DRAWS                  # label-subset draws per fraction (report: mean (std) over them)
     f.freeze_norm = True                    # keep the pretrained batch-norm statistics while fine-tuning
     c.eval_every_epochs = 5                 # validation (and linear probe) every k epochs
     c.pretrain_monitor = "val/train_calls"  # the pretraining checkpoint the fine-tunings start from: the last
