@@ -21,7 +21,8 @@ Dtype = Any
 
 # Table 1, Zhu et al.: the tuned initial sigma_sm per backbone family; sigma_ce starts at 1 (Sec. 3.4). The
 # reference code starts log sigma_sm at -16 (EffNet) / -23 (ResNet) and log sigma_ce at 7.0; pass
-# `sigma_sm_init=math.exp(-16.0)`, `sigma_ce_init=math.exp(7.0)` to reproduce it.
+# `sigma_sm_init=math.exp(-16.0)`, `sigma_ce_init=math.exp(7.0)` to reproduce it. EffNet's 1.4e-11 (e^-25) overflows
+# float32 Adam; the GG-CAM method starts at e^-16 and refuses such values (methods/ggcam/losses.check_sigma_start).
 SIGMA_SM_INIT = {"efficientnet": 1.4e-11, "resnet": 2.0e-9}
 SIGMA_CE_INIT = 1.0
 

@@ -21,9 +21,9 @@ def _f(value, digits: int = 3) -> str:
 
 def _tables(metrics: dict, counts: dict, label: str) -> list[str]:
     loss = metrics.get("loss")
-    out = [R.markdown_table(["network", "AUROC (one-vs-rest macro)", "AUROC (one-vs-one, Hand & Till)", "accuracy",
-                             "loss (Eq. 11; CE for standard)"],
-                            [[label, _f(metrics.get("auroc")), _f(metrics.get("auroc_ovo")),
+    out = [R.markdown_table(["network", "AUROC (one-vs-one, Hand & Till: the paper's)", "AUROC (one-vs-rest macro)",
+                             "accuracy", "loss (Eq. 11; CE for standard)"],
+                            [[label, _f(metrics.get("auroc_ovo")), _f(metrics.get("auroc")),
                               _f(metrics.get("accuracy")), "n/a" if loss is None else f"{loss:.4g}"]]), "",
            "Per class (one-vs-rest AUROC; precision and recall of the arg-max prediction, Table 2):", ""]
     rows = [[c, counts.get(c, 0)] + [_f(metrics.get(f"{k}_{c}")) for k in ("auroc", "precision", "recall", "f1")]
