@@ -178,8 +178,8 @@ def get_grid(name: str) -> dict:
 
 def _demo(c: ml_collections.ConfigDict) -> None:
     """128x96 images (SAN grid 8x6, E4 4x3), an EfficientNet-b0 at width/depth 0.25 (the AAB on its 80-channel
-    stride-32 map; final_conv has 320 channels), 300 synthetic images (210 train / 30 val / 60 test), 15 epochs of Adam with a cosine decay after
-    epoch 10; the best-N averages use N = 5 of the 15 evaluations."""
+    stride-32 map; final_conv has 320 channels), 300 synthetic images (210 train / 30 val / 60 test), 15 epochs of
+    Adam with a cosine decay after epoch 10; the best-N averages use N = 5 of the 15 evaluations."""
     c.data.image_size = (128, 96)           # about the synthetic 256x208 radiographs' aspect, multiples of 32
     c.data.gaze_grids = gaze_grids(c.data.image_size)
     c.data.synthetic.images = 300
