@@ -14,6 +14,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gazejax.models import dmfnet, nnunet3d
 from gazejax.models.aab import AAB
@@ -93,7 +94,10 @@ class GazeSegmenter(nn.Module):
       `gaze_star_attention` says: "feature" (default) weights the last decoder feature by (1 + g) before the
       output head, in training and inference alike (`gaze_feature_attention_logits`); "output" multiplies the
       probabilities by (1 + g) / 2 at inference only; "gate" is the earlier p * g hard gate at inference only
-      (not scale-preserving, kept to reproduce old runs). "deep" is never modulated.
+      (not scale-preserving, kept to reproduce old runs). "deep" is never modulated. The gaze logits are offset by
+      logit(`gaze_star_prior`), so the map starts near the mean gaze target instead of 0.5 everywhere (the prior
+      initialisation of Lin et al. 2017, RetinaNet): without it the first steps' large gaze gradients reshape the
+      decoder feature that the segmentation head shares (on the demo the ET channel then never recovers).
     - "san_star" (+SAN*): M2 up-sampled (align-corners linear) to e4's grid, concatenated to e4, 1x1 conv (with
       bias) back to e4's channels; no AAB. "gaze" = SAN's gaze logits.
     - "cbam" (Unet+CBAM, EquiUnet only): open_brats2020's Att_EquiUnet, CBAM after encoder1..4, bottom and
@@ -122,6 +126,7 @@ class GazeSegmenter(nn.Module):
     aab_head_dim: int = 64
     aab_scale_dim: int = 0  # AAB's Eq. 1 divides by sqrt(aab_scale_dim); 0 = per-head width (see AAB.scale_dim)
     gaze_star_attention: str = "feature"  # GAZE_STAR_ATTENTION: how +gaze* applies its gaze map
+    gaze_star_prior: float = 0.1  # initial mean of +gaze*'s gaze map: its logits are offset by logit(prior)
     survival_classes: int = 0
     dtype: Dtype = jnp.float32
     backbone: str = "equiunet"
@@ -150,6 +155,7 @@ class GazeSegmenter(nn.Module):
         full_gaze = None
         if self.method == "gaze_star":
             full_gaze = conv1x1(out.last, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)
+            full_gaze = full_gaze + float(np.log(self.gaze_star_prior / (1.0 - self.gaze_star_prior)))
             gaze = avg_pool(full_gaze, GRID_DOWNSAMPLING)
             seg = self._gaze_star_seg(decoder, seg, full_gaze, train)
         if gaze is not None:
@@ -186,6 +192,8 @@ class GazeSegmenter(nn.Module):
         if self.gaze_star_attention not in GAZE_STAR_ATTENTION:
             raise ValueError(f"segmenter.py: unknown gaze_star_attention {self.gaze_star_attention!r}; expected one "
                              f"of {', '.join(GAZE_STAR_ATTENTION)}")
+        if not 0.0 < self.gaze_star_prior < 1.0:
+            raise ValueError(f"segmenter.py: gaze_star_prior must be in (0, 1), got {self.gaze_star_prior}")
         if self.norm is not None and self.backbone != "dmfnet":
             raise ValueError(f"segmenter.py: norm={self.norm!r} is only configurable for backbone 'dmfnet'")
         multiple = _BACKBONE_MULTIPLE[self.backbone]

@@ -52,8 +52,8 @@ def _tables(metrics: dict, label: str) -> list[str]:
                                 [[label] + [R.fmt_mean_std(metrics.get(f"hd95_{k}"), metrics.get(f"hd95_{k}_std"))
                                             for k, _ in REGIONS]]))
     if any(k in metrics for k, _ in GAZE_KEYS):
-        out += ["", "SAN gaze prediction vs the readers' gaze map at the SAN grid (1/16), mean (std) over cases with "
-                "gaze (MIT saliency conventions):", ""]
+        out += ["", "Predicted gaze (SAN; +gaze*: its head pooled to 1/16) vs the readers' gaze map at the SAN grid "
+                "(1/16), mean (std) over cases with gaze (MIT saliency conventions):", ""]
         out.append(R.markdown_table(["Method"] + [n for _, n in GAZE_KEYS],
                                     [[label] + [R.fmt_mean_std(metrics.get(k), metrics.get(k + "_std"), 1, 3)
                                                 for k, _ in GAZE_KEYS]]))

@@ -61,11 +61,12 @@ def test_gaze_star_feature_attention_is_the_head_on_1_plus_g_times_the_last_feat
     (train_out, _), (out, state) = run(variables, x, True), run(variables, x, False)
     np.testing.assert_allclose(train_out["seg"], out["seg"], rtol=1e-5, atol=1e-5)  # no train/test mismatch
     inter = state["intermediates"]
-    # training outputs carry the full-resolution gaze logits the loss supervises; inference keeps four keys
-    np.testing.assert_allclose(train_out["gaze_full"], inter["gaze_head"]["__call__"][0], rtol=1e-5, atol=1e-6)
+    # gaze logits = head + logit(prior 0.1); training outputs carry them at full resolution, inference keeps 4 keys
+    gaze_logits = np.asarray(inter["gaze_head"]["__call__"][0], np.float64) + np.log(0.1 / 0.9)
+    np.testing.assert_allclose(train_out["gaze_full"], gaze_logits, rtol=1e-5, atol=1e-5)
     assert train_out["gaze_full"].shape == SHAPE[:-1] + (1,) and set(out) == {"seg", "deep", "gaze", "survival"}
     last = np.asarray(inter["decoder"]["__call__"][0].last, np.float64)
-    g = _sig(inter["gaze_head"]["__call__"][0])
+    g = _sig(gaze_logits)
     p = variables["params"]["decoder"][head]
     kernel = np.asarray(p["kernel"], np.float64).reshape(-1, 3)
     want = ((1 + g) * last) @ kernel + (np.asarray(p["bias"]) if "bias" in p else 0.0)
@@ -123,9 +124,10 @@ def test_gaze_output_attention_formula():
     np.testing.assert_allclose(got, _sig(seg) * (1 + _sig(gaze)) / 2, rtol=1e-5, atol=1e-6)
 
 
-def test_unknown_gaze_star_attention_is_a_clear_error():
-    model = build("gaze_segmenter", method="gaze_star", gaze_star_attention="nope", **TINY)
-    with pytest.raises(ValueError, match="gaze_star_attention"):
+@pytest.mark.parametrize("field,value", [("gaze_star_attention", "nope"), ("gaze_star_prior", 1.0)])
+def test_bad_gaze_star_settings_are_clear_errors(field, value):
+    model = build("gaze_segmenter", method="gaze_star", **{field: value}, **TINY)
+    with pytest.raises(ValueError, match=field):
         jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(SHAPE, jnp.float32))
 
 
