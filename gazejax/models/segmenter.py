@@ -107,7 +107,8 @@ class GazeSegmenter(nn.Module):
       attention logits, "gaze_extra" = [detailed attention logits], both average-pooled by 2 to the gaze grid
       (the paper supervises both).
     The attention methods add the key "gaze_extra", a list of further gaze-grid logits `[B, D/16, H/16, W/16, 1]`
-    that take the same gaze loss as "gaze" (empty for "cbam"); the other methods keep exactly the four keys.
+    that take the same gaze loss as "gaze" (empty for "cbam"); the other methods keep exactly the four keys
+    (+gaze* adds "gaze_full" in training).
     survival_classes > 0 (ours+surv) adds "survival" = Dense(GAP(e4')) logits `[B, survival_classes]`.
     "seg" `[B, D, H, W, num_classes]` and "deep" (list, empty when off) are logits in float32; absent heads are
     None. `backbone` is "equiunet" (default), "nnunet" (nnunet3d.py, 5 stages) or "dmfnet" (dmfnet.py); E4 is
