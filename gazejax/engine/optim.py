@@ -1,4 +1,5 @@
-"""Optimizers (Ranger = gradient centralisation + RAdam + Lookahead, Adam/AdamW/SGD), schedules and stage freezing.
+"""Optimizers (Ranger = gradient centralisation + RAdam + Lookahead, Adam/AdamW/SGD), schedules, stage freezing and
+the plateau learning-rate scale (torch's ReduceLROnPlateau).
 
 Ranger follows lessw2020's Ranger (version 20.4.11, the one open_brats2020 trains with) step for step. Its
 Lookahead keeps a plain params pytree: the slow weights live in the optimizer state and the sync step is expressed
@@ -344,7 +345,8 @@ def plateau_step(state: PlateauState, value: float, base_lr: float, **settings) 
     """
     unknown = set(settings) - set(PLATEAU_DEFAULTS) - {"monitor"}
     if unknown:
-        raise ValueError(f"plateau: unknown setting(s) {sorted(unknown)}; known: monitor, {', '.join(PLATEAU_DEFAULTS)}")
+        raise ValueError(f"plateau: unknown setting(s) {sorted(unknown)}; known: monitor, "
+                         f"{', '.join(PLATEAU_DEFAULTS)}")
     s = {**PLATEAU_DEFAULTS, **settings}
     if s["mode"] not in ("min", "max") or s["threshold_mode"] not in ("rel", "abs"):
         raise ValueError(f"plateau: mode must be min|max and threshold_mode rel|abs, got {s['mode']!r}, "
