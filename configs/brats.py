@@ -168,7 +168,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     # Protocol choices kept from earlier demos so their numbers stay comparable (the paper preset is faithful):
     c.data.ratio_pool = "all"               # fold 0 trains on all 29 cases, 12 with gaze (preferred: those 12)
     c.data.augment = "per_step"
-    c.eval.mode = "window"                  # 48^3 windows over the ~56^3 brain box, the training crop size
+    c.eval.mode = "window"                  # 48^3 windows (the training crop) over brain boxes up to 48x64x48
     c.optim.name = "adam"
     c.optim.lr = 1e-2
     c.optim.decay_start_epoch = 3
