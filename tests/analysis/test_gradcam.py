@@ -70,7 +70,7 @@ def test_densenet_encoder_gradcam_output_equals_interceptor_gradcam():
     v = jax.tree.map(lambda leaf: leaf + 0.1 * jnp.asarray(RNG.normal(size=leaf.shape), leaf.dtype), v)
     out = model.apply(v, x)
     labels = np.array([0, 2])
-    generic = grad_cam(model, v, (x,), "features/transition3", class_index=labels, output_key="dnet_logits")
+    generic = grad_cam(model, v, (x,), "features/norm5", class_index=labels, output_key="dnet_logits")
     np.testing.assert_allclose(np.asarray(generic), np.asarray(out["gradcam"])[np.arange(2), ..., labels],
                                rtol=1e-4, atol=1e-6)
     assert np.asarray(out["gradcam"]).min() >= 0 and np.asarray(out["gradcam"]).max() > 0

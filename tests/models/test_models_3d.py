@@ -322,7 +322,7 @@ def test_ours_forward_is_finite_and_uses_aab():
 
 
 def test_gaze_star_eval_modulates_seg():
-    model = build("gaze_segmenter", method="gaze_star", **TINY)
+    model = build("gaze_segmenter", method="gaze_star", gaze_star_attention="gate", **TINY)  # the old hard gate
     x = jax.random.uniform(jax.random.key(1), X_TINY.shape)
     variables = _random_variables(model, x)
 
@@ -332,7 +332,7 @@ def test_gaze_star_eval_modulates_seg():
     out, state = jax.jit(run)(variables, x)
     inter = state["intermediates"]
     raw_seg = inter["decoder"]["__call__"][0].seg
-    full_gaze = inter["gaze_head"]["__call__"][0]
+    full_gaze = inter["gaze_head"]["__call__"][0] + np.log(0.1 / 0.9)  # + the head's start offset (gaze_star_prior)
     np.testing.assert_allclose(out["seg"], gaze_modulated_logits(raw_seg, full_gaze.astype(jnp.float32)), atol=1e-5)
     np.testing.assert_allclose(out["gaze"][0, 0, 0, 0, 0], full_gaze[0, :16, :16, :16, 0].mean(), rtol=1e-5)
 

@@ -63,10 +63,7 @@ def fusion(d_in, hidden=64, k=3):
     return d_in * hidden + hidden + hidden * k + k
 
 
-def densenet201_to_transition3() -> int:
-    """torchvision's DenseNet-201 (20,013,928) minus classifier, norm5 and denseblock4 (32 layers from 896 ch)."""
-    block4 = sum(130 * (896 + 32 * i) + 256 + 3 * 3 * 128 * 32 for i in range(32))
-    return 20_013_928 - (1920 * 1000 + 1000) - 2 * 1920 - block4
+DENSENET201_FEATURES = 20_013_928 - (1920 * 1000 + 1000)  # torchvision's DenseNet-201 without its classifier
 
 
 @pytest.mark.parametrize("encoder,block", [("res_se", res_se), ("plain", double)])
@@ -81,12 +78,12 @@ def test_mtunet_and_full_model_parameter_counts():
     out, v = _init_shapes(build("cxrgazelearn", widths=PAPER), (1, 640, 512, 1))
     p = v["params"]
     assert set(p) == {"features", "dnet_head", "res_se_unet", "fusion"}
-    assert _count(p["features"]) == densenet201_to_transition3()
-    assert _count(p["dnet_head"]) == 896 * 3 + 3
+    assert _count(p["features"]) == DENSENET201_FEATURES  # the whole DenseNet trains; the UNet takes transition3
+    assert _count(p["dnet_head"]) == 1920 * 3 + 3
     assert _count(p["res_se_unet"]) == unet(PAPER, res_se, injected=896)
-    assert _count(p["fusion"]) == fusion(896 + 64)
+    assert _count(p["fusion"]) == fusion(1920 + 64)
     assert out["saliency"].shape == (1, 640, 512, 1) and out["logits"].shape == (1, 3)
-    assert out["gradcam"].shape == (1, 20, 16, 3) and out["embedding"].shape == (1, 896)
+    assert out["gradcam"].shape == (1, 20, 16, 3) and out["embedding"].shape == (1, 1920)
 
 
 def test_reference_cut_injects_denseblock4():
@@ -97,7 +94,7 @@ def test_reference_cut_injects_denseblock4():
     kernel = v["params"]["res_se_unet"]["inject_up"]["up"]["conv"]["kernel"]
     assert kernel.shape == (3, 3, channels, TINY[3])
     _, paper_cut = _init_shapes(build("cxrgazelearn", widths=TINY, encoder_kwargs=TINY_DENSENET))
-    assert "denseblock4" not in paper_cut["params"]["features"] and "norm5" not in paper_cut["params"]["features"]
+    assert "denseblock4" in paper_cut["params"]["features"] and "norm5" in paper_cut["params"]["features"]
 
 
 def test_shapes_of_every_model():
@@ -187,6 +184,6 @@ def test_torchvision_densenet_checkpoint_initialises_the_encoder():
     features = [k for k in flat if "/features/" in f"/{k}"]
     assert features and all(np.all(flat[k] == 1.0) for k in features)  # every encoder array copied
     assert all(np.all(flat[k] == 0.0) for k in flat if k not in features)  # heads and UNet untouched
-    # not copied: what the paper's cut drops (denseblock4, norm5) and torchvision's 1000-class head
+    # not copied: torchvision's 1000-class head only (the whole DenseNet is built and trained)
     skipped = {"/".join(m.split("/")[1:3]) if "/features/" in m else m.split("/")[1] for m in missing}
-    assert copied == len(features) and skipped == {"features/denseblock4", "features/norm5", "classifier"}
+    assert copied == len(features) and skipped == {"classifier"}
