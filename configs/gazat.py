@@ -209,15 +209,18 @@ def _tables(row, labels: dict, draws: int = DRAWS) -> list[dict]:
     (std))."""
     ft = (("auroc", "AUROC"), ("accuracy", "accuracy"), ("f1", "F1"))
     align = (("attn_nss", "NSS"), ("attn_auc_judd", "AUC-Judd"), ("attn_cc", "CC"), ("attn_pointing", "pointing game"))
-    out = [{"title": "Linear probe (frozen features)", "split": "test@pretrain", "row": row, "row_labels": labels,
-            "metrics": tuple((f"probe_{k}", n) for k, n in ft), "stats": False},
+    common = {"row": row, "row_labels": labels, "title_row": "method", "stats": False}
+    out = [{"title": "Linear probe (frozen features)", "split": "test@pretrain",
+            "metrics": tuple((f"probe_{k}", n) for k, n in ft), **common},
            {"title": "Attention alignment with held-out gaze after pretraining", "split": "test@pretrain",
-            "row": row, "row_labels": labels, "metrics": align, "stats": False}]
+            "metrics": align, **common},
+           {"title": "Supervised reference (all training labels, no pretraining)", "split": "test@supervised",
+            "metrics": ft, **common}]
     for pct in ("1pct", "10pct"):
         for k in range(draws):
             suffix, which = (f"_d{k}", f", subset draw {k}") if draws > 1 else ("", "")
             out.append({"title": f"Fine-tuning with {pct[:-3]} % of the labels{which}",
-                        "split": f"test@finetune_{pct}{suffix}", "row": row, "row_labels": labels, "stats": False,
+                        "split": f"test@finetune_{pct}{suffix}", **common,
                         "metrics": ft + (("gradcam_nss", "Grad-CAM NSS"), ("gradcam_pointing", "Grad-CAM pointing"))})
     return out
 
@@ -266,5 +269,6 @@ def get_grid(name: str) -> dict:
         raise ValueError(f"configs/gazat.py: unknown grid {name!r} (compare | ablation)")
     cells = [{"ablation": key, **overrides} for key, (_, overrides) in ABLATIONS.items()]
     labels = {key: label for key, (label, _) in ABLATIONS.items()}
-    return {"cells": cells, "tables": _tables("ablation", labels),
+    tables = [dict(t, title_row="ablation") for t in _tables("ablation", labels) if t["split"] != "test@supervised"]
+    return {"cells": cells, "tables": tables,
             "title": "GazAT ablations (Sec. 2.5.4)", "repeat_label": "seeds", "split": "test@pretrain"}
