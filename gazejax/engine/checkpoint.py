@@ -29,12 +29,15 @@ class _LatestPlusBestPerStage(pp.PreservationPolicy):
     """Keeps the last `n` checkpoints and, per stage, the one with the highest `_monitor` metric."""
 
     n: int
+    # step -> {MONITOR_KEY, STAGE_KEY}, read back from each checkpoint's meta item: Orbax does not reload the
+    # metrics of checkpoints written before a restart, and without them a resumed run would delete the best one.
+    known: dict = dataclasses.field(default_factory=dict)
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
         keep = [i >= len(checkpoints) - self.n for i in range(len(checkpoints))]
         best: dict[Any, tuple[float, int]] = {}
         for i, info in enumerate(checkpoints):
-            metrics = info.metrics or {}
+            metrics = info.metrics or self.known.get(int(info.step)) or {}
             if MONITOR_KEY in metrics:
                 stage = metrics.get(STAGE_KEY, 0)
                 value = float(metrics[MONITOR_KEY])
@@ -50,13 +53,18 @@ class Checkpointer:
 
     def __init__(self, workdir: str, keep_last: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+        self._policy = _LatestPlusBestPerStage(n=max(1, keep_last))
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=_LatestPlusBestPerStage(n=max(1, keep_last)),
+            preservation_policy=self._policy,
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        for step in self.manager.all_steps():
+            meta = self.restore_meta(step)
+            if meta.get("monitor") is not None:
+                self._policy.known[int(step)] = {MONITOR_KEY: float(meta["monitor"]), STAGE_KEY: int(meta["stage"])}
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -67,6 +75,7 @@ class Checkpointer:
         metrics = None
         if monitor is not None:
             metrics = {MONITOR_KEY: float(monitor), STAGE_KEY: int(meta.get("stage", 0))}
+            self._policy.known[int(step)] = metrics
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state or {}),

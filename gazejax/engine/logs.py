@@ -48,6 +48,28 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def rewind(self, step: int) -> int:
+        """Drops the metrics.jsonl rows after `step` (written after the newest checkpoint by a killed run, which the
+        resumed run writes again); returns how many were dropped. The file is replaced atomically."""
+        if not self.enabled or not os.path.exists(self.path):
+            return 0
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by the kill
+                continue
+            if int(row.get("step", 0)) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) != len(lines):
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+        return len(lines) - len(kept)
+
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()

@@ -307,6 +307,10 @@ class Trainer:
     def train(self, data) -> TrainState:
         """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
         latest, meta = self._resume_point()
+        dropped = self.writer.rewind(latest)
+        if dropped:
+            log.warning("metrics.jsonl: dropped %d rows written after the newest checkpoint (step %d), which this "
+                        "run repeats", dropped, latest)
         variables = self.init_variables()
         fresh = jax.device_get(variables)  # host copy: a stage's first step donates its device buffers
         state = None
