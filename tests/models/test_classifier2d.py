@@ -17,8 +17,8 @@ GAZE_SHAPES = {"backbone": None, "ours": (2, 4, 4, 1), "gaze_star": (2, 2, 2, 1)
 EXTRA_PARAMS = {"backbone": [], "ours": ["aab", "san"], "gaze_star": ["gaze_head"], "gaze_loss": ["gaze_head"]}
 
 
-def _tiny(method: str) -> SANAABClassifier:
-    return SANAABClassifier(method=method, backbone_kwargs=TINY, san_width=4, aab_heads=2, aab_head_dim=4)
+def _tiny(method: str, **kwargs) -> SANAABClassifier:
+    return SANAABClassifier(method=method, backbone_kwargs=TINY, san_width=4, aab_heads=2, aab_head_dim=4, **kwargs)
 
 
 def _shapes(tree):
@@ -43,8 +43,9 @@ def test_output_shapes_and_parameter_trees(method):
 
 
 def test_ours_aab_runs_on_e4_grid_with_san_pooled():
-    """M2 (1/16) is twice as fine as E4 (1/32); E4' keeps E4's shape, the head reads E4'."""
-    model = _tiny("ours")
+    """M2 (1/16) is twice as fine as E4 (1/32); E4' keeps E4's shape, the head reads E4' (the "head_map" site, the
+    1280-channel final_conv; the default "stride32" site is tested in tests/methods/cxr_san/test_aab_site.py)."""
+    model = _tiny("ours", aab_site="head_map")
 
     def run(x):
         variables = model.init(jax.random.key(0), x)
@@ -119,9 +120,9 @@ def test_bad_arguments():
 
 
 def test_aab_ffn_width_follows_aab_ffn_mult():
-    """The AAB sits on E4 = final_conv (320 channels here): its FFN is aab_ffn_mult x 320 wide."""
+    """At the "head_map" site the AAB sits on E4 = final_conv (320 channels here): its FFN is aab_ffn_mult x 320."""
     for mult in (1, 2):
         model = SANAABClassifier(method="ours", backbone_kwargs=TINY, san_width=4, aab_heads=2, aab_head_dim=4,
-                                 aab_ffn_mult=mult)
+                                 aab_ffn_mult=mult, aab_site="head_map")
         aab = jax.eval_shape(model.init, jax.random.key(0), X)["params"]["aab"]
         assert aab["ffn1"]["kernel"].shape == (320, 320 * mult) and aab["ffn2"]["kernel"].shape == (320 * mult, 320)
