@@ -116,3 +116,20 @@ def test_identical_volumes_under_two_ids_are_reported(root, tmp_path, caplog):
         groups = records.report_duplicates(recs)
     assert groups == [[CASE, copy_id]]
     assert any(CASE in r.getMessage() and copy_id in r.getMessage() for r in caplog.records)
+
+
+def test_a_gaze_method_without_any_gaze_names_the_folder(tiny_brats_root, tmp_path):
+    from gazejax.methods.san_aab import spec
+    from tests.conftest import tiny_brats_config
+
+    cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"))
+    cfg.data.gaze_dir = str(tmp_path / "gaze_typo")
+    with pytest.raises(FileNotFoundError, match="data.gaze_dir .*gaze_typo.*: no such directory"):
+        spec.make_data(cfg)
+    empty = tmp_path / "empty_gaze"
+    empty.mkdir()
+    cfg.data.gaze_dir = str(empty)
+    with pytest.raises(ValueError, match=f"method 'ours' trains on gaze, but no training case has any .searched {empty}"):
+        spec.make_data(cfg)
+    cfg.method = "backbone"  # needs no gaze: the same folder is fine
+    assert spec.make_data(cfg).num_train > 0

@@ -24,6 +24,7 @@ from gazejax.engine.api import DataBundle, Stage
 log = logging.getLogger("gazejax")
 
 VARIANTS = ("backbone", "ours", "gaze_star", "san_star", "ours_no_gaze", "ours_surv", "cbam", "tasn")
+GAZE_FREE = ("backbone", "ours_no_gaze")  # the variants that never read a gaze map
 
 
 def build_model(config):
@@ -101,6 +102,8 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
 
     d = config.data
     root = resolve_root(config)
+    if d.gaze_dir and not os.path.isdir(d.gaze_dir):
+        raise FileNotFoundError(f"data.gaze_dir {d.gaze_dir!r}: no such directory")
     gaze_dir = d.gaze_dir or os.path.join(root, "gaze")
     cache = io.cache_dir(d.cache_dir, "brats", root)
     if d.get("source", "files") == "tfds":
@@ -110,7 +113,12 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
         survival = brats.read_survival(root)
         records = [brats_records.prepare_case(c, cache, gaze_dir if os.path.isdir(gaze_dir) else None,
                                               d.gaze_readers, d.gaze_sigma, survival) for c in brats.list_cases(root)]
+    brats_records.report_duplicates(records)
     parts = brats_pipeline.build_splits(records, d)
+    if config.method not in GAZE_FREE and not any(r.has_gaze for r in parts["train"]):
+        where = d.get("tfds_dir", "") or "the TFDS data set" if d.get("source", "files") == "tfds" else gaze_dir
+        raise ValueError(f"data.gaze_dir: method {config.method!r} trains on gaze, but no training case has any "
+                         f"(searched {where} for <case_id>_fixations.csv, readers {d.gaze_readers!r})")
     crop, sigma, p, scheme = tuple(d.crop_size), d.gaze_sigma, d.augment_p, d.get("augment", "per_step")
     if scheme not in AUGMENT_SCHEMES:
         raise ValueError(f"data.augment: unknown scheme {scheme!r}; expected one of {', '.join(AUGMENT_SCHEMES)}")
