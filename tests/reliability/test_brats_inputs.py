@@ -129,7 +129,8 @@ def test_a_gaze_method_without_any_gaze_names_the_folder(tiny_brats_root, tmp_pa
     empty = tmp_path / "empty_gaze"
     empty.mkdir()
     cfg.data.gaze_dir = str(empty)
-    with pytest.raises(ValueError, match=f"method 'ours' trains on gaze, but no training case has any .searched {empty}"):
+    message = f"method 'ours' trains on gaze, but no training case has any .searched {empty}"
+    with pytest.raises(ValueError, match=message):
         spec.make_data(cfg)
     cfg.method = "backbone"  # needs no gaze: the same folder is fine
     assert spec.make_data(cfg).num_train > 0
