@@ -68,6 +68,8 @@ class MetricWriter:
             with open(tmp, "w") as f:
                 f.writelines(kept)
             os.replace(tmp, self.path)
+            logging.getLogger("gazejax").warning("metrics.jsonl: dropped %d rows written after step %d (the newest "
+                                                 "checkpoint), which this run repeats", len(lines) - len(kept), step)
         return len(lines) - len(kept)
 
     def flush(self) -> None:

@@ -18,7 +18,7 @@ import optax
 
 from gazejax.data import io
 from gazejax.engine import input as train_data
-from gazejax.engine import optim, parallel, profiling, stage_rules
+from gazejax.engine import guards, optim, parallel, profiling, stage_rules
 from gazejax.engine.api import Method
 from gazejax.engine.checkpoint import Checkpointer, PreemptionFlag, abstract_like
 from gazejax.engine.logs import MetricWriter, ProgressBar
@@ -108,18 +108,18 @@ class Trainer:
         apply_kwargs = dict(method.apply_kwargs(stage))
         micro_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
 
-        def grads_of(params, collections, batch, dropout_rng):
+        def loss_of(params, collections, batch, dropout_rng):
             mutable = list(collections.keys())
+            variables = {"params": params, **collections}
+            out = model.apply(variables, *method.model_inputs(batch), train=True,
+                              mutable=mutable or False, rngs={"dropout": dropout_rng}, **apply_kwargs)
+            outputs, new_collections = out if mutable else (out, collections)
+            loss, metrics = method.loss_fn(outputs, batch, params, config, stage=stage)
+            return loss, (dict(metrics, loss=loss), new_collections)
 
-            def loss_of(params):
-                variables = {"params": params, **collections}
-                out = model.apply(variables, *method.model_inputs(batch), train=True,
-                                  mutable=mutable or False, rngs={"dropout": dropout_rng}, **apply_kwargs)
-                outputs, new_collections = out if mutable else (out, collections)
-                loss, metrics = method.loss_fn(outputs, batch, params, config, stage=stage)
-                return loss, (dict(metrics, loss=loss), new_collections)
-
-            (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+        def grads_of(params, collections, batch, dropout_rng):
+            (_, aux), grads = jax.value_and_grad(
+                lambda p: loss_of(p, collections, batch, dropout_rng), has_aux=True)(params)
             return grads, aux
 
         def micro_batches(x):  # [B, ...] -> [k, B / k, ...], micro-batch i = rows i, i + k, ... (device-local)
@@ -155,6 +155,7 @@ class Trainer:
             return new_state, metrics
 
         replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+        self.state_check = guards.make_state_check(lambda *a: loss_of(*a)[0], replicated)
         return jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                        donate_argnums=(0,))
 
@@ -241,11 +242,7 @@ class Trainer:
                                 "it runs them in training mode; see Method.apply_kwargs", stage.name, stage.frozen)
                 loss = float(metrics["loss"])
                 if not np.isfinite(loss):
-                    self.ckpt.wait()
-                    raise NonFiniteLossError(
-                        f"loss became {loss} at step {step_in_stage} of stage {stage.name!r}; stopped without saving "
-                        f"this step (last good checkpoint: {self.ckpt.latest_step()}). Lower the learning rate or "
-                        f"check the data.")
+                    self._non_finite(f"loss became {loss} at step {step_in_stage} of stage {stage.name!r}")
                 global_step = int(meta.get("global_offset", 0)) + step_in_stage + 1
                 for k, v in metrics.items():  # logged values are means over the logging interval
                     accum[k] = accum.get(k, 0.0) + float(v)
@@ -267,6 +264,10 @@ class Trainer:
                 finished = done == total or stop_early
                 stop = preempt.raised  # read once per step; a collective when there are several processes
                 if finished or monitor is not None or done % ckpt_every == 0 or stop:
+                    loss_ok, state_ok = jax.device_get(self.state_check(state, batch))
+                    if not (loss_ok and state_ok):  # a state is saved only once its own loss is known to be finite
+                        self._non_finite(f"the state after step {step_in_stage} of stage {stage.name!r} has "
+                                         f"{guards.describe(loss_ok, state_ok)}")
                     meta["finished_stage"] = finished
                     # "monitor" is set only on the checkpoint whose validation produced it (best_step reads it)
                     self.ckpt.save(global_step, state, it.get_state(), dict(meta, monitor=monitor), monitor=monitor,
@@ -283,6 +284,10 @@ class Trainer:
         prof.finish()
         self.writer.flush()
         return state
+
+    def _non_finite(self, what: str) -> None:
+        self.ckpt.wait()
+        raise NonFiniteLossError(guards.message(what, self.ckpt.latest_step()))
 
     def _validate(self, stage, state: TrainState, data, global_step: int, meta: dict) -> tuple[float | None, dict]:
         """Evaluates the validation split, logs it, and tracks the stage's best monitored value (early stopping)."""
@@ -307,10 +312,7 @@ class Trainer:
     def train(self, data) -> TrainState:
         """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
         latest, meta = self._resume_point()
-        dropped = self.writer.rewind(latest)
-        if dropped:
-            log.warning("metrics.jsonl: dropped %d rows written after the newest checkpoint (step %d), which this "
-                        "run repeats", dropped, latest)
+        self.writer.rewind(latest)  # rows a killed run wrote after its newest checkpoint
         variables = self.init_variables()
         fresh = jax.device_get(variables)  # host copy: a stage's first step donates its device buffers
         state = None
