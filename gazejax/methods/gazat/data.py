@@ -32,6 +32,7 @@ from gazejax.methods.gazat import losses as losses_ssl
 from gazejax.methods.gazat import spec as gazat
 
 log = logging.getLogger("gazejax")
+MCGIP_RATE_WARNING = 0.25  # a larger share of positive pairs leaves McGIP few negatives
 
 
 @dataclasses.dataclass
@@ -132,6 +133,15 @@ def mcgip_positive_rate(items: Sequence[Item], spec: cxr_pipeline.GazeSpec, size
             "extra_positives_per_gaze_anchor": out["positive_rate"] * (int(config.batch_size) - 1) * float(has.mean())}
 
 
+def report_positive_rate(m: dict, batch_size: int) -> None:
+    """Logs McGIP's positive rate; warns (with counts) when it leaves few negatives."""
+    log.info("McGIP positives: %s", m)
+    if m["positive_rate"] > MCGIP_RATE_WARNING:
+        log.warning("McGIP: mcgip.threshold %g marks %.1f %% of the %d training image pairs positive (~%.1f extra "
+                    "positives per anchor in a batch of %d); raise it", m["threshold"], 100 * m["positive_rate"],
+                    m["pairs"], m["extra_positives_per_gaze_anchor"], batch_size)
+
+
 def _check_queue(config, num_train: int) -> None:
     """A queue longer than `moco.queue_share` of the training images holds stale copies of them: warn with counts."""
     if gazat.spec(config)[1] != "moco":
@@ -173,7 +183,7 @@ def make_bundle(config, pretrain_augment: Callable, finetune_augment: Callable, 
             "readers_per_image": {k: [int(len(it.reader_weights)) for it in v] for k, v in items.items()}}
     if gazat.spec(config)[1] == "mcgip":
         info["mcgip"] = mcgip_positive_rate(items["train"], spec, sizes, config)
-        log.info("McGIP positives: %s", info["mcgip"])
+        report_positive_rate(info["mcgip"], int(config.batch_size))
     _check_queue(config, len(items["train"]))
     log.info("GazAT data (%s): %s", d.dataset, {k: len(v) for k, v in items.items()})
     return DataBundle(train=train, num_train=len(items["train"]), splits=evals, augment=pretrain_augment, info=info,

@@ -13,7 +13,8 @@ Methods (`config.method`; fixed here so that a grid overriding only `method` get
   off (two weak views).
 - mcgip (McGIP, Zhao et al. AAAI 2024; zhaozh10/McGIP): simclr whose positives also include image pairs whose
   gaze similarity exceeds `mcgip.threshold` (multi-positive NT-Xent; gaze never enters the network). Similarity as
-  the authors' heat-map scheme (`losses.gaze_similarity`: dHash of 8 x 9 maps, cosine of the bits, threshold 0.7);
+  the authors' heat-map scheme (`losses.gaze_similarity`: dHash of 8 x 9 maps, cosine of the bits; threshold 0.9,
+  their BYOL+McGIP default);
   their SimCLR host (simclr_gaze.py) divides the summed -log p by the number of positive pairs, here each anchor's
   mean over its positives is averaged (Khosla et al.). The share of training pairs it marks is in report.md.
 - byol (Grill et al.): predictor + momentum target (cosine schedule of m to 1), symmetric 2 - 2 cos. moco (MoCo

@@ -143,7 +143,7 @@ def test_pretraining_learning_rate_decays_by_a_cosine():
     assert sizes[-1] < 0.01 * lr
 
 
-def test_mcgip_positive_rate_is_counted_over_pairs_and_printed():
+def test_mcgip_positive_rate_is_counted_over_pairs_and_printed(caplog):
     maps = np.array([[[3, 2, 1]], [[3, 2, 0]], [[1, 2, 3]], [[3, 2, 1]]], np.float32)  # bits 11, 11, 00, 11
     out = gazat_data.positive_rate(maps, np.array([True, True, True, False]), "dhash", 0.7)
     assert out == {"pairs": 3, "positive_rate": pytest.approx(1 / 3)}  # (0,1) of (0,1), (0,2), (1,2)
@@ -151,8 +151,17 @@ def test_mcgip_positive_rate_is_counted_over_pairs_and_printed():
                       "extra_positives_per_gaze_anchor": 2.5}}
     line = gazat_report._mcgip({"data_info": info})[0]
     assert "33.33 % of the 3 training image pairs" in line and "8 x 9" in line
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="gazejax"):
+        gazat_data.report_positive_rate(dict(info["mcgip"], positive_rate=0.88, pairs=39060), 32)
+    assert "marks 88.0 % of the 39060 training image pairs positive" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gazejax"):
+        gazat_data.report_positive_rate(info["mcgip"] | {"positive_rate": 0.02}, 32)
+    assert "McGIP" not in caplog.text
     c = gazat_config.get_config("preset=paper,method=mcgip")
-    assert (c.mcgip.similarity, tuple(c.mcgip.grid), c.mcgip.threshold) == ("dhash", (8, 9), 0.7)
+    assert (c.mcgip.similarity, tuple(c.mcgip.grid), c.mcgip.threshold) == ("dhash", (8, 9), 0.9)
 
 
 def test_report_shows_the_last_logged_collapse_diagnostics(tmp_path):
