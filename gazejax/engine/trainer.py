@@ -23,6 +23,7 @@ from gazejax.engine.api import Method
 from gazejax.engine.checkpoint import Checkpointer, PreemptionFlag, abstract_like
 from gazejax.engine.logs import MetricWriter, ProgressBar
 from gazejax.engine.pretrained import load_pretrained_into
+from gazejax.engine.workdir import WorkdirLock
 
 log = logging.getLogger("gazejax")
 
@@ -369,29 +370,29 @@ class Trainer:
 def train_and_evaluate(config, workdir: str, method: Method) -> dict:
     """Trains (resuming if `workdir` has checkpoints), then evaluates the best model on the test split and
     writes report.md. Returns the evaluation results by split."""
-    os.makedirs(workdir, exist_ok=True)
-    _save_config(config, workdir)
-    trainer = Trainer(config, workdir, method)
-    data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
-    try:
-        state = trainer.train(data)
-        return finish(trainer, state, data)
-    finally:
-        trainer.close()
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        _save_config(config, workdir)
+        trainer = Trainer(config, workdir, method)
+        data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
+        try:
+            state = trainer.train(data)
+            return finish(trainer, state, data)
+        finally:
+            trainer.close()
 
 
 def evaluate_only(config, workdir: str, method: Method) -> dict:
     """Evaluates the best (else newest) checkpoint of `workdir` on the test split and writes the report."""
-    trainer = Trainer(config, workdir, method)
-    if trainer.ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
-    data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
-    variables = trainer.init_variables()
-    try:
-        state = trainer.stage_state(len(trainer.stages) - 1, variables)
-        return finish(trainer, state, data)
-    finally:
-        trainer.close()
+    with WorkdirLock(workdir, enabled=jax.process_index() == 0):
+        trainer = Trainer(config, workdir, method)
+        if trainer.ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
+        data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
+        try:
+            state = trainer.stage_state(len(trainer.stages) - 1, trainer.init_variables())
+            return finish(trainer, state, data)
+        finally:
+            trainer.close()
 
 
 def finish(trainer: Trainer, state: TrainState, data) -> dict:

@@ -46,3 +46,58 @@ def test_nan_mid_run_keeps_the_checkpoints_before_it(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="last good checkpoint: 10"):
         train.train_and_evaluate(cfg, workdir, method)
     assert _steps(workdir)[-2:] == [9, 10]
+
+
+_HOLD = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from gazejax.engine.workdir import WorkdirLock
+lock = WorkdirLock(sys.argv[1]).acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def _snapshot(workdir):
+    out = {}
+    for root, _, files in os.walk(workdir):
+        for name in files:
+            path = os.path.join(root, name)
+            if name != ".lock":
+                with open(path, "rb") as f:
+                    out[os.path.relpath(path, workdir)] = f.read()
+    return out
+
+
+def test_second_run_on_a_busy_workdir_stops_with_the_holder_and_changes_nothing(tmp_path):
+    """A live run holds the workdir: the second run raises one line naming its pid and host and writes nothing
+    (today both train, mixing metrics.jsonl and leaving an Orbax tmp directory)."""
+    import socket
+    import subprocess
+    import sys
+
+    method, cfg = toy.make_method(epochs=1), toy.config()
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(cfg, workdir, method)
+    before = _snapshot(workdir)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD.format(repo=repo), workdir], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OSError, match=rf"in use by another run \(pid {holder.pid} on host "
+                                          rf"{socket.gethostname()}\)") as err:
+            train.train_and_evaluate(toy.config(**{"optim.lr": 0.01}), workdir, method)
+        assert "\n" not in str(err.value)
+        with pytest.raises(OSError, match=rf"pid {holder.pid}"):
+            train.evaluate_only(cfg, workdir, method)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _snapshot(workdir) == before
+    # the holder died by SIGKILL: its lock file is stale, and the next run takes the workdir over
+    with open(os.path.join(workdir, ".lock")) as f:
+        assert json.load(f)["pid"] == holder.pid
+    train.evaluate_only(cfg, workdir, method)
+    with open(os.path.join(workdir, ".lock")) as f:
+        assert json.load(f)["pid"] == os.getpid()
