@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic BraTS set and a tiny SAN+AAB config for engine tests."""
+"""Shared fixtures (a tiny synthetic BraTS set, a tiny SAN+AAB config) and the `slow` marker: end-to-end runs,
+multi-process runs, launchers and the benchmark suite. `pytest -m "not slow"` is the fast tier."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,39 @@ import os
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end / multi-process / launcher / benchmark-suite tests "
+                                       "(deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+    """Programs that took >= 1 s to compile are kept on disk for the session (per xdist worker): tests compile the
+    same tiny models and train steps many times (a resumed run recompiles what the interrupted run compiled). A cache
+    directory set by the caller (JAX_COMPILATION_CACHE_DIR, e.g. to reuse one across runs) is left as it is."""
+    import jax
+
+    if not jax.config.values["jax_compilation_cache_dir"]:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+    return jax.config.values["jax_compilation_cache_dir"]
+
+
+@pytest.fixture
+def fast_compile():
+    """For one test: rbg PRNG keys (threefry initialisers compile ~7x slower on XLA:CPU) and most XLA optimisations
+    off (compile time dominates tiny models). Not for tests that compare against values of fixed threefry seeds, nor
+    for exact comparisons (unoptimised programs round differently). Executables compiled inside stay in JAX's caches:
+    jitted functions that the test shares with later tests may run unoptimised there (slower, same maths)."""
+    import jax
+
+    saved = {k: jax.config.values[k] for k in ("jax_default_prng_impl", "jax_disable_most_optimizations")}
+    jax.config.update("jax_default_prng_impl", "rbg")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    for key, value in saved.items():
+        jax.config.update(key, value)
 
 
 @pytest.fixture(scope="session")

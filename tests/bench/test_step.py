@@ -13,6 +13,7 @@ from gazejax.bench import step as bench
 from tests.conftest import tiny_brats_config
 
 
+@pytest.mark.slow
 def test_tiny_brats_report(tiny_brats_root, tmp_path):
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), batch_size=2)
     r = bench.run(cfg, steps=1)

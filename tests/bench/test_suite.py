@@ -11,6 +11,8 @@ import pytest
 
 from gazejax.bench import suite
 
+pytestmark = pytest.mark.slow
+
 
 def _config(row):
     """The row's config as `--config=path:arg` gives it (the module's get_config(arg))."""

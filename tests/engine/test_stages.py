@@ -3,33 +3,18 @@ from the stage `init_from` names (or a fresh initialisation), receives itself in
 stages flagged `evaluate=True` are scored on test with their own best checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
-import flax.linen as nn
 import grain
-import ml_collections
 import numpy as np
 import pytest
 
 from gazejax.engine import trainer as train
-from gazejax.engine.config_args import add_engine_fields
 from gazejax.engine.api import DataBundle, Method, Stage
-
-DIM = 3
-PROBE = np.eye(DIM, dtype=np.float32)  # predict(PROBE) reads the Dense kernel back
-
-
-class Linear(nn.Module):
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        return {"y": nn.Dense(1, use_bias=False)(x)[:, 0]}
-
-
-def _examples(n: int, target: np.ndarray) -> list[dict]:
-    rng = np.random.default_rng(n)
-    xs = rng.normal(size=(n, DIM)).astype(np.float32)
-    return [{"x": x, "y": np.float32(x @ target)} for x in xs]
+from tests.engine import toy
+from tests.engine.toy import DIM, PROBE
 
 
 def _make_method(seen: dict) -> Method:
@@ -44,10 +29,9 @@ def _make_method(seen: dict) -> Method:
         return {"metrics": {"neg_dist": -float(np.abs(weights - split).sum())}, "weights": weights}
 
     def make_data(config, process_index=0, process_count=1):
-        target = np.arange(1, DIM + 1, dtype=np.float32)
-        full, small = _examples(64, target), _examples(16, target)
+        full, small = toy.examples(64, seed=64), toy.examples(16, seed=16)
         return DataBundle(train=grain.MapDataset.source(full), num_train=len(full),
-                          splits={"val": target, "test": target},
+                          splits={"val": toy.TARGET, "test": toy.TARGET},
                           train_sets={"small": grain.MapDataset.source(small)})
 
     def stages(config):
@@ -56,21 +40,12 @@ def _make_method(seen: dict) -> Method:
                 Stage("from_a", epochs=1, init_from="a", optimizer={"lr": 0.0}, evaluate=True,
                       options={"target_scale": 2.0})]
 
-    return Method(name="toy", build_model=lambda c: Linear(), init_batch=lambda c: {"x": np.zeros((2, DIM), np.float32)},
-                  loss_fn=loss_fn, make_data=make_data, evaluate=evaluate, report=lambda r, c, w: "", stages=stages,
-                  model_inputs=lambda batch: (batch["x"],))
+    return dataclasses.replace(toy.make_method(), loss_fn=loss_fn, make_data=make_data, evaluate=evaluate,
+                               report=lambda r, c, w: "", stages=stages)
 
 
-def _config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.method_family, c.seed, c.batch_size, c.num_devices = "toy", 0, 8, 1
-    c.eval_every_epochs, c.log_every_steps, c.monitor = 1, 1, ""
-    c.optim = {"name": "adam", "lr": 0.1}
-    c.model = {"init_from": ""}
-    c.data = {"num_threads": 1, "prefetch": 1}
-    add_engine_fields(c)
-    c.checkpoint.async_save = False
-    return c
+def _config():
+    return toy.config(**{"optim.lr": 0.1})
 
 
 def test_stages_choose_data_start_point_and_are_evaluated(tmp_path, monkeypatch):

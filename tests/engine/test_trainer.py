@@ -1,5 +1,7 @@
-"""The trainer end to end on tiny synthetic BraTS: resume after SIGTERM reproduces the uninterrupted losses,
-1 device and 2 devices give the same losses, a NaN loss stops the run and keeps the last good checkpoint."""
+"""The trainer end to end on the toy least-squares method (tests/engine/toy.py): resume after SIGTERM reproduces the
+uninterrupted losses and parameters, 1 device and 2 devices give the same losses, a NaN loss stops the run and keeps
+the last good checkpoint (which evaluate_only then scores), bfloat16 compute keeps float32 parameters. The same run
+on the real SAN+AAB network is tests/integration/test_san_aab_e2e.py (slow)."""
 from __future__ import annotations
 
 import json
@@ -9,12 +11,15 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_brats_config
+from gazejax.engine import checkpoint, trainer as train
+from tests.engine import toy
 
-from gazejax import methods
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _losses(workdir: str) -> dict[int, float]:
@@ -27,16 +32,28 @@ def _losses(workdir: str) -> dict[int, float]:
     return out
 
 
-def test_resume_after_sigterm_reproduces_losses(tiny_brats_root, tmp_path, monkeypatch):
-    from gazejax.engine import logs, trainer as train
+def _final_params(workdir: str, method, cfg) -> dict:
+    """Parameters and collections of the run's best checkpoint, as numpy."""
+    trainer = train.Trainer(cfg, workdir, method)
+    try:
+        state = trainer.stage_state(0, trainer.init_variables())
+    finally:
+        trainer.close()
+    return jax.device_get({"params": state.params, **state.collections})
 
-    cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=2)
+
+def test_resume_after_sigterm_reproduces_losses(tmp_path, monkeypatch):
+    """Interrupted at step 3 of 16 and rerun: the same losses as one uninterrupted run, step for step, and the same
+    final weights; BatchNorm statistics, the dropout RNG, Adam's moments and the data position (shuffle order and
+    per-example augmentation noise) all come back from the checkpoint."""
+    method = toy.make_method(epochs=2, batch_norm=True, dropout=0.25, noise=0.1)
+    cfg = toy.config()
     full = str(tmp_path / "full")
-    train.train_and_evaluate(cfg, full, methods.get(cfg.method_family))
+    train.train_and_evaluate(cfg, full, method)
     reference = _losses(full)
-    assert len(reference) >= 4
+    assert sorted(reference) == list(range(1, 17))  # 2 epochs x 64 // 8
 
-    original = logs.ProgressBar.update
+    original = train.ProgressBar.update
 
     def update_then_sigterm(self, n=1, **kw):
         original(self, n, **kw)
@@ -45,104 +62,101 @@ def test_resume_after_sigterm_reproduces_losses(tiny_brats_root, tmp_path, monke
 
     interrupted = str(tmp_path / "interrupted")
     monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
-    with pytest.raises(train.Preempted):
-        train.train_and_evaluate(cfg, interrupted, methods.get(cfg.method_family))
-    assert max(_losses(interrupted)) == 3
+    with pytest.raises(train.Preempted, match="SIGTERM at step 3"):
+        train.train_and_evaluate(cfg, interrupted, method)
+    assert max(_losses(interrupted)) == 3 and not os.path.exists(os.path.join(interrupted, "report.md"))
     monkeypatch.setattr(train.ProgressBar, "update", original)
-    train.train_and_evaluate(cfg, interrupted, methods.get(cfg.method_family))  # the same command again: resumes at step 4
+    train.train_and_evaluate(cfg, interrupted, method)  # the same command again: resumes at step 4
     resumed = _losses(interrupted)
     assert sorted(resumed) == sorted(reference)
     np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [reference[s] for s in sorted(reference)],
                                rtol=1e-6)
+    assert len(set(reference.values())) == len(reference)  # the losses move: equality is not that of constants
+    want, got = _final_params(full, method, cfg), _final_params(interrupted, method, cfg)
+    assert jax.tree.structure(want) == jax.tree.structure(got) and "batch_stats" in got
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(b, a, rtol=1e-6)
     assert os.path.exists(os.path.join(interrupted, "report.md"))
 
 
-def test_one_vs_two_devices_same_losses(tiny_brats_root, tmp_path):
-    script = textwrap.dedent(f"""
-        import json, sys
-        sys.path.insert(0, {os.getcwd()!r})
-        import jax
-        from gazejax import methods
-        from gazejax.engine import parallel, trainer as train
-        from tests.conftest import tiny_brats_config
-        assert jax.device_count() == 2, jax.devices()
-        out = {{}}
-        for n in (1, 2):
-            cfg = tiny_brats_config({tiny_brats_root!r}, {str(tmp_path / "cache")!r}, batch_size=2, num_devices=n, epochs=2)
-            trainer = train.Trainer(cfg, {str(tmp_path)!r} + f"/run{{n}}", methods.get(cfg.method_family))
-            data = trainer.method.make_data(cfg)
-            stage = trainer.stages[0]
-            variables = trainer.init_variables()
-            tx = train._stage_tx(cfg, stage, 1, variables["params"])
-            state = trainer.new_state(variables, tx)
-            step = trainer.make_train_step(tx)
-            it = trainer.train_iterator(data, stage, None)
-            losses = []
-            for _ in range(3):
-                state, m = step(state, parallel.to_global(next(it), trainer.mesh))
-                losses.append(float(m["loss"]))
-            out[n] = losses
-            trainer.close()
-        print(json.dumps(out))
-    """)
+_TWO_DEVICES = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    import jax
+    from gazejax.engine import trainer as train
+    from tests.engine import toy
+    assert jax.device_count() == 2, jax.devices()
+    method = toy.make_method(epochs=2, batch_norm=True, dropout=0.25, noise=0.1)
+    out = {{}}
+    for n in (1, 2):
+        workdir = {tmp!r} + f"/run{{n}}"
+        results = train.train_and_evaluate(toy.config(num_devices=n), workdir, method)
+        with open(workdir + "/metrics.jsonl") as f:
+            losses = [row["train/loss"] for row in map(json.loads, f) if "train/loss" in row]
+        out[n] = {{"losses": losses, "test": results["test"]["metrics"]["neg_mse"]}}
+    print(json.dumps(out))
+""")
+
+
+def test_one_vs_two_devices_same_losses(tmp_path):
+    """Global batch 8 on 1 device or split 4 + 4 over 2: the same losses (BatchNorm statistics are over the global
+    batch, dropout masks do not depend on the sharding) and the same test score (5 examples: padded to 6)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    script = _TWO_DEVICES.format(repo=REPO, tmp=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    np.testing.assert_allclose(out["1"], out["2"], rtol=2e-5)
+    assert len(out["1"]["losses"]) == 16
+    np.testing.assert_allclose(out["2"]["losses"], out["1"]["losses"], rtol=2e-5)
+    np.testing.assert_allclose(out["2"]["test"], out["1"]["test"], rtol=2e-5)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_brats_root, tmp_path, monkeypatch):
-    from gazejax.engine import trainer as train
-    from gazejax.data.brats import pipeline as brats_pipeline
-
-    cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=3, eval_every_epochs=1)
-    original, calls = brats_pipeline.make_train_example, []
-
-    def poisoned(record, *args, **kw):  # from the third epoch on, inputs carry a NaN
-        calls.append(1)
-        example = original(record, *args, **kw)
-        if len(calls) > 2 * n_train:
-            example["image"][0, 0, 0, 0] = np.nan
-        return example
-
-    monkeypatch.setattr(brats_pipeline, "make_train_example", poisoned)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    """Inputs carry a NaN from the third epoch on: the run stops at its first step with NonFiniteLossError, logs only
+    finite losses, keeps the end-of-epoch-2 checkpoint, writes no report; evaluate_only then scores that checkpoint."""
+    method = toy.make_method(epochs=3, poison_after=2 * 64)
+    cfg = toy.config()
     workdir = str(tmp_path / "nan")
-    trainer = train.Trainer(cfg, workdir, methods.get(cfg.method_family))
-    n_train = trainer.method.make_data(cfg).num_train
-    trainer.close()
-    with pytest.raises(train.NonFiniteLossError, match="loss became nan"):
-        train.train_and_evaluate(cfg, workdir, methods.get(cfg.method_family))
+    with pytest.raises(train.NonFiniteLossError, match=r"loss became nan at step 16 .*last good checkpoint: 16"):
+        train.train_and_evaluate(cfg, workdir, method)
     losses = _losses(workdir)
-    assert all(np.isfinite(v) for v in losses.values()) and max(losses) >= n_train
+    assert sorted(losses) == list(range(1, 17)) and all(np.isfinite(v) for v in losses.values())
     assert not os.path.exists(os.path.join(workdir, "report.md"))
-    # the last good checkpoint (end of an epoch before the NaN) is intact and usable
-    monkeypatch.setattr(brats_pipeline, "make_train_example", original)
-    results = train.evaluate_only(cfg, workdir, methods.get(cfg.method_family))
-    assert np.isfinite(results["test"]["metrics"]["dice_WT"])
+    ckpt = checkpoint.Checkpointer(workdir, keep_last=2, async_save=False)
+    assert ckpt.latest_step() == 16
+    ckpt.close()
+    results = train.evaluate_only(cfg, workdir, toy.make_method(epochs=3))
+    assert np.isfinite(results["test"]["metrics"]["neg_mse"])
+    assert results["test"]["metrics"]["neg_mse"] > -7.0  # trained for 2 epochs: the untrained error is ~|TARGET|^2 = 14
     assert os.path.exists(os.path.join(workdir, "report.md"))
+    assert os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def test_bfloat16_compute_keeps_float32_parameters_and_loss(tiny_brats_root, tmp_path):
+def test_evaluate_only_without_a_checkpoint_says_train_first(tmp_path, monkeypatch):
+    made, init = [], train.Trainer.__init__
+    monkeypatch.setattr(train.Trainer, "__init__", lambda self, *a: (init(self, *a), made.append(self))[0])
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*train first"):
+        train.evaluate_only(toy.config(), str(tmp_path), toy.make_method())
+    for trainer in made:  # evaluate_only raises without closing its trainer's log writer
+        trainer.close()
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_loss(tmp_path):
     """`config.dtype=bfloat16` (linked to model.dtype): compute in bf16, parameters / optimiser state in float32."""
-    import jax
-    import jax.numpy as jnp
-
-    from gazejax.engine import trainer as train
-
-    cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=1)
+    cfg = toy.config()
     cfg.dtype = "bfloat16"
     assert cfg.model.dtype == "bfloat16"
-    trainer = train.Trainer(cfg, str(tmp_path / "run"), methods.get(cfg.method_family))
+    method = toy.make_method(epochs=1, batch_norm=True)
+    trainer = train.Trainer(cfg, str(tmp_path / "run"), method)
     try:
-        data = trainer.method.make_data(cfg)
-        state = trainer.train(data)
+        state = trainer.train(method.make_data(cfg))
     finally:
         trainer.close()
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim} == {jnp.dtype(jnp.float32)}
     losses = _losses(str(tmp_path / "run"))
-    assert losses and all(np.isfinite(v) for v in losses.values())
-    intermediates = trainer.model.apply({"params": state.params, **state.collections},
-                                        np.zeros((1, 32, 32, 32, 4), np.float32), train=False,
-                                        capture_intermediates=True, mutable=["intermediates"])[1]
+    assert len(losses) == 8 and all(np.isfinite(v) for v in losses.values())
+    intermediates = trainer.model.apply({"params": state.params, **state.collections}, np.ones((2, toy.DIM)),
+                                        train=False, capture_intermediates=True, mutable=["intermediates"])[1]
     assert jnp.dtype(jnp.bfloat16) in {x.dtype for x in jax.tree.leaves(intermediates)}

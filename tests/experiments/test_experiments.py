@@ -14,6 +14,7 @@ import ml_collections
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
+    c.method_family = "san_aab"
     c.method = "backbone"
     c.seed = 0
     c.data = ml_collections.ConfigDict({"ratio": 1.0, "fold": 0})
@@ -28,7 +29,10 @@ def get_grid(name):
 
 
 def _fake_training(calls, fail_on=None):
-    def train_and_evaluate(config, workdir):
+    def train_and_evaluate(config, workdir, method):
+        from gazejax import methods
+
+        assert method is methods.get(config.method_family)  # the runner hands the trainer the cell's Method
         name = os.path.basename(workdir)
         calls.append(name)
         if name == fail_on:
@@ -45,7 +49,21 @@ def _fake_training(calls, fail_on=None):
     return train_and_evaluate
 
 
-def test_kill_and_restart_skips_finished_cells(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def restore_jax_cache_config():
+    """The runner points JAX's compilation cache into its workdir: put the session's setting back afterwards."""
+    import jax
+
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {k: jax.config.values[k] for k in keys}
+    yield
+    for key, value in saved.items():
+        jax.config.update(key, value)
+
+
+def test_kill_and_restart_skips_finished_cells(tmp_path, monkeypatch, capsys, restore_jax_cache_config):
+    import jax
+
     from gazejax.engine import trainer as train
 
     cfg = tmp_path / "cfg.py"
@@ -59,6 +77,7 @@ def test_kill_and_restart_skips_finished_cells(tmp_path, monkeypatch, capsys):
     with pytest.raises(KeyboardInterrupt):
         experiments.run(str(cfg), None, "t", workdir)
     assert len(calls) == 7  # 6 backbone cells finished, killed in the 7th
+    assert jax.config.values["jax_compilation_cache_dir"] == os.path.join(workdir, "jax_cache")
 
     calls.clear()
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))

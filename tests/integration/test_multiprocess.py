@@ -84,6 +84,7 @@ def _losses(workdir: str) -> list[float]:
     return [r["train/loss"] for r in sorted(rows, key=lambda r: r["step"]) if "train/loss" in r]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tiny_brats_root, tmp_path):
     cache = str(tmp_path / "cache")
     port = _free_port()

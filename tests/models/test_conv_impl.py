@@ -1,5 +1,7 @@
 """Convolution formulations of gazejax.models.conv_impl against lax.conv_general_dilated (outputs and gradients),
 and models built with different conv_impl sharing parameters and outputs."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,7 @@ from jax import lax
 from gazejax.models import conv_impl
 from gazejax.models.resnet import resnet18
 from gazejax.models.unet3d import EquiUnet
+from tests.models.params import random_variables
 
 IMPLS = ("taps", "im2col", "depth2d", "mixed")
 # (input shape, kernel shape, strides, padding, dilation)
@@ -43,11 +46,18 @@ def _inputs(case):
     return x, w, strides, padding, dilation
 
 
+@functools.lru_cache(maxsize=None)
+def _lax_reference(case):
+    """lax.conv_general_dilated's (y, dx, dw) for a case: compiled once, shared by the formulations' tests."""
+    args = _inputs(case)
+    return jax.jit(lambda x, w: _value_and_grads(lax.conv_general_dilated, x, w, *args[2:]))(*args[:2])
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_lax_forward_and_gradients(impl, case):
+def test_matches_lax_forward_and_gradients(impl, case, fast_compile):
     args = _inputs(case)
-    want = jax.jit(lambda x, w: _value_and_grads(lax.conv_general_dilated, x, w, *args[2:]))(*args[:2])
+    want = _lax_reference(case)
     fn = conv_impl.conv_general_dilated_for(impl)
     got = jax.jit(lambda x, w: _value_and_grads(fn, x, w, *args[2:]))(*args[:2])
     for g, r, what in zip(got, want, ("y", "dx", "dw")):
@@ -55,7 +65,7 @@ def test_matches_lax_forward_and_gradients(impl, case):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))), err_msg=what)
 
 
-def test_depth2d_native_filter_gradient_path(monkeypatch):
+def test_depth2d_native_filter_gradient_path(monkeypatch, fast_compile):
     """The wide-layer branch of depth2d's backward (native 3D filter gradient) is also exact."""
     monkeypatch.setattr(conv_impl, "NATIVE_DW_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv_impl, "NATIVE_DW_MIN_VOXELS", 1)
@@ -67,7 +77,7 @@ def test_depth2d_native_filter_gradient_path(monkeypatch):
 
 
 @pytest.mark.parametrize("impl", ("taps", "depth2d"))
-def test_bfloat16_close_to_float32(impl):
+def test_bfloat16_close_to_float32(impl, fast_compile):
     x, w, *rest = _inputs("3d_stride2_asym")
     want = _value_and_grads(lax.conv_general_dilated, x, w, *rest)
     fn = conv_impl.conv_general_dilated_for(impl)
@@ -102,7 +112,7 @@ def test_resolve():
     (lambda impl: EquiUnet(num_classes=3, width=2, in_channels=4, conv_impl=impl), (1, 8, 8, 8, 4)),
     (lambda impl: resnet18(num_classes=3, width=4, conv_impl=impl), (2, 32, 32, 3)),
 ])
-def test_models_share_parameters_and_outputs(make, shape):
+def test_models_share_parameters_and_outputs(make, shape, fast_compile):
     x = jax.random.normal(jax.random.key(0), shape)
     ref, other = make("xla"), make("mixed")
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype), jax.eval_shape(ref.init, jax.random.key(1), x))
@@ -151,28 +161,15 @@ def _tiny_models():
     }
 
 
-def _random_variables(shapes):
-    """Fan-in scaled random kernels (outputs stay finite through deep nets), positive BN statistics."""
-    rng = np.random.default_rng(0)
-
-    def draw(path, a):
-        if "batch_stats" in jax.tree_util.keystr(path):
-            return jnp.asarray(np.abs(rng.normal(0, 0.3, a.shape)) + 0.5, a.dtype)
-        scale = 1 / np.sqrt(np.prod(a.shape[:-1])) if len(a.shape) > 1 else 0.3
-        return jnp.asarray(rng.normal(0, scale, a.shape), a.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.mark.parametrize("name", sorted(_tiny_models()))
-def test_backbones_share_parameters_and_outputs(name):
+def test_backbones_share_parameters_and_outputs(name, fast_compile):
     make, shape = _tiny_models()[name]
     x = jax.random.normal(jax.random.key(0), shape)
     ref, other = make("xla"), make("mixed")
     shapes = jax.eval_shape(ref.init, jax.random.key(1), x)
     assert jax.tree.structure(jax.eval_shape(other.init, jax.random.key(1), x)) == jax.tree.structure(shapes)
     assert jax.tree.leaves(jax.eval_shape(other.init, jax.random.key(1), x)) == jax.tree.leaves(shapes)
-    variables = _random_variables(shapes)
+    variables = random_variables(shapes)
     want = jax.tree.leaves(jax.jit(ref.apply)(variables, x))
     got = jax.tree.leaves(jax.jit(other.apply)(variables, x))
     assert len(got) == len(want)
