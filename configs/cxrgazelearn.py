@@ -7,7 +7,7 @@ The paper's settings on the real data (EGD-CXR + its MIMIC-CXR DICOMs):
   python -m gazejax.main --config=configs/cxrgazelearn.py:preset=paper,method=cxrgazelearn \
       --config.data.root=/path/to/egd-cxr --config.data.mimic_root=/path/to/mimic-cxr
 Tables 1 and 2 (the full method and every baseline; baselines run first so the full method's report.md and its
-Fig. 2 can show them, see gazejax/methods/cxrgazelearn_report.py):
+Fig. 2 can show them, see gazejax/methods/cxrgazelearn/report.py):
   python -m gazejax.experiments --config=configs/cxrgazelearn.py --grid=tables12 --workdir=/tmp/cxrgl_grid
 
 Arguments (`configs/cxrgazelearn.py:key=val,...`): preset=demo|paper, seed, method=

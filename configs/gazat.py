@@ -38,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.preset = args["preset"]
     c.method_family = "gazat"               # gazejax.methods.<family>
-    c.method = args["method"]               # see METHODS; semantics in gazejax/methods/gazat.py
+    c.method = args["method"]               # see METHODS; semantics in gazejax/methods/gazat/spec.py
     c.seed = int(args["seed"])              # parameter init / shuffling / augmentation seed
     c.ablation = ""                         # name of a Sec. 2.5.4 ablation cell (a label for the runner's tables)
     _data(c, reflacx=args["dataset"] == "reflacx")

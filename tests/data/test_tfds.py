@@ -139,6 +139,7 @@ def test_gazat_reads_the_same_items_from_tfds(tmp_path, no_tensorflow):
                        "image_size": (48, 40), "source": source})
         c.data.reader_weights = {r: 2.0 for r in readings[::2]}  # every other reading (REFLACX reader = reading id)
         c.finetune.label_fractions = (0.5,)
+        c.finetune.subset_draws = 1  # one draw: the subset is named "label_50pct"
         c.batch_size = 4
         bundles[source] = gazat_data.make_bundle(c, lambda ex, rng: ex, lambda ex, rng: ex)
     files, tfds_ = bundles["files"], bundles["tfds"]

@@ -56,7 +56,7 @@ METHODS = (*classifier2d.METHODS, *MODEL_METHODS)
 def model_method(method: str) -> str:
     """The `SANAABClassifier.method` a config method builds ("backbone_matched" -> "ours")."""
     if method not in METHODS:
-        raise ValueError(f"methods/cxr_san.py: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        raise ValueError(f"cxr_san: unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return MODEL_METHODS.get(method, method)
 
 
@@ -76,7 +76,7 @@ def _backbone_kwargs(config) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"in_channels": 1}
     if config.get("remat", False):  # per-block rematerialisation (engine field)
         if family not in ("efficientnet", "resnet"):
-            raise ValueError(f"methods/cxr_san.py: remat=True is supported for EfficientNet and ResNet backbones, "
+            raise ValueError(f"cxr_san: remat=True is supported for EfficientNet and ResNet backbones, "
                              f"not {m.backbone!r}")
         kwargs["remat"] = True
     if family == "efficientnet":
@@ -140,13 +140,13 @@ def check_gaze_grid(config) -> None:
     if stride is None:
         return
     if any(s % E4_STRIDE for s in size):
-        raise ValueError(f"methods/cxr_san.py: data.image_size {size} must be multiples of {E4_STRIDE} for method "
+        raise ValueError(f"cxr_san: data.image_size {size} must be multiples of {E4_STRIDE} for method "
                          f"{config.method!r}")
     name, expected = GRID_NAMES[stride], tuple(s // stride for s in size)
     grids = dict(config.data.gaze_grids)
     got = tuple(int(g) for g in grids[name]) if name in grids else None
     if got != expected:
-        raise ValueError(f"methods/cxr_san.py: method {config.method!r} trains its gaze output at stride {stride}: "
+        raise ValueError(f"cxr_san: method {config.method!r} trains its gaze output at stride {stride}: "
                          f"data.gaze_grids[{name!r}] must be image_size / {stride} = {expected}, got {got}")
 
 
@@ -164,7 +164,7 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
     from gazejax.data.cxr import pipeline as cxr_pipeline
 
     if config.data.label_set != "5label":
-        raise ValueError(f"methods/cxr_san.py: data.label_set must be '5label' (Table 4's findings), got "
+        raise ValueError(f"cxr_san: data.label_set must be '5label' (Table 4's findings), got "
                          f"{config.data.label_set!r}")
     check_gaze_grid(config)
     sigma = gaze_sigma(config)

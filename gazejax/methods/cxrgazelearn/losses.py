@@ -55,9 +55,9 @@ def triplet_loss(embeddings: Array, labels: Array, valid: Array | None = None, m
       (loss, number of triplets or anchors used), float32 scalars; the loss is 0 when the batch has none.
     """
     if mining not in MINING:
-        raise ValueError(f"losses_cxrgazelearn.py: mining must be one of {MINING}, got {mining!r}")
+        raise ValueError(f"cxrgazelearn triplet_loss: mining must be one of {MINING}, got {mining!r}")
     if embeddings.ndim != 2 or jnp.shape(labels) != embeddings.shape[:1]:
-        raise ValueError(f"losses_cxrgazelearn.py: expected embeddings [B, D] and labels [B], got "
+        raise ValueError(f"cxrgazelearn triplet_loss: expected embeddings [B, D] and labels [B], got "
                          f"{embeddings.shape} and {jnp.shape(labels)}")
     d = pairwise_distances(embeddings, normalize)
     positive, negative = triplet_masks(labels, valid)

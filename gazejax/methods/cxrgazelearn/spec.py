@@ -67,7 +67,7 @@ EVALUATED = {"cxrgazelearn": ("stage1b", "stage2")}  # in-run ablations: DNet201
 
 def _plan(config) -> tuple[str, ...]:
     if config.method not in PLANS:
-        raise ValueError(f"methods/cxrgazelearn.py: unknown method {config.method!r}; choose one of "
+        raise ValueError(f"cxrgazelearn: unknown method {config.method!r}; choose one of "
                          f"{', '.join(PLANS)}")
     return PLANS[config.method]
 
@@ -159,7 +159,7 @@ def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tupl
     if kind == "ce":
         return ce, {"loss_ce": ce}
     if kind != "mtunet":
-        raise ValueError(f"methods/cxrgazelearn.py: unknown stage loss {kind!r}")
+        raise ValueError(f"cxrgazelearn: unknown stage loss {kind!r}")
     total = losses.mtunet_weighting(ce, kl, outputs["log_sigma_ce"], outputs["log_sigma_kl"])
     return total, {"loss_ce": ce, "loss_kl": kl, "sigma_ce": jnp.exp(outputs["log_sigma_ce"]),
                    "sigma_kl": jnp.exp(outputs["log_sigma_kl"])}
@@ -178,7 +178,7 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
 
     grid, size = tuple(config.data.gaze_grids.get("saliency", ())), tuple(config.data.image_size)
     if grid != size:
-        raise ValueError(f"methods/cxrgazelearn.py: data.gaze_grids.saliency {grid} must equal data.image_size "
+        raise ValueError(f"cxrgazelearn: data.gaze_grids.saliency {grid} must equal data.image_size "
                          f"{size} (the saliency maps are predicted at the input grid)")
     return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, gaze_sigma(config), process_index, process_count))
 

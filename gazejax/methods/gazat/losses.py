@@ -113,7 +113,7 @@ def attention_distance(model_map: Array, gaze_map: Array, distance: str = "l2", 
         q = g / (jnp.sum(g, axis=-1, keepdims=True) + _EPS)
         per = jnp.sum(jax.scipy.special.xlogy(q, q + _EPS) - q * jnp.log(p), axis=-1)
     else:
-        raise ValueError(f"losses_ssl.attention_distance: distance must be 'l2' or 'kl', got {distance!r}")
+        raise ValueError(f"gazat attention_distance: distance must be 'l2' or 'kl', got {distance!r}")
     return _masked_mean(per, mask)
 
 

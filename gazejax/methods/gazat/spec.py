@@ -58,7 +58,7 @@ RESNET_STRIDES = {"stem": 2, "layer1": 4, "layer2": 8, "layer3": 16, "layer4": 3
 
 
 def _fail(message: str) -> ValueError:
-    return ValueError(f"methods/gazat.py: {message}")
+    return ValueError(f"gazat: {message}")
 
 
 def spec(config) -> tuple:

@@ -36,14 +36,14 @@ def selective_mse(cam: Array, labels: Array, gaze: Array, log_alpha: Array, has_
       float32 scalar; exactly 0 with a finite zero gradient when no sample has gaze.
     """
     if cam.ndim != 4:
-        raise ValueError(f"losses_gaze2d.py: selective_mse expects cam [B, h, w, C], got shape {cam.shape}")
+        raise ValueError(f"ggcam: selective_mse expects cam [B, h, w, C], got shape {cam.shape}")
     if gaze.ndim == 4 and gaze.shape[-1] == 1:
         gaze = gaze[..., 0]
     if gaze.shape != cam.shape[:3]:
-        raise ValueError(f"losses_gaze2d.py: selective_mse gaze shape {gaze.shape} does not match the CAM grid "
+        raise ValueError(f"ggcam: selective_mse gaze shape {gaze.shape} does not match the CAM grid "
                          f"{cam.shape[:3]}")
     if jnp.shape(labels) != cam.shape[:1]:
-        raise ValueError(f"losses_gaze2d.py: selective_mse labels must have shape ({cam.shape[0]},), "
+        raise ValueError(f"ggcam: selective_mse labels must have shape ({cam.shape[0]},), "
                          f"got {jnp.shape(labels)}")
     mask = _gaze_mask("selective_mse", has_gaze, cam.shape[0])
     gaze = _fill_masked(gaze.astype(jnp.float32), mask, 0.0)

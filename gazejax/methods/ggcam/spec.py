@@ -78,7 +78,7 @@ def table1_row(config, method: str | None = None):
     """The `config.table1` row of the current backbone family and method (e.g. "resnet_ggcam")."""
     key = f"{backbone_family(config.model.backbone)}_{method or config.method}"
     if key not in config.table1:
-        raise ValueError(f"methods/ggcam.py: config.table1 has no row {key!r} for backbone "
+        raise ValueError(f"ggcam: config.table1 has no row {key!r} for backbone "
                          f"{config.model.backbone!r}; rows: {', '.join(sorted(config.table1))}")
     return config.table1[key]
 
@@ -97,7 +97,7 @@ def _backbone_kwargs(config) -> dict[str, Any]:
 def build_model(config) -> nn.Module:
     m = config.model
     if config.method not in VARIANTS:
-        raise ValueError(f"methods/ggcam.py: unknown method {config.method!r}; choose one of {', '.join(VARIANTS)}")
+        raise ValueError(f"ggcam: unknown method {config.method!r}; choose one of {', '.join(VARIANTS)}")
     kw = dict(backbone=m.backbone, num_classes=len(CLASSES), backbone_kwargs=_backbone_kwargs(config),
               dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype))
     if config.method == "plain":
@@ -132,7 +132,7 @@ def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tupl
 def cam_grid(image_size) -> tuple[int, int]:
     """The CAM grid (h, w) = image_size / 32; image sides must be multiples of 32."""
     if any(int(s) % CAM_STRIDE for s in image_size):
-        raise ValueError(f"methods/ggcam.py: data.image_size {tuple(image_size)} must be multiples of "
+        raise ValueError(f"ggcam: data.image_size {tuple(image_size)} must be multiples of "
                          f"{CAM_STRIDE} so that Psi and the CAM share one grid")
     return tuple(int(s) // CAM_STRIDE for s in image_size)
 
@@ -152,7 +152,7 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
 
     grid, expected = tuple(config.data.gaze_grids["cam"]), cam_grid(config.data.image_size)
     if grid != expected:
-        raise ValueError(f"methods/ggcam.py: data.gaze_grids.cam {grid} must be the CAM grid image_size / 32 = "
+        raise ValueError(f"ggcam: data.gaze_grids.cam {grid} must be the CAM grid image_size / 32 = "
                          f"{expected}")
     sigma = gaze_sigma(config)
     log.info("GG-CAM gaze maps: Algorithm 1 with B = %.1f source pixels at grid %s", sigma, grid)
