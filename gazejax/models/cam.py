@@ -97,6 +97,33 @@ class CAMLayer(nn.Module):
         return logits, cam
 
 
+class LinearHeadClassifier(nn.Module):
+    """The "standard" network: `x [B, H, W, C_in] -> {"logits": [B, K], "cam": [B, h, w, K]}`.
+
+    The registry backbone (no head, under "backbone") -> its own global average pool -> dropout (the backbone's
+    head rate unless `dropout` is given) -> Dense "classifier", i.e. torchvision's classifier with K outputs. "cam"
+    is Eq. 4 of that Dense, sum_k Lambda_ck A_k on the head's feature map A (evaluation only: no loss reads it).
+    """
+
+    backbone: str = "resnet50"
+    num_classes: int = 3
+    backbone_kwargs: Mapping[str, Any] | None = None
+    dropout: float | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype)
+        out = net(x, train)
+        rate = getattr(net, "dropout", 0.0) if self.dropout is None else self.dropout
+        pooled = nn.Dropout(rate, deterministic=not train)(out["pooled"]) if rate > 0 else out["pooled"]
+        head = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")
+        logits = head(pooled).astype(jnp.float32)
+        feats = head_feature_map(self.backbone, out["features"]).astype(jnp.float32)
+        cam = jnp.einsum("bhwk,kc->bhwc", feats, head.variables["params"]["kernel"])  # Eq. 4
+        return {"logits": logits, "cam": cam}
+
+
 class GGCAMModel(nn.Module):
     """GG-CAM classifier `x [B, H, W, in_channels] -> {"logits", "cam", "log_alpha", "log_sigma_sm",
     "log_sigma_ce"}` (Zhu et al., Fig. 1b).

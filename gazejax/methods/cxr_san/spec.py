@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import expit, log_expit, softmax
 
-from gazejax import losses
+from gazejax import losses, models
 from gazejax.metrics import classification as cls
 from gazejax.metrics import saliency
 from gazejax.engine.api import DataBundle, Stage, iterate_in_batches
@@ -88,10 +88,10 @@ def _backbone_kwargs(config) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(config) -> SANAABClassifier:
+def build_model(config) -> SANAABClassifier:  # registered as "san_aab_classifier"
     m = config.model
-    return SANAABClassifier(backbone=m.backbone, num_classes=len(FINDINGS), method=model_method(config.method),
-                            san_width=int(m.san_width), aab_heads=int(m.aab_heads), aab_head_dim=int(m.aab_head_dim),
+    return models.build("san_aab_classifier", backbone=m.backbone, num_classes=len(FINDINGS),
+                            method=model_method(config.method), san_width=int(m.san_width), aab_heads=int(m.aab_heads), aab_head_dim=int(m.aab_head_dim),
                             aab_ffn_mult=int(m.aab_ffn_mult), aab_site=str(m.get("aab_site", "stride32")),
                             backbone_kwargs=_backbone_kwargs(config),
                             dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype),

@@ -36,12 +36,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from gazejax import losses
+from gazejax import losses, models
 from gazejax.methods.gazat import cases, losses as losses_ssl
 from gazejax.data.cxr import labels as cxr_labels
 from gazejax.data import transforms2d, views
 from gazejax.engine.api import Stage
-from gazejax.models.ssl import SSLModel, is_vit
+from gazejax.models.ssl import is_vit
 
 SPECS = {  # method -> (views, objective, gaze losses (alpha, beta), random maps)
     "gazat": ("gaze", "nt_xent", True, False),
@@ -145,7 +145,7 @@ def momentum_fields(config, objective: str) -> dict[str, Any]:
 def build_model(config) -> nn.Module:
     _, objective, gaze_losses, _ = spec(config)
     m = config.model
-    return SSLModel(backbone=m.backbone, backbone_kwargs=backbone_kwargs(config), num_classes=num_classes(config),
+    return models.build("ssl", backbone=m.backbone, backbone_kwargs=backbone_kwargs(config), num_classes=num_classes(config),
                     attention_layers=attention_layers(config), region_layer=region_layer(config),
                     proj_hidden=int(m.proj_hidden), proj_dim=int(m.proj_dim), proj_bn=objective == "byol",
                     predictor_hidden=int(m.predictor_hidden) if objective == "byol" else 0, region_head=gaze_losses,

@@ -4,7 +4,7 @@ classification (Normal, CHF, pneumonia) on EGD-CXR; plus "plain", the same backb
 the paper's "standard" network for the ANOVA comparison (Fig. 3).
 
 Model: `gazejax.models.cam.GGCAMModel` (ggcam: backbone + CAM layer + log alpha, log sigma_sm, log sigma_ce, i.e.
-exactly 3 parameters more than plain) or `LinearHeadClassifier` (plain), both on `[B, H, W, 1]` images.
+exactly 3 parameters more than plain) or `gazejax.models.cam.LinearHeadClassifier` (plain), both on `[B, H, W, 1]` images.
 Loss: ggcam L = L_sm / (2 sigma_sm^2) + L_ce / sigma_ce^2 + ln(sigma_sm + 1) + ln(sigma_ce + 1) (Eq. 11) with the
 selective MSE L_sm (Eq. 9-10) on images with gaze; plain L = L_ce (Eq. 7).
 Data: `gazejax.data.cxr.pipeline` (synthetic EGD-CXR by default), Psi by Algorithm 1 at the CAM grid (stride 32).
@@ -23,7 +23,6 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -37,7 +36,7 @@ from gazejax.engine.api import DataBundle, Stage, iterate_in_batches
 from gazejax.data.cxr.labels import THREE_CLASS
 from gazejax.metrics import classification as cls
 from gazejax.metrics.localization import ORGANS, interpretability_hit, organ_masks
-from gazejax.models.cam import backbone_family, head_feature_map, headless_backbone
+from gazejax.models.cam import backbone_family
 
 log = logging.getLogger("gazejax")
 
@@ -45,33 +44,6 @@ CLASSES = THREE_CLASS  # ("Normal", "CHF", "pneumonia"): label indices 0, 1, 2 (
 VARIANTS = ("ggcam", "plain")
 CAM_STRIDE = 32  # every gazejax 2D CNN backbone's deepest map is at 1/32 of the input
 EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", "gaze_cam", "organ_masks", "has_organ_masks")
-
-
-class LinearHeadClassifier(nn.Module):
-    """The "standard" network: `x [B, H, W, C_in] -> {"logits": [B, K], "cam": [B, h, w, K]}`.
-
-    The registry backbone (no head, under "backbone") -> its own global average pool -> dropout (the backbone's
-    head rate unless `dropout` is given) -> Dense "classifier", i.e. torchvision's classifier with K outputs. "cam"
-    is Eq. 4 of that Dense, sum_k Lambda_ck A_k on the head's feature map A (evaluation only: no loss reads it).
-    """
-
-    backbone: str = "resnet50"
-    num_classes: int = 3
-    backbone_kwargs: Mapping[str, Any] | None = None
-    dropout: float | None = None
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
-        net = headless_backbone(self, self.backbone, self.backbone_kwargs, self.dtype)
-        out = net(x, train)
-        rate = getattr(net, "dropout", 0.0) if self.dropout is None else self.dropout
-        pooled = nn.Dropout(rate, deterministic=not train)(out["pooled"]) if rate > 0 else out["pooled"]
-        head = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")
-        logits = head(pooled).astype(jnp.float32)
-        feats = head_feature_map(self.backbone, out["features"]).astype(jnp.float32)
-        cam = jnp.einsum("bhwk,kc->bhwc", feats, head.variables["params"]["kernel"])  # Eq. 4
-        return {"logits": logits, "cam": cam}
 
 
 def table1_row(config, method: str | None = None):
@@ -101,7 +73,7 @@ def build_model(config) -> nn.Module:
     kw = dict(backbone=m.backbone, num_classes=len(CLASSES), backbone_kwargs=_backbone_kwargs(config),
               dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype))
     if config.method == "plain":
-        return LinearHeadClassifier(**kw)
+        return models.build("linear_head_classifier", **kw)
     sigma_sm, sigma_ce = float(table1_row(config).sigma_sm), float(m.sigma_ce_init)
     row = f"{backbone_family(m.backbone)}_{config.method}"
     ggcam_losses.check_sigma_start(sigma_sm, sigma_ce, jnp.dtype(m.dtype),
