@@ -30,15 +30,16 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
-        if self.enabled:
-            from tensorboardX import SummaryWriter
-
-            os.makedirs(workdir, exist_ok=True)
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb_dir = os.path.join(workdir, "tensorboard")
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        if self._tb is None:  # opened at the first write: a run that fails before training leaves no event file
+            from tensorboardX import SummaryWriter
+
+            os.makedirs(self._tb_dir, exist_ok=True)
+            self._tb = SummaryWriter(self._tb_dir)
         row = {"step": int(step), "time": time.time()}
         for key, value in scalars.items():
             val = _to_float(value)

@@ -23,6 +23,7 @@ from gazejax.engine.api import Method
 from gazejax.engine.checkpoint import Checkpointer, PreemptionFlag, abstract_like
 from gazejax.engine.logs import MetricWriter, ProgressBar
 from gazejax.engine.pretrained import load_pretrained_into
+from gazejax.engine import workdir as workdirs
 from gazejax.engine.workdir import WorkdirLock
 
 log = logging.getLogger("gazejax")
@@ -66,6 +67,7 @@ class Trainer:
         self.ckpt = Checkpointer(workdir, keep_last=config.checkpoint.keep,
                                  async_save=config.checkpoint.get("async_save", True))
         self.writer = MetricWriter(workdir)
+        self.saved_config = workdirs.read_config(workdir)  # of the run that wrote the checkpoints, if any
         # outputs replicated: every process of a multi-host run can then read the whole prediction
         self._predict_jit = jax.jit(lambda variables, *inputs: self.model.apply(variables, *inputs, train=False),
                                     out_shardings=parallel.replicated(self.mesh))
@@ -286,6 +288,12 @@ class Trainer:
         self.writer.flush()
         return state
 
+    def _restore(self, step: int, abstract: Any) -> tuple[Any, dict, dict]:
+        try:
+            return self.ckpt.restore(step, abstract)
+        except ValueError as e:  # Orbax: a shape or tree that does not match
+            raise workdirs.incompatible(self.workdir, self.saved_config, self.config, e) from e
+
     def _non_finite(self, what: str) -> None:
         self.ckpt.wait()
         raise NonFiniteLossError(guards.message(what, self.ckpt.latest_step()))
@@ -303,16 +311,10 @@ class Trainer:
             best, bad = (monitor, 0) if best is None or monitor > best else (best, bad + 1)
         return monitor, dict(meta, best_monitor=best, bad_evals=bad, val_metrics=val)
 
-    def _resume_point(self) -> tuple[int, dict | None]:
-        latest = self.ckpt.latest_step()
-        if latest is None:
-            return 0, None
-        meta = self.ckpt.restore_meta(latest)
-        return latest, meta
-
     def train(self, data) -> TrainState:
         """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
-        latest, meta = self._resume_point()
+        latest = self.ckpt.latest_step() or 0
+        meta = self.ckpt.restore_meta(latest) if latest else None
         self.writer.rewind(latest)  # rows a killed run wrote after its newest checkpoint
         variables = self.init_variables()
         fresh = jax.device_get(variables)  # host copy: a stage's first step donates its device buffers
@@ -326,7 +328,7 @@ class Trainer:
                 tx = _stage_tx(self.config, stage, self.steps_per_epoch(data, stage), variables["params"])
                 template = self.new_state(fresh, tx)
                 if meta is not None and idx == meta["stage"]:
-                    state, data_state, stage_meta = self.ckpt.restore(latest, abstract_like(template))
+                    state, data_state, stage_meta = self._restore(latest, abstract_like(template))
                     log.info("resuming stage %s at step %d", stage.name, stage_meta["step_in_stage"])
                 else:
                     source = self.source_stage(idx)
@@ -360,7 +362,7 @@ class Trainer:
             step = max(steps)
         prev_tx = _stage_tx(self.config, self.stages[stage_idx], 1, template.params)
         prev_template = template.replace(opt_state=prev_tx.init(template.params))
-        restored, _, _ = self.ckpt.restore(step, abstract_like(parallel.replicate(prev_template, self.mesh)))
+        restored, _, _ = self._restore(step, abstract_like(parallel.replicate(prev_template, self.mesh)))
         log.info("stage %d: using checkpoint step %d", stage_idx, step)
         state = template.replace(params=restored.params, collections=restored.collections,
                                  opt_state=tx.init(restored.params), step=restored.step)
@@ -371,12 +373,15 @@ def train_and_evaluate(config, workdir: str, method: Method) -> dict:
     """Trains (resuming if `workdir` has checkpoints), then evaluates the best model on the test split and
     writes report.md. Returns the evaluation results by split."""
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
-        _save_config(config, workdir)
         trainer = Trainer(config, workdir, method)
         data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
+        saved = workdirs.save_config(config, workdir)
         try:
             state = trainer.train(data)
             return finish(trainer, state, data)
+        except workdirs.IncompatibleConfigError:
+            workdirs.save_config(saved, workdir)  # the checkpoints' own config.json stays next to them
+            raise
         finally:
             trainer.close()
 
@@ -416,8 +421,3 @@ def finish(trainer: Trainer, state: TrainState, data) -> dict:
         log.info("report written to %s", path)
     return results
 
-
-def _save_config(config, workdir: str) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))

@@ -60,3 +60,57 @@ def _read_holder(fd: int) -> dict:
         return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (ValueError, OSError):
         return {}
+
+
+class IncompatibleConfigError(ValueError):
+    """The workdir's checkpoints do not fit this run's config."""
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def read_config(workdir: str) -> dict | None:
+    """The run's saved `config.json` as a dict, or None when there is none (or it does not parse)."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def incompatible(workdir: str, saved: dict | None, config, error: Exception) -> IncompatibleConfigError:
+    """The one-line error for a checkpoint that `config` cannot restore: the fields that differ from `saved`."""
+    path = os.path.join(os.path.abspath(workdir), "config.json")
+    first = " ".join(str(error).split())[:200]
+    if saved is None:
+        return IncompatibleConfigError(f"cannot restore the checkpoints in {workdir} with this config ({first}); "
+                                       f"use the config they were written with or another --workdir")
+    old, new = _flatten(saved), _flatten(json.loads(config.to_json_best_effort()))
+    diff = [f"{k}: {old.get(k, '(absent)')} in {path}, {new.get(k, '(absent)')} now"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    shown = "; ".join(diff[:5]) + (f"; and {len(diff) - 5} more" if len(diff) > 5 else "")
+    return IncompatibleConfigError(f"cannot resume {workdir}: its checkpoints were written with another config "
+                                   f"({shown or 'no field differs; ' + first}); use that config or another --workdir")
+
+
+def save_config(config, workdir: str) -> str | None:
+    """Writes `config` (a ConfigDict or the text of a config.json) to config.json; returns the text it replaced."""
+    import jax
+
+    from gazejax.data import io
+
+    path, old = os.path.join(workdir, "config.json"), None
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    if jax.process_index() == 0 and config is not None:
+        io.write_text(path, config if isinstance(config, str) else config.to_json_best_effort(indent=2))
+    return old

@@ -101,3 +101,35 @@ def test_second_run_on_a_busy_workdir_stops_with_the_holder_and_changes_nothing(
     train.evaluate_only(cfg, workdir, method)
     with open(os.path.join(workdir, ".lock")) as f:
         assert json.load(f)["pid"] == os.getpid()
+
+
+def _wide_method():
+    import dataclasses
+
+    import flax.linen as nn
+
+    class Wide(nn.Module):
+        width: int
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return {"y": nn.Dense(1, use_bias=False)(nn.Dense(self.width)(x))[:, 0]}
+
+    return dataclasses.replace(toy.make_method(epochs=1), build_model=lambda c: Wide(c.model.width))
+
+
+def test_restart_with_an_incompatible_config_names_the_differing_fields(tmp_path):
+    """A finished workdir rerun with another model width: one line naming model.width and both values; the saved
+    config.json, checkpoints and results stay as they were."""
+    method, workdir = _wide_method(), str(tmp_path / "run")
+    cfg = toy.config()
+    cfg.model.width = 4
+    train.train_and_evaluate(cfg, workdir, method)
+    before = _snapshot(workdir)
+    other = toy.config()
+    other.model.width = 8
+    for run in (train.train_and_evaluate, train.evaluate_only):
+        with pytest.raises(ValueError, match=r"model\.width: 4 in .*config\.json, 8 now") as err:
+            run(other, workdir, method)
+        assert "\n" not in str(err.value) and len(str(err.value)) < 400
+        assert _snapshot(workdir) == before
