@@ -54,11 +54,7 @@ def loss_curve(workdir: str, path: str, keys: Sequence[str] = ("train/loss",)) -
             steps = sorted(pts)
             axes[1].plot(steps, [pts[s] for s in steps], marker="o", label=key.replace("val/", ""))
     axes[1].set_xlabel("step"), axes[1].set_ylabel("validation"), axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def gaze_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: str, title: str) -> str:
@@ -74,9 +70,15 @@ def gaze_figure(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, path: st
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+    """Lays out, writes (creating the folder) and closes a matplotlib figure; returns `path`."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
     return path
 
 

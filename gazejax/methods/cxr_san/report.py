@@ -110,10 +110,7 @@ def auroc_bar_chart(rows: dict[str, list[float]], path: str) -> str:
     ax.set_xticks(np.arange(len(labels)), labels, fontsize=8)
     ax.set_ylabel("AUROC (%)"), ax.set_ylim(0, 100)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def auroc_curve(evals: list[dict[str, float]], summary: dict, path: str) -> str:
@@ -127,10 +124,7 @@ def auroc_curve(evals: list[dict[str, float]], summary: dict, path: str) -> str:
     ax.plot([e["step"] for e in chosen], [100 * e["test/auroc"] for e in chosen], "o", mfc="none", color="k",
             label=f"best {summary['used']} by validation")
     ax.set_xlabel("step"), ax.set_ylabel("AUROC (%)"), ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def _gaze_figures(figures: list[dict], fig_dir: str) -> list[str]:

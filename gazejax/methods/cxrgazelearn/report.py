@@ -151,11 +151,7 @@ def figure2(figures: dict, own_label: str, compare: dict[str, np.ndarray], path:
     for r, ex in enumerate(rows):
         for c, (title, get) in enumerate(panels):
             _show(axes[r, c], ex["image"], get(ex), f"{CLASSES[ex['label']]}: {title}" if c == 0 else title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def _compare_maps(others: dict) -> dict[str, np.ndarray]:

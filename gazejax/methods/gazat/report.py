@@ -135,11 +135,7 @@ def tsne_figure(embeddings: np.ndarray, labels: np.ndarray, names: tuple[str, ..
         if sel.any():
             ax.scatter(y[sel, 0], y[sel, 1], s=12, label=g)
     ax.set_title(title, fontsize=9), ax.set_xticks([]), ax.set_yticks([]), ax.legend(fontsize=6)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def overlay_figure(examples: list[dict], path: str) -> str | None:
@@ -159,11 +155,7 @@ def overlay_figure(examples: list[dict], path: str) -> str | None:
             ax.set_title({"gaze": "gaze A", "attn": "model attention", "gradcam": "Grad-CAM"}[k], fontsize=7)
         for ax in row:
             ax.axis("off")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path, dpi=90)
 
 
 def _figures(results: dict, config, workdir: str) -> list[str]:

@@ -77,10 +77,7 @@ def overlay_figure(example: dict, class_name: str, path: str) -> str:
     axes[2].plot((peak[1] + 0.5) * cell_w, (peak[0] + 0.5) * cell_h, "w+", markersize=12, markeredgewidth=2)
     probs = ", ".join(f"{c} {p:.2f}" for c, p in zip(CLASSES, example["probs"]))
     fig.suptitle(f"{example['dicom_id']} (true class {class_name}); predicted: {probs}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def _figures(test: dict, fig_dir: str) -> list[str]:

@@ -36,10 +36,7 @@ def brats_case_figure(image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray
     _overlay(axes[2], image[:, :, z, 0], truth[:, :, z], "ground truth")
     _overlay(axes[3], image[:, :, z, 0], pred[:, :, z], "prediction (red NCR, green ED, yellow ET)")
     fig.suptitle(f"{case_id}, axial slice {z}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return R.save_figure(fig, path)
 
 
 def _tables(metrics: dict, label: str) -> list[str]:
