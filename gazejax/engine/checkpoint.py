@@ -112,6 +112,9 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        # Orbax's start-up sweep of temporary directories runs in a thread that only a save awaits; a run that stops
+        # before its first save (a data error) must await it too, or it fails at interpreter shutdown after the error
+        getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
         self.manager.wait_until_finished()
         self.manager.close()
 

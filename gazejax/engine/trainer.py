@@ -374,9 +374,9 @@ def train_and_evaluate(config, workdir: str, method: Method) -> dict:
     writes report.md. Returns the evaluation results by split."""
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         trainer = Trainer(config, workdir, method)
-        data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
-        saved = workdirs.save_config(config, workdir)
-        try:
+        try:  # closes the checkpoint manager and log writer after any error, a data error included
+            data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
+            saved = workdirs.save_config(config, workdir)
             state = trainer.train(data)
             return finish(trainer, state, data)
         except workdirs.IncompatibleConfigError:
@@ -390,10 +390,10 @@ def evaluate_only(config, workdir: str, method: Method) -> dict:
     """Evaluates the best (else newest) checkpoint of `workdir` on the test split and writes the report."""
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         trainer = Trainer(config, workdir, method)
-        if trainer.ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
-        data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
         try:
+            if trainer.ckpt.latest_step() is None:
+                raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
+            data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
             state = trainer.stage_state(len(trainer.stages) - 1, trainer.init_variables())
             return finish(trainer, state, data)
         finally:

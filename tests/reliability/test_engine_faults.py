@@ -133,3 +133,38 @@ def test_restart_with_an_incompatible_config_names_the_differing_fields(tmp_path
             run(other, workdir, method)
         assert "\n" not in str(err.value) and len(str(err.value)) < 400
         assert _snapshot(workdir) == before
+
+
+_DATA_ERROR = """
+import dataclasses, sys
+sys.path.insert(0, {repo!r})
+from gazejax import main
+from gazejax.engine import trainer as train
+from tests.engine import toy
+
+def make_data(config, process_index=0, process_count=1):
+    raise ValueError("/data/brats/BraTS20_001/seg.nii.gz: cut file")
+
+method = dataclasses.replace(toy.make_method(), make_data=make_data)
+try:
+    train.train_and_evaluate(toy.config(), sys.argv[1], method)
+except ValueError as e:
+    print(f"gazejax: error: {{e}}", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+def test_after_a_data_error_the_last_line_is_the_error(tmp_path):
+    """make_data fails: the error is the last line on stderr (today tensorboardX's atexit hook prints "can't create
+    new thread at interpreter shutdown" after it), and no TensorBoard event file is left behind."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    workdir = str(tmp_path / "run")
+    proc = subprocess.run([sys.executable, "-c", _DATA_ERROR.format(repo=repo), workdir], cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == "gazejax: error: /data/brats/BraTS20_001/seg.nii.gz: cut file", proc.stderr[-2000:]
+    assert not os.path.exists(os.path.join(workdir, "tensorboard"))
