@@ -9,7 +9,9 @@ JSON items and the commit marker, so `workdir` must be one folder every host see
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import shutil
 import signal
 import threading
 from typing import Any, Sequence
@@ -20,6 +22,7 @@ from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
 from gazejax.engine import parallel
 
+log = logging.getLogger("gazejax")
 MONITOR_KEY = "_monitor"  # sign-adjusted monitored metric (higher is better)
 STAGE_KEY = "_stage"
 
@@ -48,23 +51,68 @@ class _LatestPlusBestPerStage(pp.PreservationPolicy):
         return keep
 
 
+class CorruptCheckpointError(ValueError):
+    """No checkpoint of the workdir can be read back."""
+
+
 class Checkpointer:
     """Saves/restores {"state": pytree, "data": json, "meta": json} under `<workdir>/checkpoints`."""
 
     def __init__(self, workdir: str, keep_last: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self._policy = _LatestPlusBestPerStage(n=max(1, keep_last))
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             preservation_policy=self._policy,
             enable_async_checkpointing=async_save,
             create=True,
             cleanup_tmp_directories=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
         for step in self.manager.all_steps():
-            meta = self.restore_meta(step)
+            try:
+                meta = self.restore_meta(step)
+            except Exception:  # noqa: BLE001 - a broken checkpoint; `recover` reports it
+                continue
             if meta.get("monitor") is not None:
                 self._policy.known[int(step)] = {MONITOR_KEY: float(meta["monitor"]), STAGE_KEY: int(meta["stage"])}
+
+    def verify(self, step: int) -> str | None:
+        """None when every item of `step` reads back (arrays, data and meta), else the error's first words."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore(),
+                                  meta=ocp.args.JsonRestore())
+        try:
+            self.manager.restore(step, args=args)
+            return None
+        except Exception as e:  # noqa: BLE001 - TensorStore, JSON and Orbax errors alike mean "unreadable"
+            return " ".join(str(e).split())[:160] or type(e).__name__
+
+    def recover(self) -> int | None:
+        """Verifies the newest checkpoint; moves broken newer ones to `<workdir>/checkpoints_broken/` with a warning
+        and returns the newest intact step (None: no checkpoint). Raises a one-line error when none is intact."""
+        self.wait()
+        broken = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            why = self.verify(step)
+            if why is None:
+                break
+            broken.append((step, why))
+        else:
+            if broken:
+                raise CorruptCheckpointError(
+                    f"no intact checkpoint in {self.directory}: " + "; ".join(f"step {s}: {w}" for s, w in broken[:3])
+                    + ". Move the folder away to start afresh")
+            return None
+        aside = os.path.join(os.path.dirname(self.directory), "checkpoints_broken")
+        for bad, why in broken:
+            os.makedirs(aside, exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(bad)), os.path.join(aside, str(bad)))
+            log.warning("checkpoint step %d is broken (%s); moved to %s, resuming from step %d", bad, why,
+                        os.path.join(aside, str(bad)), step)
+            self._policy.known.pop(bad, None)
+        if broken:  # the manager lists steps it found at start-up: reopen it on the folder as it is now
+            self.manager.close()
+            self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+        return step
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -101,7 +149,10 @@ class Checkpointer:
         """The preserved step with the highest monitored metric of `stage`, or None."""
         best = None
         for step in self.manager.all_steps():
-            meta = self.restore_meta(step)
+            try:
+                meta = self.restore_meta(step)
+            except Exception:  # noqa: BLE001 - unreadable: not a candidate
+                continue
             if meta.get("stage") != stage or meta.get("monitor") is None:
                 continue
             if best is None or meta["monitor"] > best[0]:

@@ -20,7 +20,7 @@ from gazejax.data import io
 from gazejax.engine import input as train_data
 from gazejax.engine import guards, optim, parallel, profiling, stage_rules
 from gazejax.engine.api import Method
-from gazejax.engine.checkpoint import Checkpointer, PreemptionFlag, abstract_like
+from gazejax.engine.checkpoint import Checkpointer, CorruptCheckpointError, PreemptionFlag, abstract_like
 from gazejax.engine.logs import MetricWriter, ProgressBar
 from gazejax.engine.pretrained import load_pretrained_into
 from gazejax.engine import workdir as workdirs
@@ -291,7 +291,10 @@ class Trainer:
     def _restore(self, step: int, abstract: Any) -> tuple[Any, dict, dict]:
         try:
             return self.ckpt.restore(step, abstract)
-        except ValueError as e:  # Orbax: a shape or tree that does not match
+        except ValueError as e:  # a shape or tree that does not match, unless the checkpoint cannot be read at all
+            why = self.ckpt.verify(step)
+            if why is not None:
+                raise CorruptCheckpointError(f"checkpoint {self.ckpt.directory}/{step} is broken: {why}") from e
             raise workdirs.incompatible(self.workdir, self.saved_config, self.config, e) from e
 
     def _non_finite(self, what: str) -> None:
@@ -313,7 +316,7 @@ class Trainer:
 
     def train(self, data) -> TrainState:
         """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
-        latest = self.ckpt.latest_step() or 0
+        latest = self.ckpt.recover() or 0  # the newest intact checkpoint; broken newer ones are moved aside
         meta = self.ckpt.restore_meta(latest) if latest else None
         self.writer.rewind(latest)  # rows a killed run wrote after its newest checkpoint
         variables = self.init_variables()
@@ -391,7 +394,7 @@ def evaluate_only(config, workdir: str, method: Method) -> dict:
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         trainer = Trainer(config, workdir, method)
         try:
-            if trainer.ckpt.latest_step() is None:
+            if trainer.ckpt.recover() is None:
                 raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
             data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
             state = trainer.stage_state(len(trainer.stages) - 1, trainer.init_variables())

@@ -168,3 +168,60 @@ def test_after_a_data_error_the_last_line_is_the_error(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1] == "gazejax: error: /data/brats/BraTS20_001/seg.nii.gz: cut file", proc.stderr[-2000:]
     assert not os.path.exists(os.path.join(workdir, "tensorboard"))
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
+def _corrupt(step_dir, how):
+    if how == "array":
+        for d in (os.path.join(step_dir, "state", "d"), os.path.join(step_dir, "state", "ocdbt.process_0", "d")):
+            for name in os.listdir(d) if os.path.isdir(d) else []:
+                _truncate(os.path.join(d, name))
+    elif how == "metadata":
+        os.remove(os.path.join(step_dir, "state", "_METADATA"))
+    else:
+        _truncate(os.path.join(step_dir, "meta", "metadata"))
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("ref"))
+    train.train_and_evaluate(toy.config(), workdir, toy.make_method(epochs=2))
+    return workdir
+
+
+@pytest.mark.parametrize("how", ["array", "metadata", "meta_json"])
+def test_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one(two_epochs, tmp_path, how, caplog):
+    """Step 16 (newest) broken: a warning names it, the run resumes from step 8 and ends with the reference's
+    results.json; the broken checkpoint is moved aside, not deleted."""
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_epochs, workdir)
+    os.remove(os.path.join(workdir, "results.json"))
+    _corrupt(os.path.join(workdir, "checkpoints", "16"), how)
+    with caplog.at_level("WARNING", logger="gazejax"):
+        train.train_and_evaluate(toy.config(), workdir, toy.make_method(epochs=2))
+    warnings = [r.getMessage() for r in caplog.records if "checkpoint" in r.getMessage() and "16" in r.getMessage()]
+    assert warnings and "broken" in warnings[0] and "checkpoints_broken" in warnings[0], warnings
+    assert os.path.isdir(os.path.join(workdir, "checkpoints_broken", "16"))
+    with open(os.path.join(workdir, "results.json"), "rb") as a, open(os.path.join(two_epochs, "results.json"),
+                                                                        "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_no_intact_checkpoint_fails_with_one_line(two_epochs, tmp_path):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(two_epochs, workdir)
+    for step in ("8", "16"):
+        _corrupt(os.path.join(workdir, "checkpoints", step), "array")
+    with pytest.raises(ValueError, match=r"no intact checkpoint in .*checkpoints") as err:
+        train.train_and_evaluate(toy.config(), workdir, toy.make_method(epochs=2))
+    assert "\n" not in str(err.value) and len(str(err.value)) < 500
