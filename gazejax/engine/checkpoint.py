@@ -138,7 +138,13 @@ class Checkpointer:
             data=ocp.args.JsonRestore(),
             meta=ocp.args.JsonRestore(),
         )
-        out = self.manager.restore(step, args=args)
+        try:
+            out = self.manager.restore(step, args=args)
+        except ValueError as e:  # unreadable, or readable but of another shape (the caller names the config)
+            why = self.verify(step)
+            if why is not None:
+                raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} is broken: {why}") from e
+            raise
         return out["state"], dict(out["data"] or {}), dict(out["meta"] or {})
 
     def restore_meta(self, step: int) -> dict:

@@ -291,10 +291,9 @@ class Trainer:
     def _restore(self, step: int, abstract: Any) -> tuple[Any, dict, dict]:
         try:
             return self.ckpt.restore(step, abstract)
-        except ValueError as e:  # a shape or tree that does not match, unless the checkpoint cannot be read at all
-            why = self.ckpt.verify(step)
-            if why is not None:
-                raise CorruptCheckpointError(f"checkpoint {self.ckpt.directory}/{step} is broken: {why}") from e
+        except CorruptCheckpointError:
+            raise
+        except ValueError as e:  # a readable checkpoint whose shapes or tree do not match this config's
             raise workdirs.incompatible(self.workdir, self.saved_config, self.config, e) from e
 
     def _non_finite(self, what: str) -> None:
