@@ -140,7 +140,7 @@ class Checkpointer:
         )
         try:
             out = self.manager.restore(step, args=args)
-        except ValueError as e:  # unreadable, or readable but of another shape (the caller names the config)
+        except Exception as e:  # noqa: BLE001 - unreadable, or readable but of another shape (the caller's case)
             why = self.verify(step)
             if why is not None:
                 raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} is broken: {why}") from e

@@ -225,3 +225,16 @@ def test_no_intact_checkpoint_fails_with_one_line(two_epochs, tmp_path):
     with pytest.raises(ValueError, match=r"no intact checkpoint in .*checkpoints") as err:
         train.train_and_evaluate(toy.config(), workdir, toy.make_method(epochs=2))
     assert "\n" not in str(err.value) and len(str(err.value)) < 500
+
+
+def test_broken_best_checkpoint_fails_with_one_line_naming_it(tmp_path):
+    """The stage's best checkpoint (step 24, older than the newest, 48) is unreadable: evaluation stops with one line
+    naming it instead of silently scoring another checkpoint (or a 159-line TensorStore traceback)."""
+    from tests.reliability import test_resume_best as rb
+
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(rb.config(), workdir, rb.method())
+    _corrupt(os.path.join(workdir, "checkpoints", str(rb.BEST_STEP)), "array")
+    with pytest.raises(ValueError, match=rf"checkpoint .*checkpoints/{rb.BEST_STEP} is broken") as err:
+        train.evaluate_only(rb.config(), workdir, rb.method())
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
