@@ -41,28 +41,29 @@ def test_paper_preset_aab_sits_on_the_320_channel_map(backbone, backbone_params)
 
 
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "mobilenet_v2"])
-def test_aab_output_enters_the_final_conv(backbone):
+def test_aab_output_enters_the_final_conv(backbone, fast_compile):
     """With the AAB's last LayerNorm at scale 0 and bias b, M' = b everywhere, so E' = stride32 + b: ours' logits
     must equal the plain backbone's with b added to the bias of the BatchNorm that ends the last stage (eval
     mode), and differ from them without it."""
     kwargs = dict(backbone=backbone, backbone_kwargs=TINY[backbone], san_width=4, aab_heads=2, aab_head_dim=4)
     ours, plain = SANAABClassifier(method="ours", **kwargs), SANAABClassifier(method="backbone", **kwargs)
     x = jnp.asarray(np.random.default_rng(0).random((2, 64, 64, 1)), jnp.float32)
-    variables = ours.init(jax.random.key(0), x)
+    variables = jax.jit(ours.init)(jax.random.key(0), x)  # jitted: op-by-op EfficientNet is slower than compiling
     params = jax.tree.map(lambda p: p, variables["params"])  # a mutable copy of the nested dicts
     b = jnp.asarray(np.random.default_rng(1).normal(size=80), jnp.float32)  # 80 = 320 x width 0.25
     params["aab"]["norm2"] = {"scale": jnp.zeros(80), "bias": b}
-    logits = ours.apply({**variables, "params": params}, x)["logits"]
+    logits = jax.jit(ours.apply)({**variables, "params": params}, x)["logits"]
+    plain_apply = jax.jit(plain.apply)
 
     plain_vars = {"params": {k: params[k] for k in ("backbone", "classifier")},
                   "batch_stats": {"backbone": variables["batch_stats"]["backbone"]}}
-    unshifted = plain.apply(plain_vars, x)["logits"]
+    unshifted = plain_apply(plain_vars, x)["logits"]
     node = plain_vars["params"]["backbone"]
     for key in LAST_STAGE_BN[backbone][:-1]:
         node = node[key]
     bn = node[LAST_STAGE_BN[backbone][-1]]
     node[LAST_STAGE_BN[backbone][-1]] = {**bn, "bias": bn["bias"] + b}
-    np.testing.assert_allclose(logits, plain.apply(plain_vars, x)["logits"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, plain_apply(plain_vars, x)["logits"], rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits, unshifted, atol=1e-3)
 
 

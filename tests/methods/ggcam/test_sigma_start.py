@@ -65,7 +65,7 @@ def test_paper_preset_starts_effnet_at_exp_minus_16_and_refuses_table1_value():
     ggcam.build_model(c)
 
 
-def test_paper_effnet_start_trains_with_finite_adam_moments():
+def test_paper_effnet_start_trains_with_finite_adam_moments(fast_compile):
     """A few jitted Adam steps of the real loss on a narrow EfficientNetV2-S with the paper preset's sigma_sm:
     every second moment finite and log sigma_sm moving (Table 1's e^-25 gives inf moments here)."""
     c = ggcam_config.get_config("preset=paper,backbone=efficientnet_v2_s,method=ggcam")
@@ -76,7 +76,7 @@ def test_paper_effnet_start_trains_with_finite_adam_moments():
              "label_mask": jnp.ones(2, bool), "has_gaze": jnp.ones(2, bool),
              "gaze_cam": jnp.asarray(rng.random((2, 2, 2, 1)), jnp.float32)}
     model = ggcam.build_model(c)
-    variables = model.init(jax.random.key(0), batch["image"])
+    variables = jax.jit(model.init)(jax.random.key(0), batch["image"])
     tx = optax.adam(float(c.table1.efficientnet_ggcam.lr), eps=float(c.optim.eps))
 
     def step(params, stats, opt, key):
