@@ -27,19 +27,29 @@ def jax_compilation_cache(tmp_path_factory):
 
 
 @pytest.fixture
-def fast_compile():
-    """For one test: rbg PRNG keys (threefry initialisers compile ~7x slower on XLA:CPU) and most XLA optimisations
-    off (compile time dominates tiny models). Not for tests that compare against values of fixed threefry seeds, nor
-    for exact comparisons (unoptimised programs round differently). Executables compiled inside stay in JAX's caches:
-    jitted functions that the test shares with later tests may run unoptimised there (slower, same maths)."""
+def no_xla_opt():
+    """For one test: most XLA optimisations off (`jax_disable_most_optimizations`), where compiling a tiny model
+    costs more than running it unoptimised. For comparisons with a tolerance: unoptimised programs round differently.
+    Executables compiled meanwhile stay in JAX's caches: jitted functions that the test shares with later tests may
+    run unoptimised there (slower, same maths)."""
     import jax
 
-    saved = {k: jax.config.values[k] for k in ("jax_default_prng_impl", "jax_disable_most_optimizations")}
-    jax.config.update("jax_default_prng_impl", "rbg")
+    saved = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", True)
     yield
-    for key, value in saved.items():
-        jax.config.update(key, value)
+    jax.config.update("jax_disable_most_optimizations", saved)
+
+
+@pytest.fixture
+def fast_compile(no_xla_opt):
+    """`no_xla_opt` and rbg PRNG keys (threefry initialisers compile ~7x slower on XLA:CPU), for one test. Not for
+    tests whose expected values depend on the draws of fixed threefry seeds."""
+    import jax
+
+    saved = jax.config.values["jax_default_prng_impl"]
+    jax.config.update("jax_default_prng_impl", "rbg")
+    yield
+    jax.config.update("jax_default_prng_impl", saved)
 
 
 @pytest.fixture(scope="session")

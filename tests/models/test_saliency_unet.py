@@ -11,6 +11,7 @@ from scipy.signal import correlate2d
 
 from gazejax.models import build
 from gazejax.models import saliency_unet as S
+from tests.models.params import random_variables
 
 PAPER = (64, 128, 256, 512, 1024)
 TINY = (2, 4, 4, 8, 8)
@@ -153,14 +154,17 @@ def _bn_sub(a, params, stats):
             + np.asarray(params["bias"]))
 
 
-def test_detach_cuts_saliency_and_fusion_gradients_at_the_encoders():
+def test_detach_cuts_saliency_and_fusion_gradients_at_the_encoders(fast_compile):
     model = build("cxrgazelearn", widths=TINY, encoder_kwargs=TINY_DENSENET, detach=True)
     x = np.random.default_rng(1).uniform(size=(2, 32, 32, 1)).astype(np.float32)
-    v = jax.jit(lambda a: model.init(jax.random.key(0, impl="rbg"), a))(x)
+    v = random_variables(jax.eval_shape(lambda a: model.init(jax.random.key(0), a), x))  # no initialiser to compile
+
+    def apply(p):
+        out = model.apply({**v, "params": p}, x)
+        return {k: out[k] for k in ("saliency", "logits")}
 
     @jax.jit
     def grads(params):  # one compile: d(sum saliency) and d(sum logits) with respect to every parameter
-        apply = lambda p: {k: model.apply({**v, "params": p}, x)[k] for k in ("saliency", "logits")}  # noqa
         out, vjp = jax.vjp(apply, params)
         ones = lambda key: {k: jnp.ones_like(o) if k == key else jnp.zeros_like(o) for k, o in out.items()}  # noqa
         return vjp(ones("saliency"))[0], vjp(ones("logits"))[0]
