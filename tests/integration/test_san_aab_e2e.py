@@ -1,7 +1,6 @@
-"""The one trainer end to end on the real SAN+AAB network and the synthetic BraTS pipeline (slow): a run that reads
-its data in 2 Grain worker processes, stopped by SIGTERM and rerun, reproduces the losses of an uninterrupted
-in-process run step for step, then evaluates and writes the report. The trainer's behaviours one by one are tested
-on a toy method in tests/engine/test_trainer.py and tests/engine/test_input.py."""
+"""The one trainer end to end on the real SAN+AAB network and the synthetic BraTS pipeline (slow): a run stopped by
+SIGTERM and rerun reproduces the uninterrupted run's losses step for step, then evaluates and writes the report.
+The trainer's behaviours one by one are tested on a toy method in tests/engine/test_trainer.py."""
 from __future__ import annotations
 
 import json
@@ -43,15 +42,13 @@ def test_san_aab_resume_after_sigterm_reproduces_losses_and_reports(tiny_brats_r
         if self.count == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    # BraTS records and augmentation pickled into worker processes give the in-process batches, also after resuming
-    workers = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=2, **{"data.num_workers": 2})
     interrupted = str(tmp_path / "interrupted")
     monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
     with pytest.raises(train.Preempted):
-        train.train_and_evaluate(workers, interrupted, method)
+        train.train_and_evaluate(cfg, interrupted, method)
     assert max(_losses(interrupted)) == 3
     monkeypatch.setattr(train.ProgressBar, "update", original)
-    train.train_and_evaluate(workers, interrupted, method)  # the same command again: resumes at step 4
+    train.train_and_evaluate(cfg, interrupted, method)  # the same command again: resumes at step 4
     resumed = _losses(interrupted)
     assert sorted(resumed) == sorted(reference)
     np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [reference[s] for s in sorted(reference)],

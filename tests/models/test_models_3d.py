@@ -343,21 +343,3 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
     out = jax.eval_shape(model.apply, variables, X_TINY)
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(out)} == {jnp.dtype(jnp.float32)}
-
-
-def test_brats_config_dtype_reaches_the_san_aab_compute():
-    """`--config.dtype=bfloat16` (linked to model.dtype) gives the SAN+AAB method a model that computes in bf16 and
-    keeps float32 parameters (the trainer side of bf16 is tests/engine/test_trainer.py, on a toy model)."""
-    from gazejax import methods
-    from tests.conftest import tiny_brats_config
-
-    cfg = tiny_brats_config("/nonexistent", "/nonexistent")
-    cfg.dtype = "bfloat16"
-    assert cfg.model.dtype == "bfloat16"
-    model = methods.get(cfg.method_family).build_model(cfg)
-    x = jax.ShapeDtypeStruct((1, 32, 32, 32, 4), jnp.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
-    _, state = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True,
-                                                       mutable=["intermediates"]), variables, x)
-    assert jnp.dtype(jnp.bfloat16) in {leaf.dtype for leaf in jax.tree_util.tree_leaves(state)}
