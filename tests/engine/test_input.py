@@ -27,7 +27,6 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.slow  # starts 4 Grain worker processes
 def test_workers_same_batches_and_resume(tmp_path):
     it0 = _iterator(tmp_path, 0)
     reference = [next(it0) for _ in range(5)]  # 16 examples, batch 8: 5 batches cross two epoch boundaries
@@ -58,18 +57,6 @@ def test_batches_are_augmented_and_reshuffled_per_epoch(tmp_path):
                                           + batches[1]["y"].tolist()])).mean() < 1.0
     epoch1, epoch2 = (np.concatenate([b["y"] for b in batches[i:i + 2]]) for i in (0, 2))
     assert sorted(epoch1) == sorted(epoch2) and not np.array_equal(epoch1, epoch2)
-
-
-def test_a_position_saved_with_another_worker_count_is_refused(tmp_path):
-    """The check the workers test above makes at the end, without starting worker processes."""
-    it0 = _iterator(tmp_path, 0)
-    next(it0)
-    state = it0.get_state()
-    it0.close()
-    assert state["num_workers"] == 0
-    with pytest.raises(ValueError, match=r"num_workers=2 but this run uses 0; resume with "
-                                         r"--config.data.num_workers=2"):
-        _iterator(tmp_path, 0, dict(state, num_workers=2))
 
 
 def test_untagged_state_is_an_in_process_position(tmp_path):
