@@ -60,6 +60,17 @@ def tiny_brats_root(tmp_path_factory) -> str:
     return synth.generate(str(out), cases=8, seed=3, shape=(40, 40, 36), gaze_share=0.6)
 
 
+def apply_overrides(c, overrides: dict):
+    """Sets dotted keys ("data.num_workers": 2) on config `c` in place; returns `c`."""
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
 def tiny_brats_config(root: str, cache: str, **overrides):
     """configs/brats.py demo preset shrunk to a few seconds of CPU compile + run."""
     from configs import brats
@@ -79,10 +90,4 @@ def tiny_brats_config(root: str, cache: str, **overrides):
     c.eval.save_predictions = False
     c.log_every_steps = 1
     c.checkpoint.async_save = False
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return apply_overrides(c, overrides)

@@ -17,6 +17,7 @@ import numpy as np
 
 from gazejax.engine.api import DataBundle, Method, Stage
 from gazejax.engine.config_args import add_engine_fields
+from tests.conftest import apply_overrides
 
 DIM = 3
 TARGET = np.arange(1, DIM + 1, dtype=np.float32)
@@ -121,10 +122,4 @@ def config(**overrides) -> ml_collections.ConfigDict:
     c.data = {"num_threads": 1, "prefetch": 1}
     add_engine_fields(c)
     c.checkpoint.async_save = False
-    for key, value in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return c
+    return apply_overrides(c, overrides)
