@@ -145,8 +145,9 @@ def _training(c: ml_collections.ConfigDict) -> None:
     o.weight_decay = 1e-2                   # not given: torch AdamW's default
     c.batch_size = 128                      # Sec. 2.4
     c.pretrain_epochs = 200                 # Sec. 2.4
-    c.pretrain_schedule = {"decay_start_epoch": 0}  # pretraining lr: cosine to 0 from the first step (SimCLR /
-    #                                         BYOL / MoCo v2 recipes; Sec. 2.4 gives none); Stage.optimizer keys
+    c.pretrain_schedule = {"warmup_epochs": 10, "decay_start_epoch": 10}  # pretraining lr: 10 epochs of linear
+    #                                         warm-up, then cosine to 0 (SimCLR / BYOL / MoCo v2 recipes; Sec. 2.4
+    #                                         gives none); Stage.optimizer keys (engine.stage_rules.stage_tx)
     c.finetune = f = ml_collections.ConfigDict()
     f.epochs = 50                           # Sec. 2.4 (also the supervised baseline's epochs)
     f.lr = 1e-4                             # fine-tuning AdamW learning rate
@@ -187,6 +188,7 @@ def _demo(c: ml_collections.ConfigDict) -> None:
     c.finetune.lr = 1e-3
     c.batch_size = 32
     c.pretrain_epochs = 10
+    c.pretrain_schedule = {"warmup_epochs": 1, "decay_start_epoch": 1}
     c.finetune.epochs = 20
     c.eval_every_epochs = 5
     c.eval.saliency_grid = (16, 16)

@@ -41,13 +41,21 @@ def trained_filter(stage) -> optim.Predicate | None:
 
 def stage_tx(config, stage, steps_per_epoch: int, params) -> optax.GradientTransformation:
     """The stage's optimiser: config.optim overridden by the stage, parameters outside `trainable` or inside
-    `frozen` zeroed, and with `stage.plateau` the learning rate times a plateau scale kept in the state."""
+    `frozen` zeroed, and with `stage.plateau` the learning rate times a plateau scale kept in the state.
+
+    Schedule keys (config.optim or the stage's optimizer overrides): `lr`, `warmup_epochs` (linear warm-up from
+    lr / warmup_steps, default 0), `decay_start_epoch` (constant lr until then, then half a cosine; default: no
+    decay) and `final_lr` (the cosine's end, default 0)."""
     opt = _optim_settings(config, stage)
     total = max(1, stage.epochs * steps_per_epoch)
     decay_epoch = opt.pop("decay_start_epoch", None)
-    decay_start = total if decay_epoch is None else int(decay_epoch) * steps_per_epoch
-    schedule = optim.warmup_cosine_after(opt.pop("lr"), total, min(decay_start, total),
-                                         final_lr=opt.pop("final_lr", 0.0))
+    decay_start = min(total if decay_epoch is None else int(decay_epoch) * steps_per_epoch, total)
+    warmup = int(opt.pop("warmup_epochs", 0) or 0) * steps_per_epoch
+    if warmup > decay_start:
+        raise ValueError(f"stage {stage.name!r}: optimizer warmup_epochs ({warmup // steps_per_epoch}) must not "
+                         f"exceed decay_start_epoch or the stage's {stage.epochs} epochs")
+    schedule = optim.warmup_cosine_after(opt.pop("lr"), total, decay_start,
+                                         final_lr=opt.pop("final_lr", 0.0), warmup_steps=warmup)
     name, trained = opt.pop("name"), trained_filter(stage)
 
     def make_tx(lr_schedule) -> optax.GradientTransformation:

@@ -191,3 +191,26 @@ def test_make_optimizer_names_and_defaults():
     np.testing.assert_allclose(updates["w"], -0.1 * (0.5 + 0.1) * 1.9, rtol=1e-6)
     with pytest.raises(ValueError, match="unknown optimizer"):
         optim.make_optimizer("lion", 0.1)
+
+
+def test_stage_tx_warmup_epochs_then_cosine():
+    """A stage's optimizer overrides take `warmup_epochs` (SSL recipes: linear warm-up, then cosine): plain SGD
+    (no momentum) on a unit gradient makes the update equal to -lr(step)."""
+    import ml_collections
+
+    from gazejax.engine import stage_rules
+    from gazejax.engine.api import Stage
+
+    config = ml_collections.ConfigDict({"optim": {"name": "sgd", "lr": 1.0, "momentum": 0.0, "nesterov": False}})
+    stage = Stage(name="pretrain", epochs=4, optimizer={"warmup_epochs": 1, "decay_start_epoch": 1})
+    params = {"w": jnp.zeros(())}
+    tx = stage_rules.stage_tx(config, stage, steps_per_epoch=2, params=params)
+    state, lrs = tx.init(params), []
+    for _ in range(8):
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        lrs.append(-float(updates["w"]))
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)]
+    np.testing.assert_allclose(lrs, [0.5, 1.0] + cosine, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="'pretrain'.*warmup_epochs"):
+        stage_rules.stage_tx(config, Stage(name="pretrain", epochs=4, optimizer={"warmup_epochs": 2,
+                                                                                 "decay_start_epoch": 1}), 2, params)

@@ -126,10 +126,13 @@ def test_model_counts_training_calls_for_the_last_checkpoint_monitor():
 
 
 # ---------------------------------------------------------------------------------------- schedule, McGIP
-def test_pretraining_learning_rate_decays_by_a_cosine():
+def test_pretraining_learning_rate_warms_up_then_decays_by_a_cosine():
     from gazejax.engine import stage_rules
 
-    c = gazat_config.get_config()
+    paper = gazat_config.get_config("preset=paper")
+    assert paper.pretrain_epochs == 200
+    assert dict(gazat.stages(paper)[0].optimizer) == {"warmup_epochs": 10, "decay_start_epoch": 10}
+    c = gazat_config.get_config()  # demo: 10 epochs, 1 of warm-up
     stage = gazat.stages(c)[0]
     params = {"online": {"w": jnp.zeros(3)}}  # a trained path
     tx = stage_rules.stage_tx(c, stage, 4, params)  # 10 epochs x 4 steps
@@ -138,8 +141,9 @@ def test_pretraining_learning_rate_decays_by_a_cosine():
         updates, state = tx.update({"online": {"w": jnp.ones(3)}}, state, params)  # Adam: |update| ~ lr here
         sizes.append(float(jnp.abs(updates["online"]["w"][0])))
     lr = float(c.optim.lr)
-    assert sizes[0] == pytest.approx(lr, rel=1e-3)
-    assert sizes[20] == pytest.approx(lr * 0.5 * (1 + np.cos(np.pi * 20 / 40)), rel=1e-3)
+    np.testing.assert_allclose(sizes[:4], lr * np.arange(1, 5) / 4, rtol=1e-3)  # linear warm-up, 1 epoch
+    assert sizes[4] == pytest.approx(lr, rel=1e-3)
+    assert sizes[22] == pytest.approx(lr * 0.5 * (1 + np.cos(np.pi * 18 / 36)), rel=1e-3)
     assert sizes[-1] < 0.01 * lr
 
 
