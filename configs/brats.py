@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = d = ml_collections.ConfigDict()
     d.root = ""                             # MICCAI_BraTS2020_TrainingData folder; "" = built-in synthetic set
     d.gaze_dir = ""                         # folder of <case_id>_fixations.csv; "" = <root>/gaze
+    d.skip_incomplete = False               # a case without *_seg.nii.gz: error (False) or skipped with a warning
     d.cache_dir = ""                        # decoded-volume cache; "" = ~/.cache/gazejax/brats_<hash of root>
     d.gaze_readers = args["gaze"]           # whose fixations supervise SAN: expert | non_expert | all (Table 2)
     d.gaze_sigma = 10.0                     # Gaussian width per fixation, voxels of the original image ("kernel 10")

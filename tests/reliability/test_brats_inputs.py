@@ -134,3 +134,27 @@ def test_a_gaze_method_without_any_gaze_names_the_folder(tiny_brats_root, tmp_pa
         spec.make_data(cfg)
     cfg.method = "backbone"  # needs no gaze: the same folder is fine
     assert spec.make_data(cfg).num_train > 0
+
+
+def test_a_training_case_without_a_segmentation_is_an_error_or_a_listed_skip(tiny_brats_root, tmp_path, caplog):
+    import logging
+
+    from gazejax.methods.san_aab import spec
+    from tests.conftest import tiny_brats_config
+
+    root = shutil.copytree(tiny_brats_root, tmp_path / "set")
+    case = sorted(c for c in os.listdir(root) if c.startswith("BraTS20_Training_"))[2]
+    os.remove(os.path.join(root, case, f"{case}_seg.nii.gz"))
+    before = _tree_digest(root)
+    cfg = tiny_brats_config(str(root), str(tmp_path / "cache"))
+    with pytest.raises(DataError) as info:
+        spec.make_data(cfg)
+    message = str(info.value)
+    assert "\n" not in message and str(root) in message and case in message and "skip_incomplete" in message
+    cfg.data.skip_incomplete = True
+    with caplog.at_level(logging.WARNING, logger="gazejax"):
+        bundle = spec.make_data(cfg)
+    assert any("skip_incomplete" in r.getMessage() and case in r.getMessage() for r in caplog.records)
+    used = {r.case_id for r in [*bundle.train, *bundle.splits["val"], *bundle.splits["test"]]}
+    assert case not in used and len(used) == 7  # the 7 complete cases of 8, none lost
+    assert _tree_digest(root) == before

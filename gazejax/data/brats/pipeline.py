@@ -4,6 +4,7 @@ the crop) after every geometric augmentation, so the gaze target always matches 
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,10 @@ import numpy as np
 from gazejax.data import gaze as gaze_lib
 from gazejax.data import splits, transforms3d
 from gazejax.data.brats.records import SAN_STRIDE, CaseRecord
+from gazejax.data.errors import DataError
 from gazejax.data.tfds import brats2020 as tfds_brats2020
+
+log = logging.getLogger("gazejax")
 
 
 def tfds_records(root: str, data_dir: str, readers: str, sigma: float, split: str = "train") -> list[CaseRecord]:
@@ -67,11 +71,23 @@ def make_train_example(record: CaseRecord, crop: tuple, sigma: float, rng: np.ra
     }
 
 
-def build_splits(records: list[CaseRecord], cfg: Any) -> dict[str, list[CaseRecord]]:
+def build_splits(records: list[CaseRecord], cfg: Any, root: str = "") -> dict[str, list[CaseRecord]]:
     """train / val / test records: fold `cfg.fold` of a seeded K-fold is the test set; a seeded share of the rest
     is the validation set (model selection only); the training set is `cfg.ratio` of what remains, drawn from the
-    cases with gaze when `cfg.ratio_pool` is "preferred" (the paper) or from all of them ("all")."""
+    cases with gaze when `cfg.ratio_pool` is "preferred" (the paper) or from all of them ("all").
+
+    A case without a segmentation is an error naming it, or with `cfg.skip_incomplete` skipped with a warning
+    that lists every skipped case (never a silent drop: it would shift every fold)."""
     labelled = [r for r in records if r.has_seg]
+    missing = [r.case_id for r in records if not r.has_seg]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        if not cfg.get("skip_incomplete", False):
+            raise DataError(f"{root or cfg.get('root', '')}: {len(missing)} training case(s) "
+                            f"without a segmentation ({shown}); add the *_seg.nii.gz files, or set "
+                            f"data.skip_incomplete=True to leave these cases out")
+        log.warning("data.skip_incomplete: skipping %d of %d cases without a segmentation: %s", len(missing),
+                    len(records), ", ".join(missing))
     ids = [r.case_id for r in labelled]
     rest, test = splits.kfold(ids, cfg.num_folds, cfg.fold, seed=cfg.split_seed)
     train_pool, val = splits.holdout(rest, cfg.val_fraction, seed=cfg.split_seed)

@@ -114,7 +114,7 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
         records = [brats_records.prepare_case(c, cache, gaze_dir if os.path.isdir(gaze_dir) else None,
                                               d.gaze_readers, d.gaze_sigma, survival) for c in brats.list_cases(root)]
     brats_records.report_duplicates(records)
-    parts = brats_pipeline.build_splits(records, d)
+    parts = brats_pipeline.build_splits(records, d, root)
     if config.method not in GAZE_FREE and not any(r.has_gaze for r in parts["train"]):
         where = d.get("tfds_dir", "") or "the TFDS data set" if d.get("source", "files") == "tfds" else gaze_dir
         raise ValueError(f"data.gaze_dir: method {config.method!r} trains on gaze, but no training case has any "
