@@ -134,3 +134,41 @@ def test_undecodable_csv_is_one_line(pristine, tmp_path):
         EGDCXR(root, mimic).records()
     assert "\n" not in str(info.value) and str(info.value).startswith(path) and "not a UTF-8 text CSV" in str(
         info.value)
+
+
+def _no_gaze(pristine, kind, tmp_path):
+    """A copy of the data set whose gaze files hold no fixation (header only): a wrong or empty export."""
+    root, mimic = _copy(pristine, kind, tmp_path)
+    paths = ([os.path.join(root, f) for f in ("fixations.csv", "eye_gaze.csv")] if kind == "egd"
+             else glob.glob(os.path.join(root, "main_data", "*", "fixations.csv")))
+    for path in paths:
+        _edit_rows(path, lambda header, body: [])
+    return root, mimic
+
+
+def _cxr_config(family, method, root, mimic, tmp_path):
+    import importlib
+
+    c = importlib.import_module(f"configs.{family}").get_config(f"method={method}")
+    c.data.root, c.data.mimic_root, c.data.cache_dir = root, mimic, str(tmp_path / "cache")
+    return c
+
+
+@pytest.mark.parametrize("family,gaze_method,free_method,kind", [
+    ("ggcam", "ggcam", "plain", "egd"), ("cxr_san", "ours", "backbone", "egd"),
+    ("cxrgazelearn", "mt_unet", "dnet201", "egd"), ("gazat", "gazat", "simclr", "reflacx"),
+    ("gazat", "mcgip", "moco", "reflacx")])
+def test_a_cxr_gaze_method_without_any_training_gaze_names_where_it_searched(pristine, tmp_path, family,
+                                                                            gaze_method, free_method, kind):
+    import importlib
+
+    spec = importlib.import_module(f"gazejax.methods.{family}")
+    root, mimic = _no_gaze(pristine, kind, tmp_path)
+    c = _cxr_config(family, gaze_method, root, mimic, tmp_path)
+    if kind == "reflacx" and c.data.dataset != "reflacx":
+        pytest.skip(f"{family} reads EGD-CXR")
+    with pytest.raises(DataError) as info:
+        spec.METHOD.make_data(c)
+    message = str(info.value)
+    assert "\n" not in message and root in message and repr(gaze_method) in message, message
+    assert spec.METHOD.make_data(_cxr_config(family, free_method, root, mimic, tmp_path)).num_train > 0

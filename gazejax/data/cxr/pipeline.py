@@ -27,6 +27,7 @@ from gazejax.data import gaze as gaze_lib
 from gazejax.data import io, splits, transforms2d
 from gazejax.data.cxr import records as cxr_records
 from gazejax.data.cxr.records import DATASETS, CXRCase
+from gazejax.data.errors import DataError
 
 log = logging.getLogger("gazejax")
 
@@ -265,28 +266,49 @@ def load_cases(config, with_raw: bool = False) -> tuple[list[CXRCase], dict[str,
     return cases, {"root": root, "mimic_root": mimic_root, "cache": cache}, raw
 
 
-def parts_with_gaze_sigma(config, sigma, process_index: int = 0, process_count: int = 1) -> dict[str, Any]:
+def gaze_files(config, root: str) -> str:
+    """Where the configured data set's reader looks for gaze (for error messages)."""
+    d = config.data
+    if d.dataset == "reflacx":
+        return os.path.join(root, "main_data", "<reading id>", "fixations.csv")
+    source = str(_reader_options(d).get("source", "fixations"))
+    return os.path.join(root, "eye_gaze.csv" if source == "eye_gaze" else "fixations.csv")
+
+
+def check_train_gaze(config, train: Sequence[CXRCase], root: str, method: str) -> None:
+    """A method that trains on gaze stops, naming where it searched, when no training image has any (a misspelled
+    or empty data set folder would otherwise train a gaze method without gaze)."""
+    if not any(c.has_gaze for c in train):
+        raise DataError(f"{gaze_files(config, root)}: method {method!r} trains on gaze, but none of the "
+                        f"{len(train)} training images has any fixation there (data.root {root!r})")
+
+
+def parts_with_gaze_sigma(config, sigma, process_index: int = 0, process_count: int = 1,
+                          needs_gaze: bool = False) -> dict[str, Any]:
     """`bundle_parts` of a copy of `config` whose data.gaze_sigma is `sigma` (the caller's resolved value)."""
     import copy
 
     resolved = copy.deepcopy(config)
     with resolved.unlocked():
         resolved.data.gaze_sigma = sigma
-    return bundle_parts(resolved, process_index, process_count)
+    return bundle_parts(resolved, process_index, process_count, needs_gaze=needs_gaze)
 
 
-def bundle_parts(config, process_index: int = 0, process_count: int = 1) -> dict[str, Any]:
+def bundle_parts(config, process_index: int = 0, process_count: int = 1, needs_gaze: bool = False) -> dict[str, Any]:
     """The fields of a CXR method's `DataBundle` (train, num_train, splits, augment, info) from `config.data`
     (dataset, root, mimic_root, cache_dir, image_size, label_set, label_policy, split, ratio, seed, gaze_grids,
     gaze_kind, gaze_sigma, augment; optional test_seed, val_fraction, gaze_normalize, reader, synthetic, source).
     `train` holds un-augmented examples in fixed order; `augment` moves image, masks and fixations and re-renders
-    the gaze maps; splits "val" and "test" are `EvalSplit`s."""
+    the gaze maps; splits "val" and "test" are `EvalSplit`s. `needs_gaze`: the method trains on gaze
+    (`check_train_gaze`)."""
     import grain
 
     d = config.data
     cases, where, _ = load_cases(config)
     parts = split_records(cases, d.split, seed=int(d.seed), test_seed=int(_get(d, "test_seed", 0)),
                           val_fraction=float(_get(d, "val_fraction", 0.1)), ratio=float(d.ratio))
+    if needs_gaze:
+        check_train_gaze(config, parts["train"], where["root"], str(config.get("method", "")))
     grids = {str(k): tuple(int(g) for g in v) for k, v in dict(d.gaze_grids).items()}
     spec = GazeSpec(grids, d.gaze_kind, d.gaze_sigma, _get(d, "gaze_normalize", "max"))
     max_fix = max([len(r.points_yx) for r in cases] + [1])

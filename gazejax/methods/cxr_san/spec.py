@@ -160,6 +160,11 @@ def gaze_sigma(config) -> float | str:
     return sigma if isinstance(sigma, str) else cxr_pipeline.source_pixels(config, sigma)
 
 
+def needs_gaze(config) -> bool:
+    """Whether the row trains on gaze (every Table 4 row but the backbones)."""
+    return gaze_target_key(config.method) is not None
+
+
 def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
     from gazejax.data.cxr import pipeline as cxr_pipeline
 
@@ -169,7 +174,8 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
     check_gaze_grid(config)
     sigma = gaze_sigma(config)
     log.info("SAN+AAB CXR gaze targets: sigma %s source px, grids %s", sigma, dict(config.data.gaze_grids))
-    return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, sigma, process_index, process_count))
+    return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, sigma, process_index, process_count,
+                                                          needs_gaze=needs_gaze(config)))
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

@@ -180,7 +180,9 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
     if grid != size:
         raise ValueError(f"cxrgazelearn: data.gaze_grids.saliency {grid} must equal data.image_size "
                          f"{size} (the saliency maps are predicted at the input grid)")
-    return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, gaze_sigma(config), process_index, process_count))
+    uses_gaze = any(STAGES[name][1]["loss"] in ("kl", "mtunet") for name in _plan(config))
+    return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, gaze_sigma(config), process_index, process_count,
+                                                          needs_gaze=uses_gaze))
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

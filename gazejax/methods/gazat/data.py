@@ -104,7 +104,15 @@ def label_subset(items: Sequence[Item], fraction: float, seed: int, min_size: in
     ids = [str(i) for i in range(len(items))]
     n = min(len(items), max(1, int(math.floor(fraction * len(items) + 0.5))))
     strata = splits.label_strata(np.stack([np.asarray(it.case.label) for it in items]))
-    _, taken = splits.take_stratified(ids, n, seed=seed, groups=[it.case.patient_id for it in items], strata=strata)
+    groups = [it.case.patient_id for it in items]
+    _, taken = splits.take_stratified(ids, n, seed=seed, groups=groups, strata=strata)
+    if not taken:  # every patient holds more than n images: the smallest patient, a seeded pick among equals
+        sizes = {g: groups.count(g) for g in groups}
+        smallest = min(sizes.values())
+        patient = str(np.random.default_rng(seed).choice(sorted(g for g, k in sizes.items() if k == smallest)))
+        taken = [i for i, g in zip(ids, groups) if g == patient]
+        log.warning("label subset %.3g: every patient holds more than the %d image(s) asked for (%d training "
+                    "images); took patient %s's %d", fraction, n, len(items), patient, len(taken))
     subset = [items[int(i)] for i in taken]
     return subset * max(1, math.ceil(min_size / len(subset)))
 
@@ -162,6 +170,9 @@ def make_bundle(config, pretrain_augment: Callable, finetune_augment: Callable, 
 
     d = config.data
     parts, where, raw = gazat_cases.split_cases(config)
+    views_kind, objective, _, random_maps = gazat.spec(config)
+    if (views_kind == "gaze" and not random_maps) or objective == "mcgip":
+        cxr_pipeline.check_train_gaze(config, parts["train"], where["root"], str(config.method))
     weights = {str(k): float(v) for k, v in dict(d.reader_weights).items()}
     items = {k: [make_item(c, raw[c.dicom_id], weights) for c in v] for k, v in parts.items()}
     every = [it for v in items.values() for it in v]

@@ -128,7 +128,8 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
                          f"{expected}")
     sigma = gaze_sigma(config)
     log.info("GG-CAM gaze maps: Algorithm 1 with B = %.1f source pixels at grid %s", sigma, grid)
-    return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, sigma, process_index, process_count))
+    return DataBundle(**cxr_pipeline.parts_with_gaze_sigma(config, sigma, process_index, process_count,
+                                                          needs_gaze=config.method == "ggcam"))
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------

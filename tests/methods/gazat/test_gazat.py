@@ -265,6 +265,12 @@ def test_finding_boxes_follow_the_resize_and_label_subsets_tile_to_a_batch():
     distinct = {id(it) for it in subset}
     assert len(distinct) == 9 and len(subset) == 36 and len(subset) >= 32
     assert sorted(int(it.case.label) for it in {id(it): it for it in subset}.values()) == [0] * 3 + [1] * 3 + [2] * 3
+    # every patient holds 2 images and 1 % of 8 asks for 1: the smallest patient's 2 (was a ZeroDivisionError)
+    pairs = [types.SimpleNamespace(case=types.SimpleNamespace(label=np.int32(i % 3), patient_id=str(i // 2)))
+             for i in range(8)]
+    subset = gazat_data.label_subset(pairs, 0.01, seed=0, min_size=4)
+    assert len({id(it) for it in subset}) == 2 and len({it.case.patient_id for it in subset}) == 1
+    assert len(subset) == 4
 
 
 def test_tsne_keeps_separated_clusters_apart_and_matches_the_perplexity():
