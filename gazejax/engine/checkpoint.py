@@ -103,13 +103,17 @@ class Checkpointer:
                     + ". Move the folder away to start afresh")
             return None
         aside = os.path.join(os.path.dirname(self.directory), "checkpoints_broken")
+        if broken:  # every process has verified before the one writer (process 0) moves anything
+            parallel.barrier("gazejax_checkpoint_verified")
         for bad, why in broken:
-            os.makedirs(aside, exist_ok=True)
-            shutil.move(os.path.join(self.directory, str(bad)), os.path.join(aside, str(bad)))
+            if parallel.is_primary():
+                os.makedirs(aside, exist_ok=True)
+                shutil.move(os.path.join(self.directory, str(bad)), os.path.join(aside, str(bad)))
             log.warning("checkpoint step %d is broken (%s); moved to %s, resuming from step %d", bad, why,
                         os.path.join(aside, str(bad)), step)
             self._policy.known.pop(bad, None)
         if broken:  # the manager lists steps it found at start-up: reopen it on the folder as it is now
+            parallel.barrier("gazejax_checkpoint_moved")
             self.manager.close()
             self.manager = ocp.CheckpointManager(self.directory, options=self._options)
         return step

@@ -67,6 +67,15 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
 
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name` (a no-op with one process)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
     """A 1-D `data` mesh over all (or the first `num_devices`) global devices."""
     devices = jax.devices()

@@ -193,7 +193,13 @@ class Trainer:
         return self.method.evaluate(self.predict_fn(state), data.splits[split], self.config, out_dir, stage=stage)
 
     def steps_per_epoch(self, data, stage) -> int:
-        return max(1, data.train_set(stage.train_set)[1] // self.config.batch_size)
+        """Full batches per epoch (the remainder is dropped). A training set smaller than one batch is an error:
+        it would give an epoch of no steps."""
+        n = int(data.train_set(stage.train_set)[1])
+        if n < self.config.batch_size:
+            raise ValueError(f"stage {stage.name!r}: training set {stage.train_set!r} has {n} examples, fewer than "
+                             f"batch_size={self.config.batch_size}; lower batch_size or add data")
+        return n // self.config.batch_size
 
     def source_stage(self, idx: int) -> int | None:
         """Index of the stage whose best checkpoint stage `idx` starts from (None = fresh initialisation)."""

@@ -135,6 +135,51 @@ def test_initialize_is_a_no_op_alone_and_checks_the_process_id(monkeypatch):
     assert parallel.maybe_initialize_distributed(cfg) is False
 
 
+def _run_pair(mode: str, workdir: str) -> list[str]:
+    port = _free_port()
+    return _finish([subprocess.Popen([sys.executable, os.path.abspath(__file__), mode, workdir], cwd=REPO,
+                                     env=_env(1, GAZEJAX_COORDINATOR=f"127.0.0.1:{port}", GAZEJAX_NUM_PROCESSES="2",
+                                              GAZEJAX_PROCESS_ID=str(i)),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)],
+                   timeout=180)
+
+
+@pytest.mark.slow
+def test_two_processes_set_a_broken_checkpoint_aside_once(tmp_path):
+    """The toy method trained by 2 processes, its newest checkpoint (step 16) truncated: both processes verify it,
+    process 0 alone moves it to checkpoints_broken/ (before, both moved it and the slower one failed on the missing
+    folder), and both resume from step 8."""
+    workdir = str(tmp_path / "run")
+    _run_pair("toy", workdir)
+    meta = os.path.join(workdir, "checkpoints", "16", "meta", "metadata")
+    with open(meta, "rb") as f:
+        data = f.read()
+    with open(meta, "wb") as f:
+        f.write(data[: len(data) // 2])
+    outs = _run_pair("recover", workdir)
+    assert all("recovered=8 processes=2" in out for out in outs), [o[-2000:] for o in outs]
+    assert os.listdir(os.path.join(workdir, "checkpoints_broken")) == ["16"]
+    assert sorted(s for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()) == ["8"]
+
+
+def _toy_worker(mode: str, workdir: str) -> None:
+    """2-process toy run: "toy" trains 2 epochs (steps 8 and 16 saved); "recover" sets broken checkpoints aside."""
+    import jax
+
+    from gazejax.engine import checkpoint, parallel, trainer as train
+    from tests.engine import toy
+
+    parallel.maybe_initialize_distributed()
+    if mode == "toy":
+        train.train_and_evaluate(toy.config(num_devices=0), workdir, toy.make_method(epochs=2))  # 0: all devices
+        return
+    ckpt = checkpoint.Checkpointer(workdir, keep_last=2, async_save=False)
+    try:
+        print(f"recovered={ckpt.recover()} processes={jax.process_count()}", flush=True)
+    finally:
+        ckpt.close()
+
+
 def _worker(workdir: str, root: str, cache: str) -> None:
     """One process of a run: the real trainer end to end (train, checkpoint, evaluate, report)."""
     import jax
@@ -150,4 +195,7 @@ def _worker(workdir: str, root: str, cache: str) -> None:
 
 
 if __name__ == "__main__":
-    _worker(*sys.argv[1:4])
+    if sys.argv[1] in ("toy", "recover"):
+        _toy_worker(*sys.argv[1:3])
+    else:
+        _worker(*sys.argv[1:4])

@@ -238,3 +238,14 @@ def test_broken_best_checkpoint_fails_with_one_line_naming_it(tmp_path):
     with pytest.raises(ValueError, match=rf"checkpoint .*checkpoints/{rb.BEST_STEP} is broken") as err:
         train.evaluate_only(rb.config(), workdir, rb.method())
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+def test_batch_larger_than_the_training_set_is_one_line_naming_it(tmp_path):
+    """6 training examples, batch 8: every epoch would have zero full batches. Before, `steps_per_epoch` clamped to
+    one step that the iterator (remainder dropped) could never fill."""
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"stage 'fit': training set 'train' has 6 examples, fewer than "
+                                         r"batch_size=8") as err:
+        train.train_and_evaluate(toy.config(), workdir, toy.make_method(epochs=1, n_train=6))
+    assert "\n" not in str(err.value)
+    assert _steps(workdir) == []
