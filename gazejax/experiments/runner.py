@@ -117,17 +117,25 @@ def _run_cells(module, config_arg, cells, workdir) -> None:
     from gazejax import methods
     from gazejax.engine import trainer as train
 
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
+    # Cells compile the same programs: keep them on disk under the grid's workdir (a cache directory the caller set
+    # is kept), and give JAX's settings back afterwards.
+    saved = {k: jax.config.values[k] for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    if not saved["jax_compilation_cache_dir"]:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    base = module.get_config(config_arg)
-    for i, cell in enumerate(cells):
-        cell_dir = os.path.join(workdir, "cells", cell_name(cell))
-        if is_finished(cell_dir):
-            print(f"[{i + 1}/{len(cells)}] {cell_name(cell)}: finished, skipped", flush=True)
-            continue
-        print(f"[{i + 1}/{len(cells)}] {cell_name(cell)}: running in {cell_dir}", flush=True)
-        cell_config = apply_overrides(base, cell)
-        train.train_and_evaluate(cell_config, cell_dir, methods.get(cell_config.method_family))
+    try:
+        base = module.get_config(config_arg)
+        for i, cell in enumerate(cells):
+            cell_dir = os.path.join(workdir, "cells", cell_name(cell))
+            if is_finished(cell_dir):
+                print(f"[{i + 1}/{len(cells)}] {cell_name(cell)}: finished, skipped", flush=True)
+                continue
+            print(f"[{i + 1}/{len(cells)}] {cell_name(cell)}: running in {cell_dir}", flush=True)
+            cell_config = apply_overrides(base, cell)
+            train.train_and_evaluate(cell_config, cell_dir, methods.get(cell_config.method_family))
+    finally:
+        for key, value in saved.items():
+            jax.config.update(key, value)
 
 
 def main(argv) -> int:

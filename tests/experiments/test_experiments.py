@@ -74,10 +74,16 @@ def test_kill_and_restart_skips_finished_cells(tmp_path, monkeypatch, capsys, re
 
     calls = []
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls, fail_on="ours-r0.2-f0"))
+    seen = []
+    monkeypatch.setattr(jax.config, "update", _recording(jax.config.update, seen))
+    jax.config.update("jax_compilation_cache_dir", None)  # no cache set by the caller
     with pytest.raises(KeyboardInterrupt):
         experiments.run(str(cfg), None, "t", workdir)
     assert len(calls) == 7  # 6 backbone cells finished, killed in the 7th
-    assert jax.config.values["jax_compilation_cache_dir"] == os.path.join(workdir, "jax_cache")
+    assert ("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache")) in seen  # used while the cells ran
+    assert jax.config.values["jax_compilation_cache_dir"] is None  # and given back, even after the kill
+    jax.config.update("jax_compilation_cache_dir", "/elsewhere/cache")
+    seen.clear()
 
     calls.clear()
     monkeypatch.setattr(train, "train_and_evaluate", _fake_training(calls))
@@ -92,9 +98,19 @@ def test_kill_and_restart_skips_finished_cells(tmp_path, monkeypatch, capsys, re
     rows = open(os.path.join(workdir, "results.csv")).read().splitlines()
     assert len(rows) == 1 + 12
 
+    assert not [v for k, v in seen if k == "jax_compilation_cache_dir" and v != "/elsewhere/cache"]  # caller's kept
+    assert jax.config.values["jax_compilation_cache_dir"] == "/elsewhere/cache"
+
     calls.clear()
     experiments.run(str(cfg), None, "t", workdir)
     assert calls == []  # everything finished: nothing reruns
+
+
+def _recording(update, seen):
+    def record(key, value):
+        seen.append((key, value))
+        update(key, value)
+    return record
 
 
 def test_filters_and_shards(tmp_path):
