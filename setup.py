@@ -29,7 +29,7 @@ setup(
         # tfds: array_record data sets through tfds.data_source, without TensorFlow; importlib_resources is needed
         # by tfds for builders defined in a package but not declared by it
         "tfds": ["tensorflow-datasets>=4.9", "array-record>=0.5", "importlib_resources"],
-        "test": ["pytest>=8", "scikit-learn>=1.4", "pydicom-data",
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "pydicom-data",
                  "tensorflow-datasets>=4.9", "array-record>=0.5", "importlib_resources"],
     },
 )

@@ -1,5 +1,6 @@
 """Shared fixtures (a tiny synthetic BraTS set, a tiny SAN+AAB config) and the `slow` marker: end-to-end runs,
-multi-process runs, launchers and the benchmark suite. `pytest -m "not slow"` is the fast tier."""
+multi-process runs, launchers, the benchmark suite, and unit tests that trace and compile full-depth networks (3 s or
+more each). `pytest -m "not slow"` is the fast tier."""
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end / multi-process / launcher / benchmark-suite tests "
-                                       "(deselect with -m 'not slow')")
+    config.addinivalue_line("markers", "slow: end-to-end / multi-process / launcher / benchmark-suite tests, and "
+                                       "unit tests that build full-depth networks (>= 3 s each on 2 cores); "
+                                       "deselect with -m 'not slow'")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,6 +60,24 @@ def tiny_brats_root(tmp_path_factory) -> str:
 
     out = tmp_path_factory.mktemp("synthetic_brats")
     return synth.generate(str(out), cases=8, seed=3, shape=(40, 40, 36), gaze_share=0.6)
+
+
+def sigterm_at_step(monkeypatch, step: int):
+    """Makes the trainer's progress bar send this process SIGTERM right after it counts step `step` (a preemption
+    at that step); returns the original `ProgressBar.update`, to put back before the resumed run."""
+    import signal
+
+    from gazejax.engine import trainer as train
+
+    original = train.ProgressBar.update
+
+    def update_then_sigterm(self, n=1, **kw):
+        original(self, n, **kw)
+        if self.count == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
+    return original
 
 
 def apply_overrides(c, overrides: dict):

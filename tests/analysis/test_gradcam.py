@@ -48,6 +48,7 @@ class _Net(nn.Module):
         return {"logits": nn.Dense(3, name="head")(jnp.mean(jnp.tanh(h), axis=(1, 2)))}
 
 
+@pytest.mark.slow
 def test_interceptor_form_matches_head_form():
     x = RNG.normal(size=(2, 8, 8, 1)).astype(np.float32)
     net = _Net()
@@ -64,6 +65,7 @@ def test_interceptor_form_matches_head_form():
         grad_cam(net, v, (x,), "features/transition3")
 
 
+@pytest.mark.slow
 def test_densenet_encoder_gradcam_output_equals_interceptor_gradcam(fast_compile):
     model = DenseNetEncoder(growth_rate=4, block_config=(1, 1, 1, 1), num_init_features=8)
     x = RNG.uniform(size=(2, 64, 64, 1)).astype(np.float32)

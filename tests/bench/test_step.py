@@ -14,7 +14,7 @@ from tests.conftest import tiny_brats_config
 
 
 @pytest.mark.slow
-def test_tiny_brats_report(tiny_brats_root, tmp_path):
+def test_tiny_brats_report(tiny_brats_root, tmp_path, fast_compile):
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), batch_size=2)
     r = bench.run(cfg, steps=1)
     assert (r["platform"], r["devices"], r["batch_size"], r["stage"]) == ("cpu", jax.device_count(), 2, "train")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from gazejax.engine import checkpoint, trainer as train
+from tests.conftest import sigterm_at_step
 from tests.engine import toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,15 +53,8 @@ def test_resume_after_sigterm_reproduces_losses(tmp_path, monkeypatch):
     reference = _losses(full)
     assert sorted(reference) == list(range(1, 17))  # 2 epochs x 64 // 8
 
-    original = train.ProgressBar.update
-
-    def update_then_sigterm(self, n=1, **kw):
-        original(self, n, **kw)
-        if self.count == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     interrupted = str(tmp_path / "interrupted")
-    monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
+    original = sigterm_at_step(monkeypatch, 3)
     with pytest.raises(train.Preempted, match="SIGTERM at step 3"):
         train.train_and_evaluate(cfg, interrupted, method)
     assert max(_losses(interrupted)) == 3 and not os.path.exists(os.path.join(interrupted, "report.md"))

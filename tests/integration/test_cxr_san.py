@@ -15,7 +15,7 @@ from gazejax.methods.cxr_san import spec as cxr_san, report as cxr_san_report
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_end_to_end_run_writes_report_with_auroc_table(tmp_path):
+def test_tiny_end_to_end_run_writes_report_with_auroc_table(tmp_path, fast_compile):
     from gazejax.engine import trainer as train
 
     c = cxr_config.get_config("method=ours,backbone=resnet18")

@@ -14,7 +14,7 @@ from tests.methods.cxrgazelearn.test_cxrgazelearn import _scripted_monitor, _tin
 pytestmark = pytest.mark.slow
 
 
-def test_four_stages_freeze_and_hand_over_best_checkpoints(tmp_path, monkeypatch):
+def test_four_stages_freeze_and_hand_over_best_checkpoints(tmp_path, monkeypatch, fast_compile):
     from gazejax.engine import trainer as train
     from gazejax.engine.checkpoint import abstract_like
 

@@ -14,7 +14,7 @@ from tests.methods.gazat.test_gazat import _tiny
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_end_to_end_run_writes_every_stage_and_the_report(tmp_path):
+def test_tiny_end_to_end_run_writes_every_stage_and_the_report(tmp_path, fast_compile):
     from gazejax.engine import trainer as train
 
     c = _tiny("gazat", backbone="vit_b_16")

@@ -14,7 +14,7 @@ from gazejax import methods
 pytestmark = pytest.mark.slow
 
 
-def test_tiny_end_to_end_run_writes_report_and_results(tmp_path):
+def test_tiny_end_to_end_run_writes_report_and_results(tmp_path, fast_compile):
     from gazejax.engine import trainer as train
 
     c = ggcam_config.get_config("preset=demo,backbone=resnet18,method=ggcam")

@@ -29,7 +29,9 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GAZEJAX_")}
+    # unoptimised XLA programs (compilation dominates these tiny runs; every process compiles the same way)
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_DISABLE_MOST_OPTIMIZATIONS="1",
                PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""), **extra)
     return env
 

@@ -12,7 +12,7 @@ from tests.conftest import tiny_brats_config
 pytestmark = pytest.mark.slow
 
 
-def test_loss_decreases_on_a_tiny_synthetic_batch(tiny_brats_root, tmp_path):
+def test_loss_decreases_on_a_tiny_synthetic_batch(tiny_brats_root, tmp_path, fast_compile):
     from gazejax.engine import parallel, trainer as train
 
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), **{"optim.name": "adam", "optim.lr": 1e-2})

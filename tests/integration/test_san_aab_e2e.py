@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 
 import numpy as np
 import pytest
 
 from gazejax import methods
-from tests.conftest import tiny_brats_config
+from tests.conftest import sigterm_at_step, tiny_brats_config
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +21,8 @@ def _losses(workdir: str) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-def test_san_aab_resume_after_sigterm_reproduces_losses_and_reports(tiny_brats_root, tmp_path, monkeypatch):
+def test_san_aab_resume_after_sigterm_reproduces_losses_and_reports(tiny_brats_root, tmp_path, monkeypatch,
+                                                                   fast_compile):
     from gazejax.engine import trainer as train
 
     cfg = tiny_brats_config(tiny_brats_root, str(tmp_path / "cache"), epochs=2)
@@ -35,15 +35,8 @@ def test_san_aab_resume_after_sigterm_reproduces_losses_and_reports(tiny_brats_r
     for name in ("report.md", "results.json", "cases.json", "config.json"):
         assert os.path.exists(os.path.join(full, name)), name
 
-    original = train.ProgressBar.update
-
-    def update_then_sigterm(self, n=1, **kw):
-        original(self, n, **kw)
-        if self.count == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-
     interrupted = str(tmp_path / "interrupted")
-    monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
+    original = sigterm_at_step(monkeypatch, 3)
     with pytest.raises(train.Preempted):
         train.train_and_evaluate(cfg, interrupted, method)
     assert max(_losses(interrupted)) == 3

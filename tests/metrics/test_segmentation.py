@@ -97,6 +97,7 @@ def test_hd95_matches_brute_force_and_crop_is_exact(spacing):
         assert full == pytest.approx(_brute_force_hd95(pred, gt, spacing), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_hd95_crop_exact_on_brats_sized_volume():
     shape = (240, 240, 155)
     rng = np.random.default_rng(1)

@@ -67,6 +67,7 @@ STRIDES = {"stem": 2, "denseblock1": 4, "transition1": 8, "denseblock2": 8, "tra
            "layer3": 16, "layer4": 32}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
 def test_param_count_and_outputs_match_torchvision(name):
     expected, head_in = TORCHVISION_PARAMS[name]
@@ -81,6 +82,7 @@ def test_param_count_and_outputs_match_torchvision(name):
         assert set(out["features"]) == set(FEATURES[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("mode", ["repeat", "adapt"])
 def test_one_channel_stem(name, mode):
@@ -106,6 +108,7 @@ def test_wrong_channels_and_mode_are_clear_errors():
         jax.eval_shape(build("resnet18", stem_mode="tile").init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
+@pytest.mark.slow
 def test_tiny_resnet_forward_features_and_torch_batchnorm_momentum():
     model = build("resnet18", num_classes=3, width=4, stage_sizes=(1, 1, 1, 1))
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
@@ -132,6 +135,7 @@ def test_tiny_resnet_forward_features_and_torch_batchnorm_momentum():
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_vit_attention_outputs():
     kwargs, side, _ = TINY["vit_b_16"]
     model = build("vit_b_16", num_classes=4, **{**kwargs, "num_layers": 2})

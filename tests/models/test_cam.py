@@ -48,6 +48,7 @@ def test_cam_layer_equals_gap_plus_dense_with_the_same_weights():
     np.testing.assert_allclose(mean_cam, np.asarray(cam) / 5, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "efficientnet_v2_s"])
 def test_ggcam_adds_exactly_three_scalars_to_the_linear_head_backbone(name):
     x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
@@ -74,6 +75,7 @@ def test_ggcam_table1_inits_and_unknown_backbones():
         jax.eval_shape(GGCAMModel("vit_b_16").init, jax.random.key(0), x)
 
 
+@pytest.mark.slow
 def test_ggcam_forward_cam_from_the_deepest_map():
     """One tiny compiled forward: init values of the scalars, Omega from layer4 (Eq. 4), logits (Eq. 5)."""
     model = GGCAMModel("resnet18", num_classes=3, backbone_kwargs={"width": 4, "in_channels": 1})

@@ -59,6 +59,7 @@ def test_ours_aab_runs_on_e4_grid_with_san_pooled():
     assert refined.shape == e4.shape
 
 
+@pytest.mark.slow
 def test_aab_attends_to_the_max_pooled_finer_m2():
     """The AAB's attention grid is E4's: feeding M2 at 1/16 equals feeding its 2x2 max-pool (same params)."""
     rng = np.random.default_rng(0)

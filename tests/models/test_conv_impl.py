@@ -53,6 +53,7 @@ def _lax_reference(case):
     return jax.jit(lambda x, w: _value_and_grads(lax.conv_general_dilated, x, w, *args[2:]))(*args[:2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_lax_forward_and_gradients(impl, case, fast_compile):
@@ -89,6 +90,7 @@ def test_bfloat16_close_to_float32(impl, fast_compile):
         assert float(jnp.max(jnp.abs(g.astype(jnp.float32) - r))) > 0  # really ran in bf16
 
 
+@pytest.mark.slow
 def test_uncovered_cases_fall_back_to_lax():
     x = jax.random.normal(jax.random.key(0), (1, 6, 6, 4))
     w = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
@@ -108,6 +110,7 @@ def test_resolve():
         conv_impl.resolve("winograd")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, shape", [
     (lambda impl: EquiUnet(num_classes=3, width=2, in_channels=4, conv_impl=impl), (1, 8, 8, 8, 4)),
     (lambda impl: resnet18(num_classes=3, width=4, conv_impl=impl), (2, 32, 32, 3)),
@@ -161,6 +164,7 @@ def _tiny_models():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(_tiny_models()))
 def test_backbones_share_parameters_and_outputs(name, fast_compile):
     make, shape = _tiny_models()[name]
@@ -209,6 +213,7 @@ BUILDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg_name, method_name, arg, overrides", BUILDS,
                          ids=[f"{m}-{a}" for _, m, a, _ in BUILDS])
 def test_build_model_forwards_conv_impl_to_every_conv(cfg_name, method_name, arg, overrides):

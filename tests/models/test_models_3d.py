@@ -195,6 +195,7 @@ def _aab_numpy(params, e4, m2, heads, head_dim, pool_e, pool_m):
     return e4 + x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "e4_shape, m2_shape, pool_e, pool_m",
     [((2, 4, 4, 4, 6), (2, 2, 2, 2, 5), (2, 2, 2), (1, 1, 1)), ((1, 2, 4, 6), (1, 4, 2, 5), (1, 2), (2, 1))],
@@ -244,6 +245,7 @@ def test_san_3d_shapes_and_error():
 # ---------------------------------------------------------------------------------------------- GazeSegmenter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("deep", [False, True])
 def test_segmenter_output_shapes(method, deep):
@@ -307,6 +309,7 @@ def test_gaze_modulation_formula():
 # ------------------------------------------------------------------------------------ compiled tiny forward passes
 
 
+@pytest.mark.slow
 def test_ours_forward_is_finite_and_uses_aab():
     model = build("gaze_segmenter", method="ours", deep_supervision=True, survival_classes=3, **TINY)
     x = jax.random.uniform(jax.random.key(1), X_TINY.shape)
@@ -321,6 +324,7 @@ def test_ours_forward_is_finite_and_uses_aab():
     assert not np.allclose(out["seg"], out0["seg"])
 
 
+@pytest.mark.slow
 def test_gaze_star_eval_modulates_seg():
     model = build("gaze_segmenter", method="gaze_star", gaze_star_attention="gate", **TINY)  # the old hard gate
     x = jax.random.uniform(jax.random.key(1), X_TINY.shape)

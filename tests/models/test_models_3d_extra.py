@@ -63,6 +63,7 @@ def _sigmoid(z):
 # ---------------------------------------------------------------------------------------- backbones x methods
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("method", ["backbone", "ours"])
 def test_output_shapes_per_backbone(backbone, method):
@@ -273,6 +274,7 @@ def test_tasn_maps_structure_mean_and_detail_selection():
     assert all(any(np.allclose(trained[b], cand[b], atol=1e-3) for cand in candidates) for b in range(2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ATTENTION_METHODS)
 def test_attention_methods_give_gaze_grid_maps(method):
     model = _segmenter("equiunet", method, deep_supervision=True, survival_classes=3)
@@ -307,6 +309,7 @@ def test_bad_backbone_combinations():
 # ------------------------------------------------------------------------------------ compiled tiny forward passes
 
 
+@pytest.mark.slow
 def test_dmfnet_ours_train_step_updates_batch_stats():
     model = _segmenter("dmfnet", "ours", survival_classes=3)
     x = jax.random.uniform(jax.random.key(1), X.shape)
@@ -321,6 +324,7 @@ def test_dmfnet_ours_train_step_updates_batch_stats():
     assert not np.allclose(new, old)  # the running mean moved toward the stem output's batch mean
 
 
+@pytest.mark.slow
 def test_cbam_gaze_is_pooled_encoder4_spatial_logits():
     model = _segmenter("equiunet", "cbam")
     x = jax.random.uniform(jax.random.key(2), X.shape)

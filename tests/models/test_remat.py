@@ -55,6 +55,7 @@ def _grads_and_remat_count(model, variables, x):
     return traced.lower().compile()(variables["params"]), _remat_count(traced.jaxpr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_remat_matches_plain(name, fast_compile):
     build, shape = CASES[name]

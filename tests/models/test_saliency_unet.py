@@ -73,6 +73,7 @@ def test_unet_parameter_counts_at_paper_widths(encoder, block):
     assert _count(variables["params"]) == unet(PAPER, block)
 
 
+@pytest.mark.slow
 def test_mtunet_and_full_model_parameter_counts():
     _, v = _init_shapes(S.MTUNet(PAPER))
     assert _count(v["params"]) == unet(PAPER, double) + fusion(1024 + 64) + 2  # + log sigma_ce, log sigma_kl
@@ -154,6 +155,7 @@ def _bn_sub(a, params, stats):
             + np.asarray(params["bias"]))
 
 
+@pytest.mark.slow
 def test_detach_cuts_saliency_and_fusion_gradients_at_the_encoders(fast_compile):
     model = build("cxrgazelearn", widths=TINY, encoder_kwargs=TINY_DENSENET, detach=True)
     x = np.random.default_rng(1).uniform(size=(2, 32, 32, 1)).astype(np.float32)

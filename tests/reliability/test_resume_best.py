@@ -11,10 +11,10 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from gazejax.engine import checkpoint, trainer as train
+from tests.conftest import sigterm_at_step
 from tests.engine import toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,15 +66,9 @@ def test_uninterrupted_keeps_the_early_best(reference):
 
 
 def test_sigterm_after_the_best_resumes_to_the_same_results(reference, tmp_path, monkeypatch):
-    original = train.ProgressBar.update
-
-    def update_then_sigterm(self, n=1, **kw):
-        original(self, n, **kw)
-        if self.count == 34:
-            os.kill(os.getpid(), signal.SIGTERM)
 
     workdir = str(tmp_path / "run")
-    monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
+    original = sigterm_at_step(monkeypatch, 34)
     with pytest.raises(train.Preempted, match="SIGTERM at step 34"):
         train.train_and_evaluate(config(), workdir, method())
     monkeypatch.setattr(train.ProgressBar, "update", original)

@@ -26,6 +26,7 @@ def _aab_params_by_hand(c: int, heads: int = 4, head_dim: int = 64, m2: int = 64
             + 2 * 2 * c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone, backbone_params", [("efficientnet_b0", 4_007_548), ("mobilenet_v2", 2_223_872)])
 def test_paper_preset_aab_sits_on_the_320_channel_map(backbone, backbone_params):
     c = cxr_config.get_config(f"preset=paper,method=ours,backbone={backbone}")
@@ -40,6 +41,7 @@ def test_paper_preset_aab_sits_on_the_320_channel_map(backbone, backbone_params)
     assert cxr_san.param_counts(c) == ours  # the parameter-matched backbone row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "mobilenet_v2"])
 def test_aab_output_enters_the_final_conv(backbone, fast_compile):
     """With the AAB's last LayerNorm at scale 0 and bias b, M' = b everywhere, so E' = stride32 + b: ours' logits

@@ -51,6 +51,7 @@ def _trainable_modules(config, stage) -> set[str]:
     return {top for top in params if any(jax.tree_util.tree_leaves(flags[top]))}
 
 
+@pytest.mark.slow
 def test_stages_train_the_papers_modules():
     c = cfg_lib.get_config("preset=paper")
     stages = M.stages(c)
@@ -317,6 +318,7 @@ def _count(tree) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_stage1_trains_the_whole_densenet201_and_injects_transition3():
     from gazejax import models
 
@@ -342,6 +344,7 @@ def _tiny_net():
         "num_classes": 3, "growth_rate": 4, "block_config": (1, 1, 1, 1), "num_init_features": 8})
 
 
+@pytest.mark.slow
 def test_frozen_parts_normalise_with_running_statistics_and_keep_them():
     net, rng = _tiny_net(), np.random.default_rng(0)
     x = rng.uniform(size=(4, 32, 32, 1)).astype(np.float32)

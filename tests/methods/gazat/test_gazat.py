@@ -60,6 +60,7 @@ def test_config_parses_arguments_presets_and_rejects_bad_ones():
             gazat_config.get_config(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arg", ["preset=demo", "preset=paper", "preset=demo,backbone=vit_b_16",
                                  "preset=paper,backbone=vit_b_16"])
 def test_models_build_with_attention_at_the_layer_grids(arg):
@@ -133,6 +134,7 @@ def _batch(config, examples) -> dict:
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
 
+@pytest.mark.slow
 def test_simclr_has_no_gaze_path_while_gazat_does():
     examples = _examples()
     shuffled = [dict(ex) for ex in examples]
@@ -151,6 +153,7 @@ def test_simclr_has_no_gaze_path_while_gazat_does():
                 np.testing.assert_array_equal(batch[key], batch_shuffled[key])
 
 
+@pytest.mark.slow
 def test_cam_is_grad_cam_of_the_classifier():
     c, model, variables = _built("moco", **{"moco.momentum": 0.9})  # any CNN with its head; shared below
     x = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 32, 32, 1)), jnp.float32)
@@ -169,6 +172,7 @@ def test_cam_is_grad_cam_of_the_classifier():
         np.testing.assert_allclose(jax.nn.relu(out["cam"][..., k]) / hw, grad_cam, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_momentum_target_and_queue_advance_once_per_training_call():
     c, model, variables = _built("moco", **{"moco.momentum": 0.9})
     online = variables["params"]["online"]

@@ -29,6 +29,7 @@ def _images(n: int, seed: int = 0) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).uniform(size=(n, 32, 32, 1)), jnp.float32)
 
 
+@pytest.mark.slow
 def test_byol_target_momentum_follows_the_cosine_schedule_to_one():
     model = SSLModel(**TINY, momentum=0.996, momentum_schedule="cosine", momentum_steps=4, predictor_hidden=8,
                      proj_bn=True)
@@ -67,6 +68,7 @@ def _grouped_reference(model, variables, both, groups, perm=None):
     return out
 
 
+@pytest.mark.slow
 def test_shuffle_bn_normalises_queries_and_keys_over_different_groups():
     model = SSLModel(**TINY, momentum=0.9, queue_size=8, bn_groups=2)
     x, x2 = _images(4, 1), _images(4, 2)
@@ -110,6 +112,7 @@ def test_moco_queue_is_sized_from_the_data_and_its_settings_fit_a_small_data_set
         gazat.momentum_fields(apply_overrides(explicit, {"moco.bn_groups": 3}), "moco")
 
 
+@pytest.mark.slow
 def test_grad_accumulation_updates_the_target_once_and_enqueues_every_micro_batch(tmp_path):
     from gazejax import methods
     from gazejax.engine import parallel

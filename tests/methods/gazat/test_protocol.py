@@ -65,6 +65,7 @@ def _gaze_outputs(b: int = 3, h: int = 2, d: int = 4, seed: int = 0):
     return c, outputs, batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form,g_matters", [("unblended", False), ("both", True)])
 def test_attention_transfer_and_regional_negatives_use_the_unblended_view(form, g_matters):
     c, outputs, batch = _gaze_outputs()
@@ -109,6 +110,7 @@ def test_subset_draws_differ_and_the_report_gives_their_mean_and_std():
     assert "| finetune_1pct | 3 | 0.700 (0.100) | 0.500 (0.000) | 0.400 (0.000) |" in text
 
 
+@pytest.mark.slow
 def test_model_counts_training_calls_for_the_last_checkpoint_monitor():
     from gazejax.models.ssl import SSLModel
 

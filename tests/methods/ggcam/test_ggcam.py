@@ -42,6 +42,7 @@ def test_config_parses_arguments_and_rejects_bad_ones():
         ggcam_config.get_config("lr=1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["demo", "paper"])
 @pytest.mark.parametrize("backbone", ["resnet50", "efficientnet_v2_s"])
 def test_presets_build_and_cam_is_at_stride_32(preset, backbone):
@@ -127,6 +128,7 @@ def test_ggcam_has_exactly_three_parameters_more_than_plain(backbone):
     assert _n_params(ggcam_cfg) - _n_params(plain_cfg) == 3
 
 
+@pytest.mark.slow
 def test_plain_cam_is_eq4_of_its_linear_head():
     c = ggcam_config.get_config("backbone=resnet18,method=plain")
     c.data.image_size, c.model.resnet_width = (64, 64), 2

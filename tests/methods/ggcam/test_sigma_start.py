@@ -65,6 +65,7 @@ def test_paper_preset_starts_effnet_at_exp_minus_16_and_refuses_table1_value():
     ggcam.build_model(c)
 
 
+@pytest.mark.slow
 def test_paper_effnet_start_trains_with_finite_adam_moments(fast_compile):
     """A few jitted Adam steps of the real loss on a narrow EfficientNetV2-S with the paper preset's sigma_sm:
     every second moment finite and log sigma_sm moving (Table 1's e^-25 gives inf moments here)."""

@@ -53,6 +53,7 @@ def _gaze_star_run(backbone="equiunet", width=4, **kw):
     return variables, jax.jit(run, static_argnums=2), x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,head,width,kw", [("equiunet", "outconv", 4, {}), ("nnunet", "seg", 2, {}),
                                                    ("dmfnet", "seg", 16, {"norm": "in"})])  # DMFNet: no head bias
 def test_gaze_star_feature_attention_is_the_head_on_1_plus_g_times_the_last_feature(backbone, head, width, kw):
@@ -173,6 +174,7 @@ def test_paper_preset_aab_qkv_width_is_c_h_64():
     assert cfg.model.aab_scale_dim == 64
 
 
+@pytest.mark.slow
 def test_aab_scale_dim_is_the_eq1_denominator():
     """softmax(Q K^T / sqrt(s)) with s = scale_dim equals per-head scaling with Q's projection times sqrt(d / s)."""
     rng = np.random.default_rng(0)

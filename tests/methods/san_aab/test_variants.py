@@ -22,6 +22,7 @@ def _count(tree):
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_variant_parameter_trees():
     trees = {m: _param_tree(m) for m in ("backbone", "ours", "gaze_star", "san_star", "ours_no_gaze", "ours_surv")}
     assert set(trees["backbone"]) == {"encoder", "decoder"}
@@ -49,6 +50,7 @@ def test_variant_losses_use_their_heads(method):
     assert (out["survival"] is not None) == (method == "ours_surv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,method", [("nnunet", "backbone"), ("nnunet", "ours"), ("dmfnet", "ours"),
                                              ("equiunet", "cbam"), ("equiunet", "tasn")])
 def test_table3_cells_build_and_give_a_scalar_loss(backbone, method):
