@@ -76,13 +76,19 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D `data` mesh over all (or the first `num_devices`) global devices."""
-    devices = jax.devices()
+def make_mesh(num_devices: int | None = None, devices: list | None = None, process_count: int | None = None) -> Mesh:
+    """A 1-D `data` mesh over all (or the first `num_devices`) global devices (`devices`, `process_count`: JAX's
+    own by default). Every process must own a device of the mesh: one without could hold no share of the state."""
+    devices = list(jax.devices() if devices is None else devices)
+    process_count = jax.process_count() if process_count is None else process_count
     if num_devices:
         if num_devices > len(devices):
-            raise ValueError(f"asked for {num_devices} devices but only {len(devices)} are visible")
+            raise ValueError(f"config.num_devices={num_devices}: only {len(devices)} devices are visible")
         devices = devices[:num_devices]
+    left_out = sorted(set(range(process_count)) - {d.process_index for d in devices})
+    if left_out:
+        raise ValueError(f"config.num_devices={num_devices}: processes {left_out} of {process_count} own none of the "
+                         f"mesh's {len(devices)} devices; use 0 (all devices) or a multiple of the devices per process")
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
