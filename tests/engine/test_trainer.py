@@ -1,7 +1,7 @@
 """The trainer end to end on the toy least-squares method (tests/engine/toy.py): resume after SIGTERM reproduces the
 uninterrupted losses and parameters, 1 device and 2 devices give the same losses, a NaN loss stops the run and keeps
 the last good checkpoint (which evaluate_only then scores), bfloat16 compute keeps float32 parameters. The same run
-on the real SAN+AAB network is tests/integration/test_san_aab_e2e.py (slow)."""
+on the real SAN+AAB network is tests/integration/test_san_aab.py (slow)."""
 from __future__ import annotations
 
 import json
