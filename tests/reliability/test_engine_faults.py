@@ -249,3 +249,52 @@ def test_batch_larger_than_the_training_set_is_one_line_naming_it(tmp_path):
         train.train_and_evaluate(toy.config(), workdir, toy.make_method(epochs=1, n_train=6))
     assert "\n" not in str(err.value)
     assert _steps(workdir) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs (root only: CI runs as root; skipped where mounting is not allowed)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a tmpfs")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_naming_the_checkpoint_folder_and_keeps_the_saved_ones(full_disk):
+    """Before: a bare "[Errno 28] No space left on device" (or TensorStore's RESOURCE_EXHAUSTED ValueError) with no
+    folder named. The checkpoint saved before the disk filled up stays intact and is the one a rerun resumes from."""
+    from gazejax.engine.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(str(full_disk / "run"), keep_last=2, async_save=False)
+    ckpt.save(1, {"w": np.arange(4, dtype=np.float32)}, {}, {"stage": 0})
+    ckpt.wait()
+    with pytest.raises(OSError, match=r"^cannot write a checkpoint in .*/run/checkpoints: No space left; the "
+                                      r"checkpoints saved before are intact") as err:
+        noise = np.random.default_rng(0).random(1 << 20, dtype=np.float32)  # 4 MiB that do not compress
+        ckpt.save(2, {"w": noise}, {}, {"stage": 0})
+        ckpt.wait()
+    assert "\n" not in str(err.value)
+    reopened = Checkpointer(str(full_disk / "run"), keep_last=2, async_save=False)
+    try:
+        assert reopened.recover() == 1
+        np.testing.assert_array_equal(reopened.manager.restore(1).state["w"], np.arange(4, dtype=np.float32))
+    finally:
+        reopened.close()
+
+
+def test_orbax_thread_copies_of_an_error_are_dropped_and_counted():
+    import logging
+
+    from gazejax.main import _QuietOrbaxThreadErrors
+
+    quiet = _QuietOrbaxThreadErrors()
+    dropped = logging.LogRecord("absl", logging.ERROR, __file__, 1, "[process=0][thread=x] _SignalingThread.run() "
+                                "raised an exception: [Errno 28] No space left on device", None, None)
+    kept = logging.LogRecord("absl", logging.ERROR, __file__, 1, "something else", None, None)
+    assert (quiet.filter(dropped), quiet.filter(kept), quiet.dropped) == (False, True, 1)
