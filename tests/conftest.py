@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -78,6 +79,24 @@ def sigterm_at_step(monkeypatch, step: int):
 
     monkeypatch.setattr(train.ProgressBar, "update", update_then_sigterm)
     return original
+
+
+def resume_after_sigterm(monkeypatch, run, workdir: str, step: int, losses, reference: dict) -> dict:
+    """`run(workdir)` stopped by SIGTERM after step `step` (preempted, losses logged up to `step`, no report yet),
+    then the same command again; asserts the resumed run logged `reference`'s losses step for step, returns them."""
+    from gazejax.engine import trainer as train
+
+    original = sigterm_at_step(monkeypatch, step)
+    with pytest.raises(train.Preempted, match=f"SIGTERM at step {step}"):
+        run(workdir)
+    assert max(losses(workdir)) == step and not os.path.exists(os.path.join(workdir, "report.md"))
+    monkeypatch.setattr(train.ProgressBar, "update", original)
+    run(workdir)  # the same command again: resumes after `step`
+    resumed = losses(workdir)
+    assert sorted(resumed) == sorted(reference)
+    np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [reference[s] for s in sorted(reference)],
+                               rtol=1e-6)
+    return resumed
 
 
 def apply_overrides(c, overrides: dict):

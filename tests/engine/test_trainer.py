@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gazejax.engine import checkpoint, trainer as train
-from tests.conftest import sigterm_at_step
+from tests.conftest import resume_after_sigterm
 from tests.engine import toy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,16 +54,8 @@ def test_resume_after_sigterm_reproduces_losses(tmp_path, monkeypatch):
     assert sorted(reference) == list(range(1, 17))  # 2 epochs x 64 // 8
 
     interrupted = str(tmp_path / "interrupted")
-    original = sigterm_at_step(monkeypatch, 3)
-    with pytest.raises(train.Preempted, match="SIGTERM at step 3"):
-        train.train_and_evaluate(cfg, interrupted, method)
-    assert max(_losses(interrupted)) == 3 and not os.path.exists(os.path.join(interrupted, "report.md"))
-    monkeypatch.setattr(train.ProgressBar, "update", original)
-    train.train_and_evaluate(cfg, interrupted, method)  # the same command again: resumes at step 4
-    resumed = _losses(interrupted)
-    assert sorted(resumed) == sorted(reference)
-    np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [reference[s] for s in sorted(reference)],
-                               rtol=1e-6)
+    resume_after_sigterm(monkeypatch, lambda w: train.train_and_evaluate(cfg, w, method), interrupted, 3, _losses,
+                         reference)
     assert len(set(reference.values())) == len(reference)  # the losses move: equality is not that of constants
     want, got = _final_params(full, method, cfg), _final_params(interrupted, method, cfg)
     assert jax.tree.structure(want) == jax.tree.structure(got) and "batch_stats" in got

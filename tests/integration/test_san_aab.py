@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gazejax import methods
-from tests.conftest import sigterm_at_step, tiny_brats_config
+from tests.conftest import resume_after_sigterm, tiny_brats_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,6 @@ def test_san_aab_resume_after_sigterm_reproduces_losses_and_reports(tiny_brats_r
         assert os.path.exists(os.path.join(full, name)), name
 
     interrupted = str(tmp_path / "interrupted")
-    original = sigterm_at_step(monkeypatch, 3)
-    with pytest.raises(train.Preempted):
-        train.train_and_evaluate(cfg, interrupted, method)
-    assert max(_losses(interrupted)) == 3
-    monkeypatch.setattr(train.ProgressBar, "update", original)
-    train.train_and_evaluate(cfg, interrupted, method)  # the same command again: resumes at step 4
-    resumed = _losses(interrupted)
-    assert sorted(resumed) == sorted(reference)
-    np.testing.assert_allclose([resumed[s] for s in sorted(resumed)], [reference[s] for s in sorted(reference)],
-                               rtol=1e-6)
+    resume_after_sigterm(monkeypatch, lambda w: train.train_and_evaluate(cfg, w, method), interrupted, 3, _losses,
+                         reference)
     assert os.path.exists(os.path.join(interrupted, "report.md"))
