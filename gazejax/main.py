@@ -101,8 +101,9 @@ def main(argv) -> int:
     logs.quiet_other_processes()  # INFO lines from process 0 only
     workdir = _WORKDIR.value or default_workdir(config)
     print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+    quiet = _QuietOrbaxThreadErrors()
     if not os.environ.get("GAZEJAX_DEBUG"):
-        logging.getLogger("absl").addFilter(_QuietOrbaxThreadErrors())
+        logging.getLogger("absl").addFilter(quiet)
     try:
         if _MODE.value == "train":
             results = train.train_and_evaluate(config, workdir, methods.get(config.method_family))
@@ -114,7 +115,9 @@ def main(argv) -> int:
     except (train.NonFiniteLossError, ValueError, OSError) as e:  # OSError: missing files, read-only or full disk
         if os.environ.get("GAZEJAX_DEBUG"):
             raise
-        print(f"gazejax: error: {' '.join(str(e).split())}", file=sys.stderr)
+        hidden = (f" ({quiet.dropped} copies logged by Orbax's writer threads hidden; GAZEJAX_DEBUG=1 shows them)"
+                  if quiet.dropped else "")
+        print(f"gazejax: error: {' '.join(str(e).split())}{hidden}", file=sys.stderr)
         return 1
     test = results.get("test", {}).get("metrics", {})
     if test:

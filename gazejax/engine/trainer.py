@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -72,10 +73,21 @@ class Trainer:
         self._predict_jit = jax.jit(lambda variables, *inputs: self.model.apply(variables, *inputs, train=False),
                                     out_shardings=parallel.replicated(self.mesh))
 
-    def close(self) -> None:
-        """Waits for pending checkpoint writes and closes the log files."""
-        self.writer.close()
-        self.ckpt.close()
+    def close(self, after_error: bool = False) -> None:
+        """Waits for pending checkpoint writes and closes the log files. `after_error`: the run is stopping on an
+        error, which a failure to close (e.g. the full disk that caused it) must not replace: logged instead."""
+        failure = None
+        parts = (("the TensorBoard / metrics writer", self.writer.close), ("the checkpoints", self.ckpt.close))
+        for part, close in parts:
+            try:
+                close()
+            except Exception as e:  # noqa: BLE001
+                if not after_error:
+                    failure = failure or e
+                else:
+                    log.warning("closing %s after the error below failed too: %s", part, " ".join(str(e).split()))
+        if failure is not None:
+            raise failure
 
     # ---- state -------------------------------------------------------------------------------------------
     def init_variables(self) -> dict:
@@ -391,7 +403,7 @@ def train_and_evaluate(config, workdir: str, method: Method) -> dict:
             workdirs.save_config(saved, workdir)  # the checkpoints' own config.json stays next to them
             raise
         finally:
-            trainer.close()
+            trainer.close(after_error=sys.exc_info()[0] is not None)
 
 
 def evaluate_only(config, workdir: str, method: Method) -> dict:
@@ -405,7 +417,7 @@ def evaluate_only(config, workdir: str, method: Method) -> dict:
             state = trainer.stage_state(len(trainer.stages) - 1, trainer.init_variables())
             return finish(trainer, state, data)
         finally:
-            trainer.close()
+            trainer.close(after_error=sys.exc_info()[0] is not None)
 
 
 def finish(trainer: Trainer, state: TrainState, data) -> dict:

@@ -119,7 +119,8 @@ def _run_cells(module, config_arg, cells, workdir) -> None:
 
     # Cells compile the same programs: keep them on disk under the grid's workdir (a cache directory the caller set
     # is kept), and give JAX's settings back afterwards.
-    saved = {k: jax.config.values[k] for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {k: jax.config.values[k] for k in keys}
     if not saved["jax_compilation_cache_dir"]:
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

@@ -297,3 +297,30 @@ def test_orbax_thread_copies_of_an_error_are_dropped_and_counted():
                                 "raised an exception: [Errno 28] No space left on device", None, None)
     kept = logging.LogRecord("absl", logging.ERROR, __file__, 1, "something else", None, None)
     assert (quiet.filter(dropped), quiet.filter(kept), quiet.dropped) == (False, True, 1)
+
+
+def test_a_failure_to_close_does_not_replace_the_error_that_stopped_the_run(tmp_path, monkeypatch, caplog):
+    """A full disk stops the run (here: make_data fails), and closing the TensorBoard writer then fails on the same
+    disk: the run's own error reaches the user, the close failure is one warning. Before, the writer's OSError
+    replaced it (`[Errno 28] No space left on device` instead of the checkpoint folder's message)."""
+    import dataclasses
+
+    from gazejax.engine import logs
+
+    method = toy.make_method()
+
+    def make_data(config, process_index=0, process_count=1):
+        raise ValueError("/data/toy.csv: cut file")
+
+    def close(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(logs.MetricWriter, "close", close)
+    with caplog.at_level("WARNING", logger="gazejax"):
+        with pytest.raises(ValueError, match="^/data/toy.csv: cut file$"):
+            train.train_and_evaluate(toy.config(), str(tmp_path / "run"),
+                                     dataclasses.replace(method, make_data=make_data))
+    assert ("closing the TensorBoard / metrics writer after the error below failed too: [Errno 28] No space"
+            in caplog.text)
+    with pytest.raises(OSError, match="No space left"):  # with no error before, a close failure is the error
+        train.train_and_evaluate(toy.config(), str(tmp_path / "run2"), method)
