@@ -20,21 +20,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: a new fold
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train (then evaluate) or evaluate only.")
 
 
-class _QuietOrbaxThreadErrors(logging.Filter):
-    """Orbax logs a failed background write (a full disk) with its traceback at ERROR and raises the same error in
-    the training loop, which `main` reports in one line: the logged copies are dropped and counted."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "_SignalingThread.run() raised an exception" in record.getMessage():
-            self.dropped += 1
-            return False
-        return True
-
-
 def _one_line(error: BaseException) -> str:
     """The last non-empty line of an exception message (config_flags and flag errors span several lines)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -101,7 +86,7 @@ def main(argv) -> int:
     logs.quiet_other_processes()  # INFO lines from process 0 only
     workdir = _WORKDIR.value or default_workdir(config)
     print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-    quiet = _QuietOrbaxThreadErrors()
+    quiet = logs.QuietOrbaxThreadErrors()
     if not os.environ.get("GAZEJAX_DEBUG"):
         logging.getLogger("absl").addFilter(quiet)
     try:

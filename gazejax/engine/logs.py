@@ -83,6 +83,21 @@ class MetricWriter:
             self._tb = None
 
 
+class QuietOrbaxThreadErrors(logging.Filter):
+    """Orbax logs a failed background write (a full disk) with its traceback at ERROR and raises the same error in
+    the training loop, which `gazejax.main` reports in one line: the logged copies are dropped and counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "_SignalingThread.run() raised an exception" in record.getMessage():
+            self.dropped += 1
+            return False
+        return True
+
+
 def quiet_other_processes(logger_name: str = "gazejax") -> None:
     """On every process but 0, lowers `logger_name` to warnings and errors (call after jax.distributed starts)."""
     if jax.process_index() != 0:

@@ -290,9 +290,9 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint_folder_and_keeps_the_save
 def test_orbax_thread_copies_of_an_error_are_dropped_and_counted():
     import logging
 
-    from gazejax.main import _QuietOrbaxThreadErrors
+    from gazejax.engine.logs import QuietOrbaxThreadErrors
 
-    quiet = _QuietOrbaxThreadErrors()
+    quiet = QuietOrbaxThreadErrors()
     dropped = logging.LogRecord("absl", logging.ERROR, __file__, 1, "[process=0][thread=x] _SignalingThread.run() "
                                 "raised an exception: [Errno 28] No space left on device", None, None)
     kept = logging.LogRecord("absl", logging.ERROR, __file__, 1, "something else", None, None)
