@@ -1,9 +1,12 @@
-"""Multi-process data parallelism: 2 local CPU processes x 2 devices (gloo collectives, `jax.distributed`) train
-tiny SAN+AAB BraTS with the real trainer to the same parameters as 1 process x 4 devices.
+"""Multi-process data parallelism on the toy method (tests/engine/toy.py, with BatchNorm over the global batch and
+per-example noise): 2 local CPU processes x 2 devices (gloo collectives, `jax.distributed`) train to the same losses
+and parameters as 1 process x 4 devices, with one metrics row per step and one report (process 0), and one
+checkpoint written by both; a broken checkpoint is set aside once. The real networks' runs are
+tests/integration/test_<method>.py.
 
-The worker half of this file runs as `python tests/integration/test_multiprocess.py WORKDIR ROOT CACHE` in a subprocess whose
-environment sets the device count and (for the 2-process run) GAZEJAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID,
-the variables `launch/local_multiprocess.sh` sets.
+The worker half of this file runs as `python tests/integration/test_multiprocess.py MODE WORKDIR` in a subprocess
+whose environment sets the device count and (for 2-process runs) GAZEJAX_COORDINATOR / _NUM_PROCESSES /
+_PROCESS_ID, the variables `launch/local_multiprocess.sh` sets.
 """
 from __future__ import annotations
 
@@ -16,9 +19,8 @@ import sys
 import numpy as np
 import pytest
 
-from gazejax import methods
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 3  # optimiser steps per run (one per epoch: 5 training cases, global batch 4)
+STEPS = 16  # optimiser steps per run: 2 epochs of 64 examples, global batch 8
 
 
 def _free_port() -> int:
@@ -36,8 +38,8 @@ def _env(devices: int, **extra: str) -> dict:
     return env
 
 
-def _start(workdir: str, root: str, cache: str, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), workdir, root, cache], cwd=REPO, env=env,
+def _start(mode: str, workdir: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), mode, workdir], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -87,15 +89,14 @@ def _losses(workdir: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(tiny_brats_root, tmp_path):
-    cache = str(tmp_path / "cache")
+def test_two_processes_match_one_process(tmp_path):
     port = _free_port()
     multi = str(tmp_path / "two_processes")
-    workers = [_start(multi, tiny_brats_root, cache, _env(2, GAZEJAX_COORDINATOR=f"127.0.0.1:{port}",
-                                                          GAZEJAX_NUM_PROCESSES="2", GAZEJAX_PROCESS_ID=str(i)))
+    workers = [_start("train", multi, _env(2, GAZEJAX_COORDINATOR=f"127.0.0.1:{port}", GAZEJAX_NUM_PROCESSES="2",
+                                           GAZEJAX_PROCESS_ID=str(i)))
                for i in range(2)]
     single = str(tmp_path / "one_process")
-    reference = _start(single, tiny_brats_root, cache, _env(4))
+    reference = _start("train", single, _env(4))
     outs = _finish(workers + [reference], timeout=540)
     assert all("processes=2 devices=4 local=2" in out for out in outs[:2])
     assert "processes=1 devices=4 local=4" in outs[2]
@@ -112,13 +113,17 @@ def test_two_processes_match_one_process(tiny_brats_root, tmp_path):
     assert sorted(a) == sorted(b)
     assert int(a["step"]) == int(b["step"]) == STEPS
     params = [k for k in a if k.startswith("params/")]
-    assert params
-    for key in params:
+    stats = [k for k in a if "batch_stats" in k]
+    assert params and stats
+    for key in params + stats:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
     # the parameters moved (equality is not that of two untrained models), and evaluation ran on both processes
     assert len(set(_losses(multi))) == STEPS
-    with open(os.path.join(multi, "results.json")) as f:
-        assert np.isfinite(json.load(f)["test"]["dice_WT"])
+    scores = []
+    for workdir in (multi, single):
+        with open(os.path.join(workdir, "results.json")) as f:
+            scores.append(json.load(f)["test"]["neg_mse"])
+    assert np.isfinite(scores[0]) and scores[0] == pytest.approx(scores[1], rel=1e-5)
 
 
 def test_initialize_is_a_no_op_alone_and_checks_the_process_id(monkeypatch):
@@ -152,7 +157,7 @@ def test_two_processes_set_a_broken_checkpoint_aside_once(tmp_path):
     process 0 alone moves it to checkpoints_broken/ (before, both moved it and the slower one failed on the missing
     folder), and both resume from step 8."""
     workdir = str(tmp_path / "run")
-    _run_pair("toy", workdir)
+    _run_pair("train", workdir)
     meta = os.path.join(workdir, "checkpoints", "16", "meta", "metadata")
     with open(meta, "rb") as f:
         data = f.read()
@@ -165,15 +170,19 @@ def test_two_processes_set_a_broken_checkpoint_aside_once(tmp_path):
 
 
 def _toy_worker(mode: str, workdir: str) -> None:
-    """2-process toy run: "toy" trains 2 epochs (steps 8 and 16 saved); "recover" sets broken checkpoints aside."""
+    """One process of a toy run: "train" trains 2 epochs (checkpoints at steps 8 and 16) over all devices of all
+    processes; "recover" sets broken checkpoints aside and prints the step it resumes from."""
     import jax
 
     from gazejax.engine import checkpoint, parallel, trainer as train
     from tests.engine import toy
 
     parallel.maybe_initialize_distributed()
-    if mode == "toy":
-        train.train_and_evaluate(toy.config(num_devices=0), workdir, toy.make_method(epochs=2))  # 0: all devices
+    print(f"processes={jax.process_count()} devices={jax.device_count()} local={jax.local_device_count()}",
+          flush=True)
+    if mode == "train":
+        method = toy.make_method(epochs=2, batch_norm=True, noise=0.1)
+        train.train_and_evaluate(toy.config(num_devices=0), workdir, method)  # 0: every device of every process
         return
     ckpt = checkpoint.Checkpointer(workdir, keep_last=2, async_save=False)
     try:
@@ -182,22 +191,5 @@ def _toy_worker(mode: str, workdir: str) -> None:
         ckpt.close()
 
 
-def _worker(workdir: str, root: str, cache: str) -> None:
-    """One process of a run: the real trainer end to end (train, checkpoint, evaluate, report)."""
-    import jax
-
-    from gazejax.engine import parallel, trainer as train
-    from tests.conftest import tiny_brats_config
-
-    cfg = tiny_brats_config(root, cache, batch_size=4, epochs=STEPS)
-    parallel.maybe_initialize_distributed(cfg)
-    print(f"processes={jax.process_count()} devices={jax.device_count()} local={jax.local_device_count()}",
-          flush=True)
-    train.train_and_evaluate(cfg, workdir, methods.get(cfg.method_family))
-
-
 if __name__ == "__main__":
-    if sys.argv[1] in ("toy", "recover"):
-        _toy_worker(*sys.argv[1:3])
-    else:
-        _worker(*sys.argv[1:4])
+    _toy_worker(*sys.argv[1:3])
