@@ -8,6 +8,7 @@ JSON items and the commit marker, so `workdir` must be one folder every host see
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -133,11 +134,8 @@ class Checkpointer:
             data=ocp.args.JsonSave(data_state or {}),
             meta=ocp.args.JsonSave(meta),
         )
-        try:
+        with self._writing():
             self.manager.save(step, args=args, metrics=metrics, force=force)  # also awaits the previous save
-        except Exception as e:  # noqa: BLE001 - only write failures are translated; the rest propagates as is
-            self._raise_write_error(e)
-            raise
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         """Restores (state, data_state, meta) of `step`, placing arrays as `abstract_state`'s shardings say."""
@@ -174,22 +172,24 @@ class Checkpointer:
         return None if best is None else best[1]
 
     def wait(self) -> None:
-        try:
+        with self._writing():
             self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
-            self._raise_write_error(e)
-            raise
 
     _WRITE_FAILURES = ("No space left", "Read-only file system", "Permission denied", "Disk quota exceeded")
 
-    def _raise_write_error(self, error: Exception) -> None:
+    @contextlib.contextmanager
+    def _writing(self):
         """A failed write (full disk, read-only or forbidden folder; Orbax reports it as OSError or as TensorStore's
-        ValueError) is raised as one OSError naming the checkpoint folder; other errors return to the caller."""
-        text = " ".join(str(error).split())
-        reason = next((r for r in self._WRITE_FAILURES if r in text), None)
-        if reason is not None:
+        ValueError) is raised as one OSError naming the checkpoint folder; other errors propagate as they are."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001
+            text = " ".join(str(e).split())
+            reason = next((r for r in self._WRITE_FAILURES if r in text), None)
+            if reason is None:
+                raise
             raise OSError(f"cannot write a checkpoint in {self.directory}: {reason}; the checkpoints saved before "
-                          "are intact: free space or fix the folder, then rerun the same command to resume") from error
+                          "are intact: free space or fix the folder, then rerun the same command to resume") from e
 
     def close(self) -> None:
         # Orbax's start-up sweep of temporary directories runs in a thread that only a save awaits; a run that stops

@@ -90,11 +90,8 @@ def _losses(workdir: str) -> list[float]:
 
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
-    port = _free_port()
     multi = str(tmp_path / "two_processes")
-    workers = [_start("train", multi, _env(2, GAZEJAX_COORDINATOR=f"127.0.0.1:{port}", GAZEJAX_NUM_PROCESSES="2",
-                                           GAZEJAX_PROCESS_ID=str(i)))
-               for i in range(2)]
+    workers = _start_pair("train", multi, devices=2)
     single = str(tmp_path / "one_process")
     reference = _start("train", single, _env(4))
     outs = _finish(workers + [reference], timeout=540)
@@ -142,13 +139,12 @@ def test_initialize_is_a_no_op_alone_and_checks_the_process_id(monkeypatch):
     assert parallel.maybe_initialize_distributed(cfg) is False
 
 
-def _run_pair(mode: str, workdir: str) -> list[str]:
+def _start_pair(mode: str, workdir: str, devices: int) -> list[subprocess.Popen]:
+    """The 2 processes of one run, `devices` CPU devices each, coordinated over a free local port."""
     port = _free_port()
-    return _finish([subprocess.Popen([sys.executable, os.path.abspath(__file__), mode, workdir], cwd=REPO,
-                                     env=_env(1, GAZEJAX_COORDINATOR=f"127.0.0.1:{port}", GAZEJAX_NUM_PROCESSES="2",
-                                              GAZEJAX_PROCESS_ID=str(i)),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)],
-                   timeout=180)
+    return [_start(mode, workdir, _env(devices, GAZEJAX_COORDINATOR=f"127.0.0.1:{port}", GAZEJAX_NUM_PROCESSES="2",
+                                       GAZEJAX_PROCESS_ID=str(i)))
+            for i in range(2)]
 
 
 @pytest.mark.slow
@@ -157,13 +153,13 @@ def test_two_processes_set_a_broken_checkpoint_aside_once(tmp_path):
     process 0 alone moves it to checkpoints_broken/ (before, both moved it and the slower one failed on the missing
     folder), and both resume from step 8."""
     workdir = str(tmp_path / "run")
-    _run_pair("train", workdir)
+    _finish(_start_pair("train", workdir, devices=1), timeout=180)
     meta = os.path.join(workdir, "checkpoints", "16", "meta", "metadata")
     with open(meta, "rb") as f:
         data = f.read()
     with open(meta, "wb") as f:
         f.write(data[: len(data) // 2])
-    outs = _run_pair("recover", workdir)
+    outs = _finish(_start_pair("recover", workdir, devices=1), timeout=180)
     assert all("recovered=8 processes=2" in out for out in outs), [o[-2000:] for o in outs]
     assert os.listdir(os.path.join(workdir, "checkpoints_broken")) == ["16"]
     assert sorted(s for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()) == ["8"]
