@@ -92,6 +92,34 @@ class DataBundle:
 
 
 @dataclasses.dataclass(frozen=True)
+class Inference:
+    """How `gazejax.predict` applies a trained (exported) model of the method to new inputs, declared as data.
+
+    kind: "volume" (a BraTS case: four co-registered NIfTI modalities) or "image" (one radiograph).
+    preprocessing(config) -> JSON-able dict: everything that turns a file into the model's input (crop size,
+      normalisation, resize and padding, reader options, output grid). Stored in the export; the models of an
+      ensemble must have equal specs.
+    labels(config) -> output names: classes or findings ("image"), regions ("volume": ET, TC, WT).
+    run(predict, inputs, config, stage) -> dict, with `predict` as in `Method.evaluate`:
+      "image": inputs float32 [B, H, W, 1] in [0, 1], already resized as the spec says ->
+        {"probs": float64 [B, C] (softmax classes, or per-finding sigmoids when `multilabel`),
+         "map": float32 [B, h, w] explanation map (see `map_name`) or None};
+      "volume": inputs float32 [X, Y, Z, 4] brain box, normalised as in training ->
+        {"seg_prob": float32 [X, Y, Z, 3] (ET, TC, WT sigmoids), "gaze_prob": float32 [gx, gy, gz] or None,
+         "gaze_frame": the padded (X', Y', Z') the gaze grid divides}.
+    multilabel(config) -> True when the probabilities are independent per-finding sigmoids.
+    map_name(config, stage) -> what "map" is (e.g. "CAM of the predicted class"); "" when the model has none.
+    """
+
+    kind: str
+    preprocessing: Callable[[Any], dict]
+    labels: Callable[[Any], tuple[str, ...]]
+    run: Callable[..., dict]
+    multilabel: Callable[[Any], bool] = lambda config: False
+    map_name: Callable[[Any, Any], str] = lambda config, stage: ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Method:
     """A method = model + losses + data + evaluation + report + stages.
 
@@ -109,6 +137,7 @@ class Method:
     apply_kwargs(stage) -> dict of extra keyword arguments of `model.apply` in training steps (default none); a
       model with frozen sub-modules takes here the switch that runs them in inference mode (`Stage.frozen`).
       `stage` is None for a step built without a stage.
+    inference: how `gazejax.predict` applies the method's exported models to new files (`Inference`).
     per_step_collections: mutable collections that advance once per optimiser step when `grad_accum_steps` k > 1
       (e.g. a momentum encoder's EMA: updated per micro-batch, its momentum would act as m^k): every micro-batch
       reads their step-start value and the step keeps the last micro-batch's update. The other collections
@@ -127,6 +156,7 @@ class Method:
     model_inputs: Callable[[Mapping[str, Any]], tuple] = lambda batch: (batch["image"],)
     apply_kwargs: Callable[[Stage | None], dict[str, Any]] = lambda stage: {}
     per_step_collections: tuple[str, ...] = ()
+    inference: Inference | None = None
 
 
 def iterate_in_batches(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
