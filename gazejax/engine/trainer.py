@@ -19,7 +19,7 @@ import optax
 
 from gazejax.data import io
 from gazejax.engine import input as train_data
-from gazejax.engine import guards, optim, parallel, profiling, stage_rules
+from gazejax.engine import guards, optim, parallel, predictor, profiling, stage_rules
 from gazejax.engine.api import Method
 from gazejax.engine.checkpoint import Checkpointer, CorruptCheckpointError, PreemptionFlag, abstract_like
 from gazejax.engine.logs import MetricWriter, ProgressBar
@@ -69,9 +69,7 @@ class Trainer:
                                  async_save=config.checkpoint.get("async_save", True))
         self.writer = MetricWriter(workdir)
         self.saved_config = workdirs.read_config(workdir)  # of the run that wrote the checkpoints, if any
-        # outputs replicated: every process of a multi-host run can then read the whole prediction
-        self._predict_jit = jax.jit(lambda variables, *inputs: self.model.apply(variables, *inputs, train=False),
-                                    out_shardings=parallel.replicated(self.mesh))
+        self._predict_jit = predictor.jitted_apply(self.model, self.mesh)
 
     def close(self, after_error: bool = False) -> None:
         """Waits for pending checkpoint writes and closes the log files. `after_error`: the run is stopping on an
@@ -175,20 +173,8 @@ class Trainer:
                        donate_argnums=(0,))
 
     def predict_fn(self, state: TrainState) -> Callable:
-        """numpy inputs [B, ...] -> numpy outputs; pads B to a multiple of the device count and shards it."""
-        variables = {"params": state.params, **state.collections}
-        n_dev = self.mesh.devices.size
-
-        def predict(*inputs):
-            b = inputs[0].shape[0]
-            pad = (-b) % n_dev
-            if pad:
-                inputs = tuple(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in inputs)
-            sharded = tuple(jax.device_put(x, parallel.batch_sharded(self.mesh)) for x in inputs)
-            out = self._predict_jit(variables, *sharded)
-            return jax.tree.map(lambda y: np.asarray(y)[:b] if getattr(y, "ndim", 0) else np.asarray(y), out)
-
-        return predict
+        """numpy inputs [B, ...] -> numpy outputs (`gazejax.engine.predictor.bind`)."""
+        return predictor.bind(self._predict_jit, {"params": state.params, **state.collections}, self.mesh)
 
     # ---- data --------------------------------------------------------------------------------------------
     def train_iterator(self, data, stage, data_state: dict | None) -> train_data.TrainIterator:
@@ -371,15 +357,21 @@ class Trainer:
         tx = _stage_tx(self.config, self.stages[idx], 1, variables["params"])
         return self._from_best(idx, self.new_state(variables, tx), tx)
 
-    def _from_best(self, stage_idx: int, template: TrainState, tx) -> TrainState:
-        """Params and collections of `stage_idx`'s best (else its last) checkpoint, fresh optimiser state."""
+    def stage_step(self, stage_idx: int) -> int | None:
+        """The checkpoint step that stands for stage `stage_idx`: its best (monitored) one, else its newest, else
+        None (the stage has no checkpoint)."""
         self.ckpt.wait()
         step = self.ckpt.best_step(stage_idx)
         if step is None:
             steps = [s for s in self.ckpt.manager.all_steps() if self.ckpt.restore_meta(s).get("stage") == stage_idx]
-            if not steps:
-                return template
-            step = max(steps)
+            step = max(steps) if steps else None
+        return step
+
+    def _from_best(self, stage_idx: int, template: TrainState, tx) -> TrainState:
+        """Params and collections of `stage_idx`'s best (else its last) checkpoint, fresh optimiser state."""
+        step = self.stage_step(stage_idx)
+        if step is None:
+            return template
         prev_tx = _stage_tx(self.config, self.stages[stage_idx], 1, template.params)
         prev_template = template.replace(opt_state=prev_tx.init(template.params))
         restored, _, _ = self._restore(step, abstract_like(parallel.replicate(prev_template, self.mesh)))

@@ -80,3 +80,30 @@ def mean_std(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
         return float("nan"), float("nan")
     std = float(np.std(kept, ddof=1)) if kept.size > 1 else float("nan")
     return float(np.mean(kept)), std
+
+
+def bootstrap_ci(statistic, n: int, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+                 ) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap confidence intervals of the metrics `statistic(indices) -> {name: value}` computes on
+    `indices` [n] of a sample of n items (e.g. images): n_boot resamples with replacement (seeded), interval
+    [(1 - level) / 2, (1 + level) / 2] quantiles per metric. A resample where a metric is NaN (e.g. an AUROC whose
+    class is absent from it) is left out of that metric's interval, with a warning that counts them; a metric NaN
+    in every resample gets (NaN, NaN)."""
+    if n < 1:
+        raise ValueError(f"bootstrap_ci: needs at least one item, got n={n}")
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(int(n_boot)):
+        for key, value in statistic(rng.integers(0, n, size=n)).items():
+            draws.setdefault(key, []).append(float(value))
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    out = {}
+    for key, values in draws.items():
+        v = np.asarray(values)
+        kept = v[np.isfinite(v)]
+        if kept.size < v.size:
+            warnings.warn(f"bootstrap_ci: {key}: {v.size - kept.size} of {v.size} resamples gave NaN and were left "
+                          f"out", RuntimeWarning, stacklevel=2)
+        out[key] = ((float(np.quantile(kept, lo_q)), float(np.quantile(kept, hi_q))) if kept.size
+                    else (float("nan"), float("nan")))
+    return out

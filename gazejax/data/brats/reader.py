@@ -148,6 +148,15 @@ def list_cases(root: str | os.PathLike) -> list[str]:
     return cases
 
 
+def case_files(case_dir: str | os.PathLike) -> tuple[str, dict[str, str], str | None]:
+    """(case_id, {modality: path}, segmentation path or None) of a BraTS case folder."""
+    case_dir = os.path.normpath(os.fspath(case_dir))
+    case_id = os.path.basename(case_dir)
+    if not os.path.isdir(case_dir):
+        raise DataError(f"{case_id}: case directory {case_dir} does not exist")
+    return case_id, {m: _find_modality(case_dir, case_id, m) for m in MODALITIES}, _find_seg(case_dir, case_id)
+
+
 def read_case(case_dir: str | os.PathLike) -> dict:
     """Reads one case: {"image": float32 [X, Y, Z, 4] (flair, t1, t1ce, t2), "seg": uint8 [X, Y, Z] or None,
     "affine": float64 [4, 4], "case_id": str, "spacing": (sx, sy, sz) in mm}.
@@ -155,13 +164,17 @@ def read_case(case_dir: str | os.PathLike) -> dict:
     Labels are the BraTS ones: 0 background, 1 NCR/NET, 2 edema, 4 enhancing. `seg` is None when the folder has no
     segmentation (validation data). All volumes must share shape and affine (atol 1e-3).
     """
-    case_dir = os.path.normpath(os.fspath(case_dir))
-    case_id = os.path.basename(case_dir)
-    if not os.path.isdir(case_dir):
-        raise DataError(f"{case_id}: case directory {case_dir} does not exist")
+    return read_volumes(*case_files(case_dir))
+
+
+def read_volumes(case_id: str, paths: dict[str, str], seg_path: str | None = None) -> dict:
+    """`read_case` of explicitly named files: `paths` maps each of MODALITIES to a NIfTI file."""
+    missing = [m for m in MODALITIES if not paths.get(m)]
+    if missing:
+        raise DataError(f"{case_id}: no {', '.join(missing)} image given (need {', '.join(MODALITIES)})")
     volumes, ref = [], None
     for modality in MODALITIES:
-        path = _find_modality(case_dir, case_id, modality)
+        path = paths[modality]
         data, affine, zooms = _load_volume(path, case_id)
         if ref is None:
             ref = (data.shape, affine, zooms, os.path.basename(path))
@@ -170,13 +183,23 @@ def read_case(case_dir: str | os.PathLike) -> dict:
         if not np.any(data):  # an empty brain cannot be cropped or normalised
             raise DataError(f"{case_id}: {os.path.basename(path)} is all zero (an empty {modality} volume)")
         volumes.append(data.astype(np.float32, copy=False))
-    seg_path, seg = _find_seg(case_dir, case_id), None
+    seg = None
     if seg_path:
-        data, affine, _ = _load_volume(seg_path, case_id)
-        _check_geometry(case_id, seg_path, data.shape, affine, ref[0], ref[1], ref[3])
-        seg = _labels_uint8(data, case_id, os.path.basename(seg_path))
+        seg = read_seg(seg_path, case_id, ref[0], ref[1], ref[3])
     return {"image": np.stack(volumes, axis=-1), "seg": seg, "affine": ref[1], "case_id": case_id,
             "spacing": tuple(ref[2])}
+
+
+def read_seg(path: str, case_id: str, shape: tuple, affine: np.ndarray, ref_name: str) -> np.ndarray:
+    """A segmentation file as uint8 BraTS labels, checked against the case's shape and affine."""
+    data, seg_affine, _ = _load_volume(path, case_id)
+    _check_geometry(case_id, path, data.shape, seg_affine, shape, affine, ref_name)
+    return _labels_uint8(data, case_id, os.path.basename(path))
+
+
+def find_seg(case_dir: str, case_id: str) -> str | None:
+    """The segmentation file of a case folder (`<case_id>_seg.nii[.gz]`, else the one NIfTI named like 'seg')."""
+    return _find_seg(case_dir, case_id)
 
 
 # ------------------------------------------------------------------------------------------------------ survival

@@ -87,7 +87,11 @@ def preprocess_case(case_dir: str) -> tuple[np.ndarray, np.ndarray | None, dict]
     "shape" (original X, Y, Z), "affine" [4][4], "spacing" [3], "has_seg", "crop_shape", "content_sha1"}: what both
     the npy cache and the TFDS builder (`gazejax.data.tfds.brats2020`) store, so the two sources give identical examples.
     """
-    case = brats.read_case(case_dir)
+    return preprocess(brats.read_case(case_dir))
+
+
+def preprocess(case: dict) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """`preprocess_case` of a case already read (`brats.read_case` / `brats.read_volumes`)."""
     image, seg, bbox = transforms3d.crop_to_nonzero(case["image"], case["seg"])
     if case["seg"] is not None and int((case["seg"] > 0).sum()) != int((seg > 0).sum()):
         raise brats.DataError(f"{case['case_id']}: tumour labels lie outside the non-zero brain box")

@@ -151,9 +151,9 @@ def resolve_root(config) -> str:
     return synth.generate(out, cases=s.cases, seed=s.seed, shape=tuple(s.shape), gaze_share=s.gaze_share)
 
 
-def evaluate(predict, records, config, out_dir: str | None = None, stage=None) -> dict:
+def eval_settings(config) -> tuple[str, tuple, tuple | None]:
+    """(eval.mode, window, gaze window or None) of the config, checked: what evaluation and prediction run."""
     from gazejax.methods.san_aab import evaluate as eval3d
-    from gazejax.metrics import stats
 
     e = config.eval
     mode = e.get("mode", "window")
@@ -161,12 +161,20 @@ def evaluate(predict, records, config, out_dir: str | None = None, stage=None) -
         raise ValueError(f"eval.mode: unknown mode {mode!r}; expected one of {', '.join(eval3d.EVAL_MODES)}")
     if mode == "whole" and (tuple(e.window) or tuple(e.gaze_window)):
         raise ValueError("eval.window / eval.gaze_window apply to eval.mode='window'; clear them for 'whole'")
-    window = tuple(e.window or config.data.crop_size)
+    return mode, tuple(e.window or config.data.crop_size), tuple(e.gaze_window) or None
+
+
+def evaluate(predict, records, config, out_dir: str | None = None, stage=None) -> dict:
+    from gazejax.methods.san_aab import evaluate as eval3d
+    from gazejax.metrics import stats
+
+    e = config.eval
+    mode, window, gaze_window = eval_settings(config)
     per_case = []
     for record in records:
         res = eval3d.evaluate_case(predict, record, window, e.overlap, e.batch, config.data.gaze_sigma,
                                    out_dir if (out_dir and e.save_predictions) else None,
-                                   gaze_window=tuple(e.gaze_window) or None, mode=mode)
+                                   gaze_window=gaze_window, mode=mode)
         if len(per_case) >= e.get("figure_cases", 2):  # keep volumes only for the report's figures
             res = {"case_id": res["case_id"], "scores": res["scores"]}
         per_case.append(res)

@@ -1,0 +1,38 @@
+"""The inference function every evaluation and `gazejax.predict` share: `model.apply(train=False)` jitted once per
+model, the batch padded to a multiple of the device count and sharded over the mesh, outputs replicated (every
+process of a multi-host run can read the whole prediction). One code path, so a model exported and applied to a
+case gives the same numbers as the evaluation that selected it."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from gazejax.engine import parallel
+
+
+def jitted_apply(model, mesh: Mesh) -> Callable:
+    """`(variables, *inputs) -> outputs` of `model` in inference mode, jitted with replicated outputs (compiled once
+    per input shape: make it once per model and `bind` it to each set of weights)."""
+    return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False),
+                   out_shardings=parallel.replicated(mesh))
+
+
+def bind(apply_fn: Callable, variables: Any, mesh: Mesh) -> Callable:
+    """numpy inputs [B, ...] -> numpy outputs of `apply_fn` (from `jitted_apply`) with `variables`; B is padded
+    (repeating the last row) to a multiple of the mesh's devices and sharded over them, the padding cut off."""
+    n_dev = mesh.devices.size
+    sharded = parallel.batch_sharded(mesh)
+
+    def predict(*inputs):
+        b = inputs[0].shape[0]
+        pad = (-b) % n_dev
+        if pad:
+            inputs = tuple(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in inputs)
+        placed = tuple(jax.device_put(x, sharded) for x in inputs)
+        out = apply_fn(variables, *placed)
+        return jax.tree.map(lambda y: np.asarray(y)[:b] if getattr(y, "ndim", 0) else np.asarray(y), out)
+
+    return predict

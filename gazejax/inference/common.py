@@ -1,0 +1,107 @@
+"""What every `gazejax.predict` input family shares: exported models loaded and checked for an ensemble, inputs read
+one ahead of the computation, failures reported per input, and writes that never leave a partial file."""
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator
+
+from gazejax.data.errors import DataError
+
+# Errors of one input (unreadable, malformed, wrong geometry): reported, the input skipped, the others predicted.
+INPUT_ERRORS = (DataError, OSError, ValueError, EOFError)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """One exported model, ready to apply: `predict(*inputs) -> outputs` as the method's evaluation receives it."""
+
+    path: str
+    config: Any
+    meta: dict
+    method: Any
+    stage: Any
+    predict: Callable
+
+
+def load_models(paths: list[str], mesh=None) -> list[LoadedModel]:
+    """Loads export folders (`gazejax.engine.model_dir`); an ensemble's models must share kind, output names and
+    preprocessing spec (error naming the first that differs)."""
+    from gazejax import methods
+    from gazejax.engine import model_dir, parallel, predictor
+
+    if not paths:
+        raise ValueError("--model: give at least one model folder (written by python -m gazejax.export)")
+    mesh = mesh or parallel.make_mesh()
+    loaded = []
+    for path in paths:
+        config, meta, variables = model_dir.read(path)
+        method = methods.get(meta["method_family"])
+        stages = {s.name: s for s in method.stages(config)}
+        if meta["stage"] not in stages:
+            raise model_dir.ModelDirError(f"{path}: stage {meta['stage']!r} is not a stage of {meta['method_family']}"
+                                          f" / {meta['method']} ({', '.join(stages)})")
+        model = method.build_model(config)
+        predict = predictor.bind(predictor.jitted_apply(model, mesh), parallel.replicate(variables, mesh), mesh)
+        loaded.append(LoadedModel(os.path.abspath(path), config, meta, method, stages[meta["stage"]], predict))
+    first = loaded[0]
+    for other in loaded[1:]:
+        for key in ("kind", "labels", "preprocessing"):
+            if other.meta[key] != first.meta[key]:
+                raise ValueError(f"--model: {other.path} has another {key} than {first.path} "
+                                 f"({json.dumps(other.meta[key])[:120]} vs {json.dumps(first.meta[key])[:120]}); "
+                                 f"an ensemble's models must share it")
+    return loaded
+
+
+def prefetch(items: Iterable[Any], load: Callable[[Any], Any]) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """Yields (item, load(item), None), or (item, None, error) for an input error, in order, loading the next item in
+    a background thread while the caller computes on the current one."""
+    items = list(items)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(load, items[0]) if items else None
+        for i, item in enumerate(items):
+            current = ahead
+            ahead = pool.submit(load, items[i + 1]) if i + 1 < len(items) else None
+            try:
+                yield item, current.result(), None
+            except INPUT_ERRORS as e:
+                yield item, None, e
+
+
+class Failures:
+    """Inputs that could not be predicted: each reported on one line when it happens, summarised at the end."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, name: str, error: BaseException) -> None:
+        why = " ".join(str(error).split()) or type(error).__name__
+        self.items.append((name, why))
+        print(f"gazejax.predict: skipped {name}: {why}", file=self.stream, flush=True)
+
+    def summary(self, total: int) -> str:
+        shown = "; ".join(f"{n}: {w}" for n, w in self.items[:5])
+        more = f"; and {len(self.items) - 5} more" if len(self.items) > 5 else ""
+        return f"{len(self.items)} of {total} inputs failed ({shown}{more})"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path beside `path` with the same suffix (writers that pick a format by suffix, e.g. .nii.gz) that
+    is renamed onto `path` when the block ends without an exception, and removed otherwise."""
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, dot, suffix = name.partition(".")
+    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{dot}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
