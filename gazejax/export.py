@@ -121,15 +121,28 @@ def export(workdir: str, out: str, stage_name: str | None = None, overwrite: boo
             variables = jax.device_get({"params": state.params, **state.collections})
         finally:
             trainer.close()
-    inf, stage = method.inference, stages[idx]
-    meta = {"created": datetime.datetime.now().isoformat(timespec="seconds"), "source_workdir": workdir,
+    selection = f"best {stages[idx].monitor or config.get('monitor', '')}" if best else "newest of the stage"
+    meta = model_meta(config, method, idx, step, selection, workdir)
+    return write_model(out, variables, saved, meta, overwrite=overwrite)
+
+
+def model_meta(config, method, stage_idx: int, step: int, selection: str, source: str) -> dict:
+    """model.json's facts of `method`'s stage `stage_idx` trained with `config` (run folder `source`)."""
+    inf, stage = method.inference, method.stages(config)[stage_idx]
+    return {"created": datetime.datetime.now().isoformat(timespec="seconds"), "source_workdir": source,
             "method_family": config.method_family, "method": config.method, "preset": config.get("preset", ""),
-            "stage": stage.name, "stage_index": idx, "step": int(step),
-            "selection": f"best {stage.monitor or config.get('monitor', '')}" if best else "newest of the stage",
+            "stage": stage.name, "stage_index": stage_idx, "step": int(step), "selection": selection,
             "kind": inf.kind, "preprocessing": inf.preprocessing(config), "labels": list(inf.labels(config)),
             "multilabel": bool(inf.multilabel(config)), "map_name": inf.map_name(config, stage),
-            "versions": versions(), "facts": run_facts(workdir, config)}
-    return model_dir.write(out, variables, json.dumps(saved, indent=2), meta, model_card(meta), overwrite=overwrite)
+            "versions": versions(), "facts": run_facts(source, config)}
+
+
+def write_model(out: str, variables, config_values: dict, meta: dict, overwrite: bool = False) -> str:
+    """Writes the model folder (weights, config, model.json, MODEL_CARD.md); returns its path."""
+    from gazejax.engine import model_dir
+
+    return model_dir.write(out, variables, json.dumps(config_values, indent=2), meta, model_card(meta),
+                           overwrite=overwrite)
 
 
 def main(argv) -> int:

@@ -2,6 +2,10 @@
 
   python -m gazejax.main --config=configs/brats.py[:key=val,...] [--workdir=DIR] [--config.a.b=v]
                          [--mode=train|evaluate]
+  python -m gazejax.main --mode=evaluate --model=MODEL_DIR [--config=...] [--workdir=DIR]
+
+`--model` evaluates an exported model folder (`python -m gazejax.export`) instead of a workdir's checkpoints, on
+the test split of its own config (or of --config, e.g. with another data root).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optional
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (default: a new folder under runs/). Rerunning with "
                                "the same folder resumes from its newest checkpoint.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"], "train (then evaluate) or evaluate only.")
+_MODEL = flags.DEFINE_string("model", None, "With --mode=evaluate: an exported model folder to evaluate (its "
+                             "config is used unless --config is given).")
 
 
 def _one_line(error: BaseException) -> str:
@@ -74,6 +80,16 @@ def main(argv) -> int:
         if os.environ.get("GAZEJAX_DEBUG"):
             raise
         _usage_error(f"cannot load the config file: {_one_line(e)}")
+    if _MODEL.value and _MODE.value != "evaluate":
+        _usage_error("--model applies to --mode=evaluate (train a run, then export it)")
+    if config is None and _MODEL.value:
+        from gazejax.engine import model_dir
+
+        try:
+            config = model_dir.read_config(_MODEL.value)
+            model_dir.read_meta(_MODEL.value)
+        except ValueError as e:
+            _usage_error(str(e))
     if config is None:
         _usage_error("--config is required, e.g. --config=configs/brats.py")
     check_config(config)
@@ -93,7 +109,7 @@ def main(argv) -> int:
         if _MODE.value == "train":
             results = train.train_and_evaluate(config, workdir, methods.get(config.method_family))
         else:
-            results = train.evaluate_only(config, workdir, methods.get(config.method_family))
+            results = train.evaluate_only(config, workdir, methods.get(config.method_family), model=_MODEL.value)
     except train.Preempted as e:
         print(f"gazejax: {e}", file=sys.stderr)
         return 143

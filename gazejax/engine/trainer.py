@@ -19,7 +19,7 @@ import optax
 
 from gazejax.data import io
 from gazejax.engine import input as train_data
-from gazejax.engine import guards, optim, parallel, predictor, profiling, stage_rules
+from gazejax.engine import guards, model_dir, optim, parallel, predictor, profiling, stage_rules
 from gazejax.engine.api import Method
 from gazejax.engine.checkpoint import Checkpointer, CorruptCheckpointError, PreemptionFlag, abstract_like
 from gazejax.engine.logs import MetricWriter, ProgressBar
@@ -357,6 +357,14 @@ class Trainer:
         tx = _stage_tx(self.config, self.stages[idx], 1, variables["params"])
         return self._from_best(idx, self.new_state(variables, tx), tx)
 
+    def exported_state(self, path: str) -> TrainState:
+        """A state holding the variables of an exported model folder (no optimiser state: evaluation only)."""
+        variables = model_dir.read_variables(path)
+        state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                           collections={k: v for k, v in variables.items() if k != "params"}, opt_state=None,
+                           rng=jax.random.PRNGKey(0))
+        return parallel.replicate(state, self.mesh)
+
     def stage_step(self, stage_idx: int) -> int | None:
         """The checkpoint step that stands for stage `stage_idx`: its best (monitored) one, else its newest, else
         None (the stage has no checkpoint)."""
@@ -398,29 +406,44 @@ def train_and_evaluate(config, workdir: str, method: Method) -> dict:
             trainer.close(after_error=sys.exc_info()[0] is not None)
 
 
-def evaluate_only(config, workdir: str, method: Method) -> dict:
-    """Evaluates the best (else newest) checkpoint of `workdir` on the test split and writes the report."""
+def evaluate_only(config, workdir: str, method: Method, model: str | None = None) -> dict:
+    """Evaluates the best (else newest) checkpoint of `workdir`, or the exported model folder `model`
+    (`gazejax.engine.model_dir`), on the test split and writes the report."""
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         trainer = Trainer(config, workdir, method)
         try:
-            if trainer.ckpt.recover() is None:
+            stage_idx = len(trainer.stages) - 1
+            if model:
+                meta = model_dir.read_meta(model)
+                names = [s.name for s in trainer.stages]
+                if meta["stage"] not in names:
+                    raise ValueError(f"{model}: stage {meta['stage']!r} is not a stage of this config "
+                                     f"({', '.join(names)})")
+                stage_idx = names.index(meta["stage"])
+                state = trainer.exported_state(model)
+            elif trainer.ckpt.recover() is None:
                 raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
             data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
-            state = trainer.stage_state(len(trainer.stages) - 1, trainer.init_variables())
-            return finish(trainer, state, data)
+            if not model:
+                state = trainer.stage_state(stage_idx, trainer.init_variables())
+            return finish(trainer, state, data, stage_idx=stage_idx, exported=bool(model))
         finally:
             trainer.close(after_error=sys.exc_info()[0] is not None)
 
 
-def finish(trainer: Trainer, state: TrainState, data) -> dict:
+def finish(trainer: Trainer, state: TrainState, data, stage_idx: int | None = None, exported: bool = False) -> dict:
+    """Evaluates `state` (the weights of stage `stage_idx`, default the last) on val and test, and every stage marked
+    `evaluate` with its own best checkpoint (an `exported` model holds one stage: only that one), then writes
+    cases.json, report.md and results.json."""
     out_dir = os.path.join(trainer.workdir, "predictions")
     write = jax.process_index() == 0  # every process evaluates (predict is collective); host 0 writes files
-    results = {split: trainer.evaluate_split(state, data, split, out_dir if split == "test" and write else None)
-               for split in ("val", "test")}
+    stage = trainer.stages[-1 if stage_idx is None else stage_idx]
+    results = {split: trainer.evaluate_split(state, data, split, out_dir if split == "test" and write else None,
+                                             stage=stage) for split in ("val", "test")}
     variables = {"params": state.params, **state.collections}
-    results["stages"] = {stage.name: trainer.evaluate_split(trainer.stage_state(i, variables), data, "test",
-                                                            stage=stage)
-                         for i, stage in enumerate(trainer.stages) if stage.evaluate}
+    results["stages"] = {s.name: trainer.evaluate_split(state if exported else trainer.stage_state(i, variables),
+                                                        data, "test", stage=s)
+                         for i, s in enumerate(trainer.stages) if s.evaluate and (not exported or s is stage)}
     results["data_info"] = data.info
     if jax.process_index() == 0:
         cases = {s: {c["case_id"]: c["scores"] for c in results[s].get("cases", [])} for s in ("val", "test")}

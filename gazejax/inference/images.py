@@ -150,7 +150,7 @@ def run(models: list, input_path: str, out_dir: str, *, overwrite: bool = False,
             probs, heat = infer(models, padded)
             for j, (p, img) in enumerate(good):
                 key = image_key(p, root)
-                rows[key] = {"file": key, **{f"p_{n}": f"{v:.6f}" for n, v in zip(names, probs[j])},
+                rows[key] = {"file": key, **{f"p_{n}": f"{v:.9g}" for n, v in zip(names, probs[j])},
                              "predicted": predicted_label(probs[j], names, multilabel)}
                 if maps and heat is not None:
                     save_map(out_dir, key, img, heat[j])
