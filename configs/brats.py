@@ -2,6 +2,9 @@ r"""SAN + AAB on BraTS 2020 (Huang et al., BMVC 2021, Section 4.1).
 
 Demo (synthetic BraTS-format data generated on first use; a few minutes on a 2-core CPU):
   python -m gazejax.main --config=configs/brats.py
+Apply the trained model to new cases (label maps in each input's geometry; see README "Use a trained model"):
+  python -m gazejax.export --workdir=RUN --out=/tmp/brats_model
+  python -m gazejax.predict --model=/tmp/brats_model --input=/path/to/cases --output=/tmp/brats_pred [--tta]
 Real data with the paper's settings:
   python -m gazejax.main --config=configs/brats.py:preset=paper,method=ours,ratio=0.2,fold=0 \
       --config.data.root=/path/to/MICCAI_BraTS2020_TrainingData

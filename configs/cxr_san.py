@@ -3,6 +3,9 @@ r"""SAN + AAB for 5-finding chest X-ray classification (Huang et al., BMVC 2021,
 Demo (synthetic EGD-CXR-format data generated on first use; about 3 minutes on a shared 2-core CPU):
   python -m gazejax.main --config=configs/cxr_san.py:method=ours --workdir=/tmp/cxrsan_ours
   python -m gazejax.main --config=configs/cxr_san.py:method=backbone --workdir=/tmp/cxrsan_backbone
+Apply a trained model to new radiographs (predictions.csv; --maps adds SAN's gaze maps):
+  python -m gazejax.export --workdir=/tmp/cxrsan_ours --out=/tmp/cxrsan_model
+  python -m gazejax.predict --model=/tmp/cxrsan_model --input=/path/to/dicoms --output=/tmp/cxrsan_pred --maps
 Real data (EGD-CXR + its MIMIC-CXR DICOMs) with the paper's settings:
   python -m gazejax.main --config=configs/cxr_san.py:preset=paper,method=ours,ratio=0.2,seed=0 \
       --config.data.root=/path/to/egd-cxr --config.data.mimic_root=/path/to/mimic-cxr

@@ -3,6 +3,9 @@ diagnosis and gaze saliency prediction (Qiu et al.), and the baselines of its Ta
 
 Demo (synthetic EGD-CXR-format data generated on first use; all four stages in a few minutes on a 2-core CPU):
   python -m gazejax.main --config=configs/cxrgazelearn.py --workdir=/tmp/cxrgl
+Apply the trained model (stage 3, the fusion classifier, with its saliency map) to new radiographs:
+  python -m gazejax.export --workdir=/tmp/cxrgl --out=/tmp/cxrgl_model
+  python -m gazejax.predict --model=/tmp/cxrgl_model --input=/path/to/dicoms --output=/tmp/cxrgl_pred --maps
 The paper's settings on the real data (EGD-CXR + its MIMIC-CXR DICOMs):
   python -m gazejax.main --config=configs/cxrgazelearn.py:preset=paper,method=cxrgazelearn \
       --config.data.root=/path/to/egd-cxr --config.data.mimic_root=/path/to/mimic-cxr

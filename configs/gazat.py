@@ -4,6 +4,9 @@ evaluation protocol (shared/papers/gazat.txt).
 Demo (synthetic REFLACX-format data generated on first use; a few minutes on a 2-core CPU):
   python -m gazejax.main --config=configs/gazat.py
   python -m gazejax.main --config=configs/gazat.py:method=simclr
+Apply a fine-tuned model (a finetune_* stage: the pretraining stage has no classifier) to new radiographs:
+  python -m gazejax.export --workdir=RUN --stage=finetune_10pct_d0 --out=/tmp/gazat_model
+  python -m gazejax.predict --model=/tmp/gazat_model --input=/path/to/images --output=/tmp/gazat_pred --maps
 The paper's settings (REFLACX + its MIMIC-CXR DICOMs; ResNet-50 or ViT-B/16 at 224 px, batch 128, 200 epochs):
   python -m gazejax.main --config=configs/gazat.py:preset=paper,backbone=vit_b_16 \
       --config.data.root=/path/to/reflacx --config.data.mimic_root=/path/to/mimic-cxr

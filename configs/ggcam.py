@@ -2,6 +2,9 @@ r"""GG-CAM: gaze-guided class activation mapping for 3-class chest X-ray classif
 
 Demo (synthetic EGD-CXR-format data generated on first use; a few minutes on a 2-core CPU):
   python -m gazejax.main --config=configs/ggcam.py
+Apply the trained model to new radiographs (predictions.csv; --maps adds the CAM of the predicted class):
+  python -m gazejax.export --workdir=RUN --out=/tmp/ggcam_model
+  python -m gazejax.predict --model=/tmp/ggcam_model --input=/path/to/dicoms --output=/tmp/ggcam_pred --maps
 The paper's settings on the real data (EGD-CXR + its MIMIC-CXR DICOMs):
   python -m gazejax.main --config=configs/ggcam.py:preset=paper,backbone=efficientnet_v2_s,method=ggcam,seed=0 \
       --config.data.root=/path/to/egd-cxr --config.data.mimic_root=/path/to/mimic-cxr-jpg-or-dicom-root

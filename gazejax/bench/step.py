@@ -3,6 +3,7 @@ samples/s, XLA FLOPs per step, achieved FLOP/s, MFU against the device's peak, p
 
   python -m gazejax.bench --config=configs/brats.py[:preset=paper,...] [--steps=N] [--stage=NAME]
                           [--compare-torch] [--torch-python=PATH] [--json=FILE] [--config.a.b=v]
+  python -m gazejax.bench --predict-model=MODEL_DIR --predict-input=PATH     (gazejax.bench.predict)
 
 Everything runs through the real trainer (`gazejax.engine.trainer.Trainer`: init_variables, new_state, make_train_step, and
 the model's inference apply) on one real batch of the method's own data, so every method family works. FLOPs come
@@ -357,6 +358,8 @@ def main(argv=None) -> int:
     torch_python = flags.DEFINE_string("torch-python", None, "Interpreter with torch for --compare-torch.")
     out_json = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
     spec = flags.DEFINE_string("torch_spec", None, "Internal: time only this torch spec and print JSON.")
+    predict_model = flags.DEFINE_list("predict-model", None, "Time gazejax.predict with these exported models ...")
+    predict_input = flags.DEFINE_string("predict-input", None, "... on these inputs (gazejax.bench.predict).")
 
     def _main(_):
         from absl import logging as absl_logging
@@ -364,6 +367,11 @@ def main(argv=None) -> int:
         absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax / XLA INFO lines would bury the report
         if spec.value:
             print(json.dumps(time_torch(json.loads(spec.value), steps.value)))
+            return 0
+        if predict_model.value:
+            from gazejax.bench import predict as bench_predict
+
+            print(bench_predict.format_row(bench_predict.run(predict_model.value, predict_input.value)), flush=True)
             return 0
         if config.value is None:
             raise app.UsageError("--config is required, e.g. --config=configs/brats.py")

@@ -168,3 +168,13 @@ def test_tta_averages_the_eight_mirrored_predictions_mapped_back():
     assert gaze is None
     plain, _, _ = volume.infer([_Fake()], image, tta=False)
     np.testing.assert_allclose(plain[..., 0], idx[0] / 10)
+
+
+def test_bench_predict_row_counts_cases_per_second(tiny_brats_root, exports, no_xla_opt):
+    from gazejax.bench import predict as bench_predict
+
+    _, cases = _case_folder(tiny_brats_root)
+    row = bench_predict.run([exports[0]], cases[0])
+    assert row["unit"] == "cases" and row["inputs"] == 1
+    assert row["per_s"] == pytest.approx(1 / row["steady_s"]) and row["first_s"] > 0
+    assert "1 cases" in bench_predict.format_row(row) and "cases/s" in bench_predict.format_row(row)
