@@ -80,10 +80,11 @@ class Failures:
         self.stream = stream or sys.stderr
         self.items: list[tuple[str, str]] = []
 
-    def add(self, name: str, error: BaseException) -> None:
+    def add(self, name: str, error: BaseException, what: str = "skipped") -> None:
+        """Reports `name` on one line ("skipped": not predicted; "not scored": predicted, --labels failed)."""
         why = " ".join(str(error).split()) or type(error).__name__
         self.items.append((name, why))
-        print(f"gazejax.predict: skipped {name}: {why}", file=self.stream, flush=True)
+        print(f"gazejax.predict: {what} {name}: {why}", file=self.stream, flush=True)
 
     def summary(self, total: int) -> str:
         shown = "; ".join(f"{n}: {w}" for n, w in self.items[:5])

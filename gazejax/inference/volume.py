@@ -65,10 +65,7 @@ def discover(path: str) -> list[CaseInput]:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--input {path}: no such folder (give a case folder, a folder of case folders, or "
                                 f"flair=...,t1=...,t1ce=...,t2=...)")
-    if any((brats._nifti_stem(n) or "").lower().endswith("_flair") for n in os.listdir(path)):
-        folders = [path]
-    else:
-        folders = brats.list_cases(path)
+    folders = [path] if brats.is_case_folder(path) else brats.list_cases(path)
     return [CaseInput(os.path.basename(os.path.normpath(f)), {}, f) for f in folders]
 
 
@@ -191,11 +188,15 @@ def run(models: list, input_path: str, out_dir: str, *, overwrite: bool = False,
                 raise error
             labels = predict_case(models, case, data, out_dir, tta, save_probabilities)
             done += 1
-            if labels_root:
-                gt = ground_truth(labels_root, case, labels.shape, data["affine"])
-                scores[case.case_id] = segmentation.brats_scores(labels, gt, spacing=data["spacing"])
         except common.INPUT_ERRORS as e:
             failures.add(case.where, e)
+            labels = None
+        if labels is not None and labels_root:
+            try:
+                gt = ground_truth(labels_root, case, labels.shape, data["affine"])
+                scores[case.case_id] = segmentation.brats_scores(labels, gt, spacing=data["spacing"])
+            except common.INPUT_ERRORS as e:
+                failures.add(case.where, e, what="not scored")
         bar.update(1)
     bar.close()
     if labels_root:  # cases predicted before (skipped now) are scored from their saved label maps
@@ -207,5 +208,5 @@ def run(models: list, input_path: str, out_dir: str, *, overwrite: bool = False,
                     gt = ground_truth(labels_root, case, labels.shape, np.asarray(img.affine))
                     scores[case.case_id] = segmentation.brats_scores(labels, gt, spacing=img.header.get_zooms()[:3])
                 except common.INPUT_ERRORS as e:
-                    failures.add(case.where, e)
+                    failures.add(case.where, e, what="not scored")
     return {"total": len(cases), "done": done, "skipped": skipped, "failures": failures, "scores": scores}

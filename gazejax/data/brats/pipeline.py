@@ -13,7 +13,6 @@ from gazejax.data import gaze as gaze_lib
 from gazejax.data import splits, transforms3d
 from gazejax.data.brats.records import SAN_STRIDE, CaseRecord
 from gazejax.data.errors import DataError
-from gazejax.data.tfds import brats2020 as tfds_brats2020
 
 log = logging.getLogger("gazejax")
 
@@ -21,7 +20,10 @@ log = logging.getLogger("gazejax")
 def tfds_records(root: str, data_dir: str, readers: str, sigma: float, split: str = "train") -> list[CaseRecord]:
     """The cases of the TFDS `brats2020` data set in `data_dir` (`config.data.source="tfds"`), built there from the
     BraTS folder `root` first if it is not yet; records read their arrays from the array_record files (random
-    access) and give the same training examples as `prepare_case`'s cache. Needs tensorflow-datasets, not TF."""
+    access) and give the same training examples as `prepare_case`'s cache. Needs tensorflow-datasets, not TF (the
+    optional `tfds` extra: imported here, not at module level, so the default files source runs without it)."""
+    from gazejax.data.tfds import brats2020 as tfds_brats2020
+
     return tfds_brats2020.case_records(data_dir, root, readers, sigma, split=split)
 
 

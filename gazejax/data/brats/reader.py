@@ -133,6 +133,12 @@ def _labels_uint8(seg: np.ndarray, case_id: str, name: str) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
+def is_case_folder(path: str | os.PathLike) -> bool:
+    """True for a folder holding a `*_flair.nii[.gz]` file (a BraTS case)."""
+    path = os.fspath(path)
+    return os.path.isdir(path) and any((_nifti_stem(n) or "").lower().endswith("_flair") for n in os.listdir(path))
+
+
 def list_cases(root: str | os.PathLike) -> list[str]:
     """Sorted paths of the case directories under `root` (those holding a `*_flair.nii[.gz]` file)."""
     root = os.fspath(root)
@@ -141,7 +147,7 @@ def list_cases(root: str | os.PathLike) -> list[str]:
     cases = []
     for name in sorted(os.listdir(root)):
         path = os.path.join(root, name)
-        if os.path.isdir(path) and any((_nifti_stem(n) or "").lower().endswith("_flair") for n in os.listdir(path)):
+        if is_case_folder(path):
             cases.append(path)
     if not cases:
         raise DataError(f"{root}: no BraTS cases (directories holding a *_flair.nii[.gz] file)")
