@@ -147,6 +147,9 @@ def write_model(out: str, variables, config_values: dict, meta: dict, overwrite:
 
 def main(argv) -> int:
     del argv
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's INFO lines would bury the command's own output
     if not _WORKDIR.value or not _OUT.value:
         print("gazejax.export: usage error: --workdir and --out are required", file=sys.stderr)
         return 2
@@ -171,7 +174,7 @@ def _parse(argv: list[str]) -> list[str]:
         rest = FLAGS(argv, known_only=True)
         return flags.FLAGS(rest)
     except flags.Error as e:
-        print(f"{os.path.basename(argv[0])}: usage error: {e}", file=sys.stderr)
+        print(f"gazejax.export: usage error: {e}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -70,6 +70,9 @@ def predict(model_dirs: list[str], input_path: str, output: str, *, overwrite: b
 
 def main(argv) -> int:
     del argv
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's INFO lines would bury the command's own output
     logging.getLogger("gazejax").setLevel(logging.INFO)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not _MODEL.value or not _INPUT.value or not _OUTPUT.value:
@@ -110,7 +113,7 @@ def _parse(argv: list[str]) -> list[str]:
         rest = FLAGS(argv, known_only=True)
         return flags.FLAGS(rest)
     except flags.Error as e:
-        print(f"{os.path.basename(argv[0])}: usage error: {e}", file=sys.stderr)
+        print(f"gazejax.predict: usage error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
