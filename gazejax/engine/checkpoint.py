@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import shutil
 import signal
 import threading
+import traceback
 from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.checkpoint_managers import preservation_policy as pp
 
-from gazejax.engine import parallel
+from gazejax.engine import logs, parallel
 
 log = logging.getLogger("gazejax")
 MONITOR_KEY = "_monitor"  # sign-adjusted monitored metric (higher is better)
@@ -76,6 +78,9 @@ class Checkpointer:
                 continue
             if meta.get("monitor") is not None:
                 self._policy.known[int(step)] = {MONITOR_KEY: float(meta["monitor"]), STAGE_KEY: int(meta["stage"])}
+        # until close: a failed write's hundreds of tracebacks in TensorStore's callback threads are counted, not shown
+        self._quiet_callbacks = logs.QuietWriterCallbacks()
+        self._write_failed = False
 
     def verify(self, step: int) -> str | None:
         """None when every item of `step` reads back (arrays, data and meta), else the error's first words."""
@@ -175,8 +180,6 @@ class Checkpointer:
         with self._writing():
             self.manager.wait_until_finished()
 
-    _WRITE_FAILURES = ("No space left", "Read-only file system", "Permission denied", "Disk quota exceeded")
-
     @contextlib.contextmanager
     def _writing(self):
         """A failed write (full disk, read-only or forbidden folder; Orbax reports it as OSError or as TensorStore's
@@ -184,19 +187,33 @@ class Checkpointer:
         try:
             yield
         except Exception as e:  # noqa: BLE001
-            text = " ".join(str(e).split())
-            reason = next((r for r in self._WRITE_FAILURES if r in text), None)
+            reason = logs.write_failure(str(e))
             if reason is None:
                 raise
+            self._write_failed = True
+            _clear_locals(e)
             raise OSError(f"cannot write a checkpoint in {self.directory}: {reason}; the checkpoints saved before "
                           "are intact: free space or fix the folder, then rerun the same command to resume") from e
 
     def close(self) -> None:
         # Orbax's start-up sweep of temporary directories runs in a thread that only a save awaits; a run that stops
         # before its first save (a data error) must await it too, or it fails at interpreter shutdown after the error
-        getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+            self.manager.wait_until_finished()
+            self.manager.close()
+        finally:
+            if self._write_failed:  # the failed write's orphaned asyncio tasks report when collected: now, still quiet
+                gc.collect()
+            self._quiet_callbacks.close()
+
+
+def _clear_locals(error: BaseException) -> None:
+    """Drops the local variables of the frames that `error` and the errors it came from passed through (their
+    traceback still prints): the failed write's other asyncio tasks, referenced from there, are then collected in
+    `close`, while their "Task exception was never retrieved" is hidden, rather than at exit."""
+    for link in logs.error_chain(error):
+        traceback.clear_frames(link.__traceback__)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -10,7 +10,9 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
+import traceback
 from typing import Any, Mapping
 
 import jax
@@ -78,24 +80,132 @@ class MetricWriter:
             self._tb.flush()
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        tb, self._tb = self._tb, None
+        if tb is None:
+            return
+        try:
+            tb.close()
+        except OSError:
+            _abandon(tb)
+            raise
+
+
+def _abandon(tb) -> None:
+    """After a failed close (its flush on a full disk): stops tensorboardX's writer thread and closes its file
+    without flushing again. Left as they are, its atexit hook retries the flush and its thread dies at exit, each
+    printing a traceback after the run's one-line error."""
+    for file_writer in (tb.all_writers or {}).values():
+        events = file_writer.event_writer
+        if getattr(events, "_closed", True):
+            continue
+        events._worker.stop()
+        try:
+            events._ev_writer._py_recordio_writer.close()  # the buffered write fails again, the file is closed
+        except OSError:
+            pass
+        events._event_queue.close()
+        events._closed = True
+
+
+WRITE_FAILURES = ("No space left", "Read-only file system", "Permission denied", "Disk quota exceeded")
+# What Orbax logs, with the traceback, for one failed background write before raising it in the training loop, and
+# what asyncio logs for each of the failed write's other coroutines when the task is garbage-collected
+_ORBAX_COPIES = ("_SignalingThread.run() raised an exception", "Handler Commit operations or the Commit callback",
+                 "Save Finalize thread", "exception was never retrieved")
+
+
+def error_chain(error: BaseException):
+    """`error` and the errors it was raised from or while handling (TensorStore's ValueError from an OSError, ...)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def write_failure(error: BaseException | str) -> str | None:
+    """Which of WRITE_FAILURES the text `error`, or an error or one it came from, names; None if none."""
+    texts = [error] if isinstance(error, str) else [str(e) for e in error_chain(error)]
+    text = " ".join(" ".join(texts).split())
+    return next((reason for reason in WRITE_FAILURES if reason in text), None)
 
 
 class QuietOrbaxThreadErrors(logging.Filter):
-    """Orbax logs a failed background write (a full disk) with its traceback at ERROR and raises the same error in
-    the training loop, which `gazejax.main` reports in one line: the logged copies are dropped and counted."""
+    """Orbax logs a failed background write (a full disk) with its traceback at ERROR, once per thread it passes
+    through, and raises the same error in the training loop, which `gazejax.main` reports in one line: the logged
+    copies are dropped and counted. While a `QuietWriterCallbacks` is open, so are the "Event loop is closed"
+    tracebacks of TensorStore's callbacks that the same failure leaves behind (see there)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.dropped = 0
+        self._lock = threading.Lock()  # the callbacks count from TensorStore's threads
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "_SignalingThread.run() raised an exception" in record.getMessage():
-            self.dropped += 1
-            return False
+        message = record.getMessage()
+        if any(copy in message for copy in _ORBAX_COPIES):
+            error = record.exc_info[1] if record.exc_info else None
+            if write_failure(message) or (error is not None and write_failure(error)):
+                self.count()
+                return False
         return True
+
+    def count(self) -> None:
+        with self._lock:
+            self.dropped += 1
+
+    @classmethod
+    def attached(cls, logger_name: str = "absl") -> "QuietOrbaxThreadErrors | None":
+        """The instance filtering `logger_name` (where Orbax logs), if any: `gazejax.main` adds one unless
+        GAZEJAX_DEBUG is set."""
+        return next((f for f in logging.getLogger(logger_name).filters if isinstance(f, cls)), None)
+
+
+def _is_writer_callback_noise(unraisable) -> bool:
+    """A failed write's fallout in TensorStore's threads: Orbax closes its event loop on the first failed write,
+    and each write still in flight then completes into `loop.call_soon_threadsafe`, which raises "Event loop is
+    closed" (hundreds on a full disk). They reach `sys.unraisablehook` with no object (a C++ callback, not a
+    `__del__` or an atexit function), as does a write failure raised in such a callback."""
+    if unraisable.object is not None:
+        return False
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        frames = traceback.extract_tb(unraisable.exc_traceback)
+        return any(frame.name == "call_soon_threadsafe" for frame in frames)
+    return isinstance(error, (OSError, ValueError)) and write_failure(error) is not None
+
+
+class QuietWriterCallbacks:
+    """For the life of a checkpointer, the fallout of a failed write outside Orbax's own logs goes to the attached
+    `QuietOrbaxThreadErrors`, which counts and hides it: TensorStore's callback noise (`_is_writer_callback_noise`,
+    through `sys.unraisablehook`) and asyncio's "Task exception was never retrieved" for the failed write's other
+    coroutines (logger "asyncio"). With none attached (GAZEJAX_DEBUG=1, library use), and for every other error, the
+    previous hook and handlers run as before. `close` restores the previous hook, or where another was installed
+    over this one since, leaves this one passing everything on."""
+
+    def __init__(self) -> None:
+        self._open = True
+        self._previous, sys.unraisablehook = sys.unraisablehook, self._hook
+        quiet = QuietOrbaxThreadErrors.attached()
+        self._asyncio_filter = None if quiet is None else (lambda record: quiet.filter(record))
+        if self._asyncio_filter is not None:
+            logging.getLogger("asyncio").addFilter(self._asyncio_filter)
+
+    def _hook(self, unraisable) -> None:
+        quiet = QuietOrbaxThreadErrors.attached() if self._open else None
+        if quiet is not None and _is_writer_callback_noise(unraisable):
+            quiet.count()
+            return
+        self._previous(unraisable)
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if sys.unraisablehook == self._hook:
+            sys.unraisablehook = self._previous
+        if self._asyncio_filter is not None:
+            logging.getLogger("asyncio").removeFilter(self._asyncio_filter)
 
 
 def quiet_other_processes(logger_name: str = "gazejax") -> None:

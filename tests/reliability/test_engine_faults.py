@@ -251,18 +251,9 @@ def test_batch_larger_than_the_training_set_is_one_line_naming_it(tmp_path):
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    """A 256 KiB tmpfs (root only: CI runs as root; skipped where mounting is not allowed)."""
-    import subprocess
-
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("needs permission to mount a tmpfs")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+def full_disk(tmpfs):
+    """A 256 KiB tmpfs (see tests/reliability/conftest.py)."""
+    return tmpfs("256k")
 
 
 def test_a_full_disk_is_one_line_naming_the_checkpoint_folder_and_keeps_the_saved_ones(full_disk):
