@@ -116,7 +116,7 @@ def main(argv) -> int:
     except (train.NonFiniteLossError, ValueError, OSError) as e:  # OSError: missing files, read-only or full disk
         if os.environ.get("GAZEJAX_DEBUG"):
             raise
-        hidden = (f" ({quiet.dropped} copies logged by Orbax's writer threads hidden; GAZEJAX_DEBUG=1 shows them)"
+        hidden = (f" ({quiet.dropped} tracebacks from Orbax's writer threads hidden; GAZEJAX_DEBUG=1 shows them)"
                   if quiet.dropped else "")
         print(f"gazejax: error: {' '.join(str(e).split())}{hidden}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ def test_a_full_disk_mid_run_prints_the_one_line_error_only_and_keeps_the_checkp
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Event loop is closed" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert re.fullmatch(r"gazejax: error: cannot write a checkpoint in .*/run/checkpoints: No space left; the "
-                        r"checkpoints saved before are intact: .* \(\d+ copies logged by Orbax's writer threads "
+                        r"checkpoints saved before are intact: .* \(\d+ tracebacks from Orbax's writer threads "
                         r"hidden; GAZEJAX_DEBUG=1 shows them\)", lines[-1]), lines[-1]
     # before it only one-line INFO and WARNING records (e.g. closing the metrics writer failed too) and the progress bar
     others = [line for line in lines[:-1] if not re.match(r"[IW]\d{4} |fit \[", line)]
