@@ -5,6 +5,8 @@ Demo (synthetic BraTS-format data generated on first use; a few minutes on a 2-c
 Apply the trained model to new cases (label maps in each input's geometry; see README "Use a trained model"):
   python -m gazejax.export --workdir=RUN --out=/tmp/brats_model
   python -m gazejax.predict --model=/tmp/brats_model --input=/path/to/cases --output=/tmp/brats_pred [--tta]
+Leaderboard of every 3D variant (quick: the EquiUnet variants at the demo preset, 3 folds, ~30 min on 2 cores):
+  python -m gazejax.experiments --config=configs/brats.py --grid=leaderboard --quick
 Real data with the paper's settings:
   python -m gazejax.main --config=configs/brats.py:preset=paper,method=ours,ratio=0.2,fold=0 \
       --config.data.root=/path/to/MICCAI_BraTS2020_TrainingData
@@ -124,8 +126,40 @@ LABELS = {"backbone": "Backbone", "gaze_star": "+gaze*", "san_star": "+SAN*", "o
           "ours": "ours", "ours_surv": "ours+surv", "cbam": "+CBAM", "tasn": "+TASN", "expert": "EG", "non_expert": "n-EG"}
 
 
-def get_grid(name: str) -> dict:
-    """Named sweeps for `python -m gazejax.experiments --config=configs/brats.py --grid=NAME` (Tables 1-3)."""
+LEADERBOARD = (("equiunet", "backbone"), ("equiunet", "gaze_star"), ("equiunet", "san_star"),
+               ("equiunet", "ours_no_gaze"), ("equiunet", "ours"), ("equiunet", "ours_surv"), ("equiunet", "cbam"),
+               ("equiunet", "tasn"), ("nnunet", "backbone"), ("nnunet", "ours"), ("dmfnet", "backbone"),
+               ("dmfnet", "ours"))
+QUICK_LEADERBOARD = tuple(r for r in LEADERBOARD if r[0] == "equiunet" and r[1] != "ours_surv")
+
+
+def _leaderboard(quick: bool) -> dict:
+    """Every 3D variant at data ratio 0.5 on the same folds: Dice / HD95 per region, SAN gaze CC, paired t-tests
+    against the plain EquiUnet over cases, and each cell's parameters and training time (run.json). Quick: the
+    EquiUnet variants on 3 folds (nnU-Net and DMFNet steps are 6x and 3x slower on CPU)."""
+    combos, folds = (QUICK_LEADERBOARD, (0, 1, 2)) if quick else (LEADERBOARD, FOLDS)
+    cells = [{"model.backbone": b, "method": m, "data.ratio": 0.5, "data.fold": f} for b, m in combos for f in folds]
+    hd = (("hd95_ET", "ET H-95"), ("hd95_WT", "WT H-95"), ("hd95_TC", "TC H-95"))
+    labels = {(b, m): f"{b} {LABELS.get(m, m)}" for b, m in combos}
+    row = ("model.backbone", "method")
+    tables = [{"title": "Leaderboard: Dice (%), HD95 (mm) and SAN gaze CC at data ratio 0.5", "row": row,
+               "metrics": DICE + hd + (("gaze_cc", "gaze CC"),), "row_labels": labels, "title_row": "model",
+               "reference": ("equiunet", "backbone")},
+              {"title": "Cost: parameters and training time (run.json)", "row": row, "split": "run",
+               "metrics": (("params", "parameters"), ("train_seconds", "training time (s)")), "row_labels": labels,
+               "title_row": "model", "digits": {"params": 0, "train_seconds": 0}, "stats": False}]
+    return {"cells": cells, "tables": tables, "repeat_label": "folds",
+            "title": f"SAN+AAB BraTS leaderboard{' (quick)' if quick else ''}"}
+
+
+def get_grid(name: str, quick: bool = False) -> dict:
+    """Named sweeps for `python -m gazejax.experiments --config=configs/brats.py --grid=NAME [--quick]`: Tables 1-3
+    and `leaderboard` (every 3D variant at one ratio; `--quick`: about 30 minutes on a 2-core CPU at the demo
+    preset)."""
+    if name == "leaderboard":
+        return _leaderboard(quick)
+    if quick:
+        raise ValueError(f"grid {name!r} of configs/brats.py has no --quick size (leaderboard has)")
     if name == "table1":
         methods = ("backbone", "gaze_star", "san_star", "ours_no_gaze", "ours", "ours_surv")
         cells = [{"method": m, "data.ratio": r, "data.fold": f} for m in methods for r in RATIOS for f in FOLDS]
@@ -146,7 +180,7 @@ def get_grid(name: str) -> dict:
                    "row": ("model.backbone", "method"), "col": "data.ratio", "metrics": DICE + hd,
                    "reference": ("equiunet", "backbone")}]
     else:
-        raise ValueError(f"unknown grid {name!r} for configs/brats.py (table1 | table2 | table3)")
+        raise ValueError(f"unknown grid {name!r} for configs/brats.py (table1 | table2 | table3 | leaderboard)")
     return {"cells": cells, "tables": tables, "title": f"SAN+AAB BraTS {name}", "repeat_label": "folds"}
 
 

@@ -69,6 +69,7 @@ class Trainer:
                                  async_save=config.checkpoint.get("async_save", True))
         self.writer = MetricWriter(workdir)
         self.saved_config = workdirs.read_config(workdir)  # of the run that wrote the checkpoints, if any
+        self.train_seconds = 0.0  # wall time of the training steps (with validation), summed over resumed runs
         self._predict_jit = predictor.jitted_apply(self.model, self.mesh)
 
     def close(self, after_error: bool = False) -> None:
@@ -232,6 +233,7 @@ class Trainer:
         start = int(meta.get("step_in_stage", 0))
         bar = ProgressBar(total, start=start, desc=f"{stage.name}")
         prof = profiling.StepProfiler(cfg.get("profile"), self.workdir, self.writer)
+        clock, base_seconds = time.perf_counter(), self.train_seconds
         accum: dict[str, float] = {}
         n_accum = 0
         try:
@@ -259,7 +261,9 @@ class Trainer:
                     accum, n_accum = {}, 0
                 bar.update(1, loss=loss)
                 done = step_in_stage + 1
-                meta = dict(meta, step_in_stage=done, epoch=done // steps_per_epoch, global_step=global_step)
+                self.train_seconds = base_seconds + time.perf_counter() - clock
+                meta = dict(meta, step_in_stage=done, epoch=done // steps_per_epoch, global_step=global_step,
+                            train_seconds=self.train_seconds)
                 monitor = None
                 if done % eval_every == 0 or done == total:
                     monitor, meta = self._validate(stage, state, data, global_step, meta)
@@ -321,6 +325,7 @@ class Trainer:
         """Runs all stages, resuming from the newest checkpoint; returns the state of the last stage's best."""
         latest = self.ckpt.recover() or 0  # the newest intact checkpoint; broken newer ones are moved aside
         meta = self.ckpt.restore_meta(latest) if latest else None
+        self.train_seconds = float((meta or {}).get("train_seconds", 0.0))  # training wall time, over resumes
         self.writer.rewind(latest)  # rows a killed run wrote after its newest checkpoint
         variables = self.init_variables()
         fresh = jax.device_get(variables)  # host copy: a stage's first step donates its device buffers
@@ -421,8 +426,11 @@ def evaluate_only(config, workdir: str, method: Method, model: str | None = None
                                      f"({', '.join(names)})")
                 stage_idx = names.index(meta["stage"])
                 state = trainer.exported_state(model)
-            elif trainer.ckpt.recover() is None:
-                raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
+            else:
+                latest = trainer.ckpt.recover()
+                if latest is None:
+                    raise FileNotFoundError(f"no checkpoint in {trainer.ckpt.directory}; train first (--mode=train)")
+                trainer.train_seconds = float(trainer.ckpt.restore_meta(latest).get("train_seconds", 0.0))
             data = trainer.method.make_data(config, jax.process_index(), jax.process_count())
             if not model:
                 state = trainer.stage_state(stage_idx, trainer.init_variables())
@@ -452,6 +460,10 @@ def finish(trainer: Trainer, state: TrainState, data, stage_idx: int | None = No
         # written last: its presence marks a finished run (the experiment runner skips such cells)
         summary = {s: results[s].get("metrics", {}) for s in ("val", "test")}
         summary.update({f"test@{name}": r.get("metrics", {}) for name, r in results["stages"].items()})
+        # Cost facts apart from results.json, which an interrupted and resumed run reproduces exactly.
+        io.write_json(os.path.join(trainer.workdir, "run.json"),
+                      {"params": int(sum(int(np.size(x)) for x in jax.tree.leaves(state.params))),
+                       **({} if exported else {"train_seconds": round(trainer.train_seconds, 3)})})
         io.write_json(os.path.join(trainer.workdir, "results.json"), summary)
         log.info("report written to %s", path)
     return results

@@ -2,7 +2,10 @@
 its own sub-workdir, then paper-style tables and statistics.
 
   python -m gazejax.experiments --config=configs/brats.py[:preset=paper] --grid=table1 [--workdir=DIR]
-      [--dry-run] [--folds=0,1] [--ratios=0.2,0.5] [--seeds=0,1] [--shard=i/n]
+      [--dry-run] [--folds=0,1] [--ratios=0.2,0.5] [--seeds=0,1] [--shard=i/n] [--quick]
+
+`--quick` runs a grid's quick size (`get_grid(name, quick=True)`, e.g. a leaderboard that fits a 2-core CPU in
+under 45 minutes) where the config declares one.
 
 A cell is finished when its `results.json` exists; finished cells are skipped and unfinished ones resume from their
 checkpoints, so a killed sweep continues where it stopped. `--shard=i/n` runs every n-th cell starting at i, so
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -32,6 +36,7 @@ _RATIOS = flags.DEFINE_list("ratios", None, "Restrict data.ratio to these values
 _SEEDS = flags.DEFINE_list("seeds", None, "Restrict (or set) the seed values.")
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run every n-th cell starting at i.")
 _AGGREGATE = flags.DEFINE_bool("aggregate-only", False, "Only rebuild results.csv and tables.md.")
+_QUICK = flags.DEFINE_bool("quick", False, "The grid's quick size (configs that declare one, e.g. leaderboards).")
 
 log = logging.getLogger("gazejax")
 
@@ -92,10 +97,20 @@ def is_finished(cell_dir: str) -> bool:
     return os.path.exists(os.path.join(cell_dir, "results.json"))
 
 
+def load_grid(module, path: str, name: str, quick: bool = False) -> dict:
+    """The config module's grid `name`, at its quick size with `quick` (an error where it declares none)."""
+    if not quick:
+        return module.get_grid(name)
+    if "quick" not in inspect.signature(module.get_grid).parameters:
+        raise ValueError(f"{path}: its grids have no --quick size")
+    return module.get_grid(name, quick=True)
+
+
 def run(config_path: str, config_arg: str | None, grid_name: str, workdir: str, dry_run: bool = False,
-        folds=None, ratios=None, seeds=None, shard: str = "0/1", aggregate_only: bool = False) -> dict:
+        folds=None, ratios=None, seeds=None, shard: str = "0/1", aggregate_only: bool = False,
+        quick: bool = False) -> dict:
     module = load_config_module(config_path)
-    grid = module.get_grid(grid_name)
+    grid = load_grid(module, config_path, grid_name, quick)
     cells = select_cells(grid["cells"], folds, ratios, seeds)
     index, count = (int(x) for x in shard.split("/"))
     mine = [c for i, c in enumerate(cells) if i % count == index]
@@ -148,12 +163,12 @@ def main(argv) -> int:
     if not _CONFIG.value or not _GRID.value:
         raise app.UsageError("--config and --grid are required")
     path, _, arg = _CONFIG.value.partition(":")
+    grid = _GRID.value + ("-quick" if _QUICK.value else "")
     workdir = _WORKDIR.value or os.path.join(
-        "runs", f"{os.path.splitext(os.path.basename(path))[0]}-{_GRID.value}" + (f"-{arg.replace(',', '_')}"
-                                                                                 if arg else ""))
+        "runs", f"{os.path.splitext(os.path.basename(path))[0]}-{grid}" + (f"-{arg.replace(',', '_')}" if arg else ""))
     try:
         out = run(path, arg or None, _GRID.value, workdir, _DRY.value, _FOLDS.value, _RATIOS.value, _SEEDS.value,
-                  _SHARD.value, _AGGREGATE.value)
+                  _SHARD.value, _AGGREGATE.value, _QUICK.value)
     except (KeyError, ValueError, FileNotFoundError) as e:
         print(f"gazejax.experiments: error: {e}", file=sys.stderr)
         return 1

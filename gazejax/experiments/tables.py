@@ -6,7 +6,8 @@ A table spec (a dict in the grid's "tables") holds: title, row (an override key 
 key), metrics ((key, name), ...), row_labels, title_row, scale ({metric: factor}; Dice defaults to 100, i.e. %),
 digits ({metric: decimals}; default 3, 2 for metrics shown scaled, e.g. in %), median (True: each cell also shows the
 median across repeats, the statistic of papers that report medians), stats (False: no statistics table) and
-reference (a row value: paired t-tests of every row against it over cases).
+reference (a row value: paired t-tests of every row against it over cases), split (the results.json split the table
+reads; "run" = the cell's run.json: params, train_seconds).
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def _load(cell_dir: str) -> tuple[dict, dict] | None:
         return None
     with open(path) as f:
         results = json.load(f)
+    if os.path.exists(os.path.join(cell_dir, "run.json")):  # the run's cost: the pseudo-split "run"
+        with open(os.path.join(cell_dir, "run.json")) as f:
+            results["run"] = json.load(f)
     cases = {}
     if os.path.exists(os.path.join(cell_dir, "cases.json")):
         with open(os.path.join(cell_dir, "cases.json")) as f:

@@ -145,3 +145,40 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss(tmp_path):
     intermediates = trainer.model.apply({"params": state.params, **state.collections}, np.ones((2, toy.DIM)),
                                         train=False, capture_intermediates=True, mutable=["intermediates"])[1]
     assert jnp.dtype(jnp.bfloat16) in {x.dtype for x in jax.tree.leaves(intermediates)}
+
+
+def test_run_json_counts_parameters_and_training_time_over_a_resume(tmp_path, monkeypatch):
+    """run.json (the cost facts the leaderboards read, apart from the reproducible results.json): the parameter count
+    of the evaluated weights and the training wall time, summed over the run that was stopped and its resumption."""
+    import time
+
+    from tests.conftest import sigterm_at_step
+
+    method = toy.make_method(epochs=2, batch_norm=True)
+    cfg = toy.config()
+    original = train.Trainer.make_train_step
+
+    pause = {"s": 0.5}  # seconds each step sleeps: a lower bound of the time before the stop
+
+    def slow_step(self, *a, **k):
+        step = original(self, *a, **k)
+        return lambda state, batch: (time.sleep(pause["s"]), step(state, batch))[1]
+
+    monkeypatch.setattr(train.Trainer, "make_train_step", slow_step)
+    workdir = str(tmp_path / "run")
+    update = sigterm_at_step(monkeypatch, 5)
+    with pytest.raises(train.Preempted):
+        train.train_and_evaluate(cfg, workdir, method)
+    ckpt = checkpoint.Checkpointer(workdir, keep_last=2, async_save=False)
+    before = ckpt.restore_meta(ckpt.latest_step())["train_seconds"]
+    ckpt.close()
+    assert before >= 5 * 0.5
+    monkeypatch.setattr(train.ProgressBar, "update", update)
+    pause["s"] = 0.0
+    started = time.perf_counter()
+    train.train_and_evaluate(cfg, workdir, method)
+    resumed = time.perf_counter() - started
+    run = json.load(open(os.path.join(workdir, "run.json")))
+    assert run["params"] == toy.DIM + 2 * toy.DIM  # Dense kernel [3, 1] + BatchNorm scale and bias [3] each
+    assert before < run["train_seconds"] <= before + resumed  # the time before SIGTERM counts too
+    assert "run" not in json.load(open(os.path.join(workdir, "results.json")))
