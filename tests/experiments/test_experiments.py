@@ -195,3 +195,42 @@ def test_anova_text_without_spread():
     assert _anova_text([[1.0, 1.0], [0.9, 0.9]]).startswith("F=inf, p=0")
     assert _anova_text([[1.0], [0.9, 0.8]]).startswith("n/a (needs >= 2")
     assert _anova_text([[0.1, 0.3], [0.5, 0.7]]) == "F=8.000, p=0.1056"  # by hand: MSB 0.16 / MSW 0.02
+
+
+def test_leaderboard_grid_quick_size_and_cost_table(tmp_path):
+    """configs/brats.py's leaderboard: 12 variants x 5 folds, --quick the 7 EquiUnet variants x 3 folds (one fold
+    set for every row), every override a real config field; the cost table reads each cell's run.json."""
+    from gazejax.experiments import tables as experiments_tables
+
+    module = experiments.load_config_module("configs/brats.py")
+    full, quick = module.get_grid("leaderboard"), experiments.load_grid(module, "configs/brats.py", "leaderboard",
+                                                                        quick=True)
+    assert len(full["cells"]) == 60 and len(quick["cells"]) == 21
+    assert {c["data.fold"] for c in quick["cells"]} == {0, 1, 2} and {c["data.ratio"] for c in full["cells"]} == {0.5}
+    base = module.get_config("preset=demo")
+    for cell in full["cells"]:
+        experiments.apply_overrides(base, cell)
+    with pytest.raises(ValueError, match="no --quick size"):
+        experiments.load_grid(module, "configs/brats.py", "table1", quick=True)
+    toy = experiments.load_config_module(_write_config(tmp_path))
+    with pytest.raises(ValueError, match="its grids have no --quick size"):
+        experiments.load_grid(toy, "toy.py", "t", quick=True)
+
+    cells = [c for c in quick["cells"] if c["method"] in ("backbone", "ours")]
+    for i, cell in enumerate(cells):
+        folder = tmp_path / "cells" / experiments.cell_name(cell)
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps({"test": {"dice_WT": 0.8}}))
+        (folder / "run.json").write_text(json.dumps({"params": 1000 if cell["method"] == "backbone" else 1500,
+                                                     "train_seconds": 60.0 + i}))
+    md = experiments_tables.aggregate(str(tmp_path), cells, {**quick, "cells": cells},
+                                      experiments.cell_name)["markdown"]
+    cost = md.split("## Cost")[1]
+    assert "| equiunet Backbone | 1000 (0.000) | 61 (1.000) |" in cost  # train_seconds 60, 61, 62
+    assert "| equiunet ours | 1500 (0.000) | 64 (1.000) |" in cost
+
+
+def _write_config(tmp_path) -> str:
+    path = tmp_path / "toy.py"
+    path.write_text(CONFIG)
+    return str(path)
