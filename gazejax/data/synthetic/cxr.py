@@ -8,9 +8,14 @@ pleural effusion (fluid filling a costophrenic angle, meniscus rising laterally)
 + edema, often effusion) / pneumonia (consolidation) are balanced; CheXpert columns agree with the findings
 (sometimes -1 "uncertain" for a present finding, blank or 0 for absent ones). Some patients have several studies.
 
-`python -m gazejax.data.synthetic egd_cxr|reflacx --out DIR --images N --seed S [--size H W]`; the data set goes to
-DIR/<kind>/ atomically (temp dir + rename) and is reused when the same arguments were used before. Every root also
-holds `synthetic_truth.json` (class, findings and the fixations written, per image) for tests.
+Two styles: "basic" (the default; these phantoms, unchanged) and "realistic" (`gazejax.data.synthetic.cxr_realistic`:
+between-patient anatomy, positioning, exposure, noise and devices, graded overlapping findings, subtle cases and label
+noise, all set by one `difficulty` knob in [0, 1] whose parameter table is in that module's docstring).
+
+`python -m gazejax.data.synthetic egd_cxr|reflacx --out DIR --images N --seed S [--size H W] [--style realistic
+--difficulty D --label-noise R]`; the data set goes to DIR/<kind>/ atomically (temp dir + rename) and is reused when
+the same arguments were used before. Every root also holds `synthetic_truth.json` (class, findings and the fixations
+written, per image; realistic: also the written label, severities and devices) for tests.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittle
 
 from gazejax.data.cxr import egd_cxr, reflacx
 from gazejax.data.cxr.labels import write_columns
+from gazejax.data.synthetic import cxr_anatomy, cxr_realistic
 from gazejax.data.synthetic.cxr_phantom import CLASSES, phantom, sample_cases, scanpath
 
 _CHX = {"cardiomegaly": "cardiomegaly__chx", "edema": "edema__chx", "effusion": "pleural_effusion__chx",
@@ -71,9 +77,27 @@ def _write_dicom(path: str, image: np.ndarray, case: dict, monochrome1: bool) ->
 
 
 def _render(case: dict, size: tuple[int, int], mimic: str, index: int):
-    img, masks, regions = phantom(size[0], size[1], case["findings"], case["rng"])
+    if "severity" in case:  # realistic style
+        img, masks, regions, case["devices"] = cxr_anatomy.radiograph(size[0], size[1], case)
+    else:
+        img, masks, regions = phantom(size[0], size[1], case["findings"], case["rng"])
     _write_dicom(os.path.join(mimic, case["path"]), img, case, monochrome1=index % 5 == 4)
     return masks, regions
+
+
+def _scanpath(case: dict, regions: dict, size: tuple[int, int], focus: float = 1.0):
+    if "severity" in case:
+        return cxr_realistic.scanpath(regions, case["severity"], size, case["rng"], focus)
+    return scanpath(regions, case["findings"], size, case["rng"], focus)
+
+
+def _truth(case: dict, **fields) -> dict:
+    """An image's synthetic_truth.json entry; the realistic style adds what its files say and its severities."""
+    out = {"class": CLASSES[case["class"]], "findings": case["findings"], **fields}
+    if "severity" in case:
+        out.update(label=CLASSES[case["label"]], label_findings=case["label_findings"], flipped=case["flipped"],
+                   severity=case["severity"], devices=case["devices"])
+    return out
 
 
 def _box(mask: np.ndarray) -> list[float]:
@@ -82,7 +106,7 @@ def _box(mask: np.ndarray) -> list[float]:
 
 
 def _egd_master_row(case: dict, pads: tuple[int, ...]) -> dict:
-    rng, found, cls = case["rng"], set(case["findings"]), case["class"]
+    rng, found, cls = case["rng"], set(case.get("label_findings", case["findings"])), case.get("label", case["class"])
     row = {"dicom_id": case["dicom_id"], "path": case["path"], "study_id": case["study_id"],
            "patient_id": case["patient_id"], "stay_id": str(30_000_000 + int(rng.integers(9_000_000))),
            "gender": "FM"[int(rng.integers(2))], "anchor_age": "50 - 60", "normal_reports": str(int(cls == 0)),
@@ -96,6 +120,8 @@ def _egd_master_row(case: dict, pads: tuple[int, ...]) -> dict:
         row[c] = ("1" if rng.random() < 0.8 else "-1") if f in found else ("0" if rng.random() < 0.3 else "")
     row["no_finding__chx"] = "1" if cls == 0 else ""
     row["pneumonia__chx"] = ("1" if rng.random() < 0.6 else "-1") if cls == 2 else ""
+    if case.get("devices"):
+        row["support_devices__chx"] = "1"
     return row
 
 
@@ -145,10 +171,16 @@ def _egd_tables(blocks: list[dict], root: str) -> None:
     write_columns(os.path.join(root, "eye_gaze.csv"), egd_cxr.GAZE_COLUMNS, samples, int(reps.sum()), fmt)
 
 
-def _build_egd(tmp: str, images: int, seed: int, size: tuple[int, int]) -> dict:
+def _cases(images: int, seed: int, style: str = "basic", difficulty: float = 0.5, label_noise=None) -> list[dict]:
+    if style == "basic":
+        return sample_cases(images, seed)
+    return cxr_realistic.sample_cases(images, seed, cxr_realistic.difficulty_params(difficulty, label_noise))
+
+
+def _build_egd(tmp: str, images: int, seed: int, size: tuple[int, int], **style) -> dict:
     root, mimic = os.path.join(tmp, "egd-cxr"), os.path.join(tmp, "mimic-cxr")
     pads, master, blocks, boxes, truth, t = egd_cxr.display_pads(*size), [], [], [], {}, 0.0
-    for i, case in enumerate(sample_cases(images, seed)):
+    for i, case in enumerate(_cases(images, seed, **style)):
         masks, regions = _render(case, size, mimic, i)
         seg = os.path.join(root, "audio_segmentation_transcripts", case["dicom_id"])
         os.makedirs(seg)
@@ -157,7 +189,7 @@ def _build_egd(tmp: str, images: int, seed: int, size: tuple[int, int]) -> dict:
             x1, y1, x2, y2 = _box(m)
             boxes.append([case["dicom_id"], name.replace("_", " "), x1, x2, y1, y2])
         master.append(_egd_master_row(case, pads))
-        pts, dur = scanpath(regions, case["findings"], size, case["rng"])
+        pts, dur = _scanpath(case, regions, size)
         session = {"SESSION_ID": np.array(i // 30 + 1), "MEDIA_ID": np.array(i % 30)}
         t = 0.0 if i % 30 == 0 else t
         if i % 20 == 0:
@@ -165,8 +197,7 @@ def _build_egd(tmp: str, images: int, seed: int, size: tuple[int, int]) -> dict:
             t += 1.5
         blocks.append({**_egd_gaze(case, pts, dur, pads, size, t), **session})
         t = float(blocks[-1]["FPOGS"][-1] + blocks[-1]["FPOGD"][-1] + 1.0)
-        truth[case["dicom_id"]] = {"class": CLASSES[case["class"]], "findings": case["findings"],
-                                   "points": pts.tolist(), "durations": blocks[-1]["FPOGD"][:len(pts)].tolist()}
+        truth[case["dicom_id"]] = _truth(case, points=pts.tolist(), durations=blocks[-1]["FPOGD"][:len(pts)].tolist())
     with open(os.path.join(root, "master_sheet.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, egd_cxr.MASTER_COLUMNS, restval="")
         writer.writeheader()
@@ -194,7 +225,7 @@ def _reflacx_labels(phase: int, findings: list[str], rng, focus: float) -> dict[
 def _reflacx_reading(folder: str, case: dict, regions: dict, size, phase: int, focus: float) -> dict:
     """One reading's files; returns its truth (kept fixations, sigma, labels)."""
     (h, w), rng = size, case["rng"]
-    pts, dur = scanpath(regions, case["findings"], size, rng, focus)
+    pts, dur = _scanpath(case, regions, size, focus)
     pts = np.round(pts)
     rects = np.tile([0.0, 0.0, w, h], (len(pts), 1))
     if rng.random() < 0.3:  # zoomed in for the last third: shown rectangle = box around those fixations
@@ -213,25 +244,26 @@ def _reflacx_reading(folder: str, case: dict, regions: dict, size, phase: int, f
     os.makedirs(folder)
     fmt = {"timestamp_start_fixation": "%.3f", "timestamp_end_fixation": "%.3f"}
     write_columns(os.path.join(folder, "fixations.csv"), reflacx.FIXATION_COLUMNS, cols, len(pts), fmt)
-    labels = _reflacx_labels(phase, case["findings"], rng, focus)
+    found = case.get("label_findings", case["findings"])  # what the reader reports (label noise: another class's)
+    labels = _reflacx_labels(phase, found, rng, focus)
     chest = np.round(np.array([0.14 * w, 0.1 * h, 0.86 * w, 0.78 * h]) + rng.normal(0, 3, 4))
     with open(os.path.join(folder, "chest_bounding_box.csv"), "w", newline="") as f:
         csv.writer(f).writerows([reflacx.BOX_COLUMNS, chest.astype(int).tolist()])
     names = sorted(labels)
     rows = [list(reflacx.BOX_COLUMNS) + ["certainty"] + names]
     for f_name, label in _reflacx_names(phase).items():
-        if f_name in case["findings"] and int(labels[label]) >= 3:
+        if f_name in found and f_name in regions and int(labels[label]) >= 3:
             x, y, sx, sy = regions[f_name]
             box = [int(round(x - 2 * sx)), int(round(y - 2 * sy)), int(round(x + 2 * sx)), int(round(y + 2 * sy))]
             rows.append(box + [labels[label]] + [str(n == label) for n in names])
     with open(os.path.join(folder, "anomaly_location_ellipses.csv"), "w", newline="") as f:
         csv.writer(f).writerows(rows)
-    words = " . ".join(_WORDS[f] for f in case["findings"]) or "no acute cardiopulmonary process"
+    words = " . ".join(_WORDS[f] for f in found) or "no acute cardiopulmonary process"
     with open(os.path.join(folder, "transcription.txt"), "w") as f:
         f.write(words + " .")
     n = len(pts) - 2
     return {"points": pts[:n].tolist(), "durations": (end - start)[:n].tolist(), "sigma": ppd[:n].tolist(),
-            "labels": labels}
+            "labels": labels, **({"focus": focus} if "severity" in case else {})}
 
 
 def _reading_id(phase: int, trial: int, rng, taken: set) -> str:
@@ -245,16 +277,15 @@ def _reading_id(phase: int, trial: int, rng, taken: set) -> str:
 _FOCUS = (1.0, 0.9, 0.5, 0.8, 0.4)  # the five synthetic readers: experts dwell on findings, novices wander
 
 
-def _build_reflacx(tmp: str, images: int, seed: int, size: tuple[int, int]) -> dict:
+def _build_reflacx(tmp: str, images: int, seed: int, size: tuple[int, int], **style) -> dict:
     main, mimic = os.path.join(tmp, "reflacx", "main_data"), os.path.join(tmp, "mimic-cxr")
     n_multi, ids, truth = images // 8, set(), {}
     tables: dict[int, list] = {1: [], 2: [], 3: []}
-    for i, case in enumerate(sample_cases(images, seed)):
+    for i, case in enumerate(_cases(images, seed, **style)):
         _, regions = _render(case, size, mimic, i)
         phase = 1 if i < n_multi else 2 if i < 2 * n_multi else 3
         users = [0, 1, 2] if phase < 3 else [i % 5] + ([4] if i % 15 == 7 else [])  # 2nd phase-3 one: discarded
-        entry = truth[case["dicom_id"]] = {"class": CLASSES[case["class"]], "findings": case["findings"],
-                                           "readings": {}, "discarded": []}
+        entry = truth[case["dicom_id"]] = _truth(case, readings={}, discarded=[])
         for k, user in enumerate(users):
             rid = _reading_id(phase, i % n_multi if phase < 3 else 0, case["rng"], ids)
             discarded = phase == 3 and k == 1
@@ -263,7 +294,8 @@ def _build_reflacx(tmp: str, images: int, seed: int, size: tuple[int, int]) -> d
                    f"{case['path']}", "dicom_id": case["dicom_id"], "subject_id": case["patient_id"],
                    "image_size_x": size[1], "image_size_y": size[0]}
             if discarded:
-                row.update(_reflacx_labels(phase, case["findings"], case["rng"], _FOCUS[user]))
+                found = case.get("label_findings", case["findings"])
+                row.update(_reflacx_labels(phase, found, case["rng"], _FOCUS[user]))
                 entry["discarded"].append(rid)
             else:
                 reading = _reflacx_reading(os.path.join(main, rid), case, regions, size, phase, _FOCUS[user])
@@ -304,21 +336,31 @@ def _atomic(out: str, kind: str, params: dict, build) -> str:
     return final
 
 
-def _params(images: int, seed: int, size) -> dict:
+STYLES = cxr_realistic.STYLES
+
+
+def _params(images: int, seed: int, size, style: str = "basic", difficulty: float = 0.5, label_noise=None) -> dict:
+    """Build parameters (the reuse stamp); the basic style's are those of the sets written before styles existed."""
     if images < 1 or len(size) != 2 or min(size) < 64:
         raise ValueError(f"need images >= 1 and a size (H, W) of at least 64 px, got {images}, {size}")
-    return {"images": int(images), "seed": int(seed), "size": [int(s) for s in size]}
+    out = {"images": int(images), "seed": int(seed), "size": [int(s) for s in size]}
+    return out | cxr_realistic.style_params(style, difficulty, label_noise)
 
 
-def generate_egd_cxr(out: str, images: int = 60, seed: int = 0, size=(512, 416)) -> tuple[str, str]:
-    """Synthetic EGD-CXR under out/egd_cxr/; returns (root, mimic_root) for `EGDCXR`."""
-    final = _atomic(os.fspath(out), "egd_cxr", _params(images, seed, size), _build_egd)
+def generate_egd_cxr(out: str, images: int = 60, seed: int = 0, size=(512, 416), style: str = "basic",
+                     difficulty: float = 0.5, label_noise: float | None = None) -> tuple[str, str]:
+    """Synthetic EGD-CXR under out/egd_cxr/; returns (root, mimic_root) for `EGDCXR`. style "basic" (the original
+    phantoms; difficulty ignored) or "realistic" (`cxr_realistic`: difficulty in [0, 1], label_noise overrides)."""
+    params = _params(images, seed, size, style, difficulty, label_noise)
+    final = _atomic(os.fspath(out), "egd_cxr", params, _build_egd)
     return os.path.join(final, "egd-cxr"), os.path.join(final, "mimic-cxr")
 
 
-def generate_reflacx(out: str, images: int = 60, seed: int = 0, size=(512, 416)) -> tuple[str, str]:
-    """Synthetic REFLACX under out/reflacx/; returns (root, mimic_root) for `REFLACX`."""
-    final = _atomic(os.fspath(out), "reflacx", _params(images, seed, size), _build_reflacx)
+def generate_reflacx(out: str, images: int = 60, seed: int = 0, size=(512, 416), style: str = "basic",
+                     difficulty: float = 0.5, label_noise: float | None = None) -> tuple[str, str]:
+    """Synthetic REFLACX under out/reflacx/; returns (root, mimic_root) for `REFLACX`; style as `generate_egd_cxr`."""
+    params = _params(images, seed, size, style, difficulty, label_noise)
+    final = _atomic(os.fspath(out), "reflacx", params, _build_reflacx)
     return os.path.join(final, "reflacx"), os.path.join(final, "mimic-cxr")
 
 
@@ -329,15 +371,23 @@ def read_truth(root: str) -> dict:
 
 
 def cli(argv: list[str]) -> int:
-    """`egd_cxr|reflacx --out DIR --images N --seed S [--size H W]`; prints the data root and the MIMIC root."""
+    """`egd_cxr|reflacx --out DIR --images N --seed S [--size H W] [--style basic|realistic] [--difficulty D]
+    [--label-noise R]`; prints the data root and the MIMIC root."""
     parser = argparse.ArgumentParser(prog="python -m gazejax.data.synthetic")
     parser.add_argument("kind", choices=("egd_cxr", "reflacx"))
     parser.add_argument("--out", required=True, help="output folder; the data set goes to OUT/<kind>/")
     parser.add_argument("--images", type=int, default=60, help="number of radiographs")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     parser.add_argument("--size", type=int, nargs=2, default=(512, 416), metavar=("H", "W"), help="DICOM size")
+    parser.add_argument("--style", choices=STYLES, default="basic", help="phantom style (realistic: see cxr_realistic)")
+    parser.add_argument("--difficulty", type=float, default=0.5, help="realistic style: 0 easy .. 1 hard")
+    parser.add_argument("--label-noise", type=float, default=None, help="realistic style: share of flipped labels")
     args = parser.parse_args(argv)
     make = generate_egd_cxr if args.kind == "egd_cxr" else generate_reflacx
-    root, mimic_root = make(args.out, args.images, args.seed, tuple(args.size))
+    try:
+        root, mimic_root = make(args.out, args.images, args.seed, tuple(args.size), args.style, args.difficulty,
+                                args.label_noise)
+    except ValueError as e:
+        parser.error(str(e))
     print(f"{args.kind}: root={root} mimic_root={mimic_root}")
     return 0
