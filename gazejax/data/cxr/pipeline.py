@@ -194,7 +194,9 @@ def _get(node, key: str, default):
 
 def resolve_roots(config) -> tuple[str, str]:
     """(root, mimic_root) of the configured data set, or of the built-in synthetic set generated once into
-    `data.synthetic.dir` (default ~/.cache/gazejax) when `data.root` is empty."""
+    `data.synthetic.dir` (default ~/.cache/gazejax) when `data.root` is empty. `data.synthetic.style` "basic"
+    (default) or "realistic", with `difficulty` (default 0.5) and `label_noise` (default None: the difficulty's);
+    the folder name gains them only for a non-basic style, so basic sets keep their names."""
     d = config.data
     if d.root:
         for name, path in (("data.root", d.root), ("data.mimic_root", d.mimic_root)):
@@ -205,12 +207,20 @@ def resolve_roots(config) -> tuple[str, str]:
 
     s = _get(d, "synthetic", {})
     images, seed, size = int(_get(s, "images", 60)), int(_get(s, "seed", 0)), tuple(_get(s, "size", (512, 416)))
-    out = os.path.join(os.path.expanduser(_get(s, "dir", "") or "~/.cache/gazejax"),
-                       f"synthetic_{d.dataset}_n{images}_s{seed}_{size[0]}x{size[1]}")
+    style = {"style": str(_get(s, "style", "basic")), "difficulty": float(_get(s, "difficulty", 0.5)),
+             "label_noise": _get(s, "label_noise", None)}
+    name = f"synthetic_{d.dataset}_n{images}_s{seed}_{size[0]}x{size[1]}"
+    if style["style"] != "basic":
+        noise = style["label_noise"]
+        name += f"_{style['style']}_d{style['difficulty']:g}" + ("" if noise is None else f"_ln{float(noise):g}")
+    out = os.path.join(os.path.expanduser(_get(s, "dir", "") or "~/.cache/gazejax"), name)
     make = {"egd_cxr": synth.generate_egd_cxr, "reflacx": synth.generate_reflacx}.get(d.dataset)
     if make is None:
         raise ValueError(f"data.dataset must be one of {DATASETS}, got {d.dataset!r}")
-    return make(out, images=images, seed=seed, size=size)
+    try:
+        return make(out, images=images, seed=seed, size=size, **style)
+    except ValueError as e:
+        raise ValueError(f"data.synthetic: {e}") from None
 
 
 def _augment_config(value) -> transforms2d.AugmentConfig | None:

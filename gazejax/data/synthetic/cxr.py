@@ -15,7 +15,7 @@ noise, all set by one `difficulty` knob in [0, 1] whose parameter table is in th
 `python -m gazejax.data.synthetic egd_cxr|reflacx --out DIR --images N --seed S [--size H W] [--style realistic
 --difficulty D --label-noise R]`; the data set goes to DIR/<kind>/ atomically (temp dir + rename) and is reused when
 the same arguments were used before. Every root also holds `synthetic_truth.json` (class, findings and the fixations
-written, per image; realistic: also the written label, severities and devices) for tests.
+written, per image; realistic: also the written label, severities, finding regions and devices) for tests.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def _write_dicom(path: str, image: np.ndarray, case: dict, monochrome1: bool) ->
 def _render(case: dict, size: tuple[int, int], mimic: str, index: int):
     if "severity" in case:  # realistic style
         img, masks, regions, case["devices"] = cxr_anatomy.radiograph(size[0], size[1], case)
+        case["regions"] = {f: [round(float(x), 2) for x in regions[f]] for f in case["findings"]}
     else:
         img, masks, regions = phantom(size[0], size[1], case["findings"], case["rng"])
     _write_dicom(os.path.join(mimic, case["path"]), img, case, monochrome1=index % 5 == 4)
@@ -96,7 +97,7 @@ def _truth(case: dict, **fields) -> dict:
     out = {"class": CLASSES[case["class"]], "findings": case["findings"], **fields}
     if "severity" in case:
         out.update(label=CLASSES[case["label"]], label_findings=case["label_findings"], flipped=case["flipped"],
-                   severity=case["severity"], devices=case["devices"])
+                   severity=case["severity"], devices=case["devices"], regions=case["regions"])
     return out
 
 

@@ -173,13 +173,17 @@ def _findings(f: _Frame, a: dict, t: dict, severity: dict, rng) -> tuple[np.ndar
 
 
 def _polyline(f: _Frame, pts: np.ndarray, width: float) -> np.ndarray:
-    """A thin bright curve through pts [K, 2] (patient grid), width in V units."""
-    x, y, best = f.U * f.aspect, f.V, np.full(f.U.shape, np.inf, np.float32)
-    p = pts * [f.aspect, 1.0]
-    for (x0, y0), (x1, y1) in zip(p[:-1], p[1:]):
-        dx, dy = x1 - x0, y1 - y0
+    """A thin bright curve through pts [K, 2] (patient grid), width in V units; each segment's distance field is
+    computed in its pixel bounding box only (the curve is invisible a few pixels away)."""
+    best, margin = np.full(f.U.shape, np.inf, np.float32), width * f.h / f.st["scale"] + 4
+    for p0, p1 in zip(pts[:-1], pts[1:]):
+        (c0, r0, _, _), (c1, r1, _, _) = f.to_pixels(*p0, 0, 0), f.to_pixels(*p1, 0, 0)
+        rows = slice(max(int(min(r0, r1) - margin), 0), max(int(max(r0, r1) + margin) + 1, 0))
+        cols = slice(max(int(min(c0, c1) - margin), 0), max(int(max(c0, c1) + margin) + 1, 0))
+        x, y = f.U[rows, cols] * f.aspect, f.V[rows, cols]
+        (x0, y0), (dx, dy) = p0 * [f.aspect, 1.0], (p1 - p0) * [f.aspect, 1.0]
         k = np.clip(((x - x0) * dx + (y - y0) * dy) / max(dx * dx + dy * dy, 1e-9), 0.0, 1.0)
-        best = np.minimum(best, np.hypot(x - x0 - k * dx, y - y0 - k * dy))
+        best[rows, cols] = np.minimum(best[rows, cols], np.hypot(x - x0 - k * dx, y - y0 - k * dy))
     return _sig(width - best, 0.3 * width)
 
 
