@@ -186,7 +186,6 @@ def test_reflacx_experts_dwell_on_findings(tmp_path):
 
 
 def test_scanpath_order_and_dwell():
-    cases, _ = _realistic(1)
     case = next(c for c in cxr_realistic.sample_cases(9, 4, cxr_realistic.difficulty_params(0.0)) if c["class"])
     _, _, regions, _ = cxr_anatomy.radiograph(*SIZE, case)
     pts, dur = cxr_realistic.scanpath(regions, case["severity"], SIZE, case["rng"], focus=1.0)
