@@ -76,6 +76,9 @@ def _data(c: ml_collections.ConfigDict, reflacx: bool) -> None:
     d.prefetch = 2                          # Grain prefetch buffer (batches)
     d.synthetic = s = ml_collections.ConfigDict()
     s.dir = ""                              # where the synthetic set is generated; "" = ~/.cache/gazejax
+    s.style = "basic"                       # basic (README demo numbers) | realistic (patients vary, graded findings)
+    s.difficulty = 0.5                      # realistic only: 0 easy .. 1 hard (gazejax/data/synthetic/cxr_realistic.py)
+    s.label_noise = None                    # realistic only: share of flipped class labels; None = the difficulty's
     s.images = 2616 if reflacx else 1083    # as many images as the real data set (REFLACX: 2616 with gaze)
     s.seed = 0
     s.size = (512, 416)                     # synthetic DICOM size

@@ -83,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.prefetch = 2                          # Grain prefetch buffer (batches)
     d.synthetic = s = ml_collections.ConfigDict()
     s.dir = ""                              # where the synthetic set is generated; "" = ~/.cache/gazejax
+    s.style = "basic"                       # basic (README demo numbers) | realistic (patients vary, graded findings)
+    s.difficulty = 0.5                      # realistic only: 0 easy .. 1 hard (gazejax/data/synthetic/cxr_realistic.py)
+    s.label_noise = None                    # realistic only: share of flipped class labels; None = the difficulty's
     s.images = 1083                         # as many images as EGD-CXR
     s.seed = 0
     s.size = (512, 416)                     # synthetic DICOM size (B is scaled by height / 3056 for it)

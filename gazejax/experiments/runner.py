@@ -50,12 +50,18 @@ def load_config_module(path: str):
     return module
 
 
+CELL_KEYS = ("config", "row")  # a cell's own config file (cross-method grids) and its row name: not overrides
+
+
 def cell_name(overrides: dict[str, Any]) -> str:
-    """A stable folder name from the overrides, e.g. method=ours,data.ratio=0.2,data.fold=0 -> ours-r0.2-f0."""
-    short = {"method": "", "data.ratio": "r", "data.fold": "f", "seed": "s", "data.gaze_readers": "g",
+    """A stable folder name from the overrides, e.g. method=ours,data.ratio=0.2,data.fold=0 -> ours-r0.2-f0; a cell
+    with a "row" (cross-method grids) is named by it and its repeat keys (seed, fold, ratio) only."""
+    short = {"row": "", "method": "", "data.ratio": "r", "data.fold": "f", "seed": "s", "data.gaze_readers": "g",
              "model.backbone": "b"}
     parts = []
-    for key in sorted(overrides, key=lambda k: (list(short).index(k) if k in short else 99, k)):
+    keys = ([k for k in ("row", "data.ratio", "data.fold", "seed") if k in overrides] if "row" in overrides
+            else list(overrides))
+    for key in sorted(keys, key=lambda k: (list(short).index(k) if k in short else 99, k)):
         prefix = short.get(key, key.split(".")[-1] + "=")
         parts.append(f"{prefix}{overrides[key]}")
     return "-".join(parts).replace("/", "_")
@@ -83,6 +89,8 @@ def select_cells(cells: list[dict], folds=None, ratios=None, seeds=None) -> list
 def apply_overrides(config, overrides: dict[str, Any]):
     config = copy.deepcopy(config)
     for key, value in overrides.items():
+        if key in CELL_KEYS:
+            continue
         node = config
         *path, last = key.split(".")
         for p in path:
@@ -123,7 +131,26 @@ def run(config_path: str, config_arg: str | None, grid_name: str, workdir: str, 
     os.makedirs(workdir, exist_ok=True)
     if not aggregate_only:
         _run_cells(module, config_arg, mine, workdir)
-    return tables.aggregate(workdir, cells, grid, cell_name)
+    out = tables.aggregate(workdir, cells, grid, cell_name)
+    if "leaderboard" in grid:  # a cross-method grid: every finished cell scored the same way
+        from gazejax.experiments import leaderboard
+
+        bases = {None: module.get_config(config_arg)}
+        board = leaderboard.build(workdir, cells, grid, cell_name,
+                                  lambda cell: apply_overrides(cell_base(bases, cell), cell))
+        if board:
+            out["markdown"] = board + "\n" + out["markdown"]
+    return out
+
+
+def cell_base(bases: dict, cell: dict):
+    """The config a cell starts from: the grid's own (key None), or for a cell with "config" ("configs/ggcam.py:
+    method=ggcam,...", relative to the working folder) that file's, loaded once per distinct value into `bases`."""
+    key = cell.get("config")
+    if key not in bases:
+        path, _, arg = key.partition(":")
+        bases[key] = load_config_module(path).get_config(arg or None)
+    return bases[key]
 
 
 def _run_cells(module, config_arg, cells, workdir) -> None:
@@ -140,14 +167,14 @@ def _run_cells(module, config_arg, cells, workdir) -> None:
         jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     try:
-        base = module.get_config(config_arg)
+        bases = {None: module.get_config(config_arg)}
         for i, cell in enumerate(cells):
             cell_dir = os.path.join(workdir, "cells", cell_name(cell))
             if is_finished(cell_dir):
                 print(f"[{i + 1}/{len(cells)}] {cell_name(cell)}: finished, skipped", flush=True)
                 continue
             print(f"[{i + 1}/{len(cells)}] {cell_name(cell)}: running in {cell_dir}", flush=True)
-            cell_config = apply_overrides(base, cell)
+            cell_config = apply_overrides(cell_base(bases, cell), cell)
             train.train_and_evaluate(cell_config, cell_dir, methods.get(cell_config.method_family))
     finally:
         for key, value in saved.items():

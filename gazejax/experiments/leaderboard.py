@@ -1,0 +1,289 @@
+"""One leaderboard across chest X-ray methods: every finished cell of a cross-method grid (cells with their own
+"config", see `runner.cell_base`) scored the same way on the same test images.
+
+Each cell's selected weights are exported (`gazejax.export`, into `<cell>/model`) and applied through its method's
+`Inference` hook, the path `gazejax.predict` takes: class probabilities and the method's explanation map (CAM,
+predicted saliency, SAN gaze, Grad-CAM or attention, of the predicted class). The readers' gaze is rendered once,
+the same for every row, at a common grid (1/`stride` of the image; unit-mass Gaussians of sigma `gaze_sigma_dicom`
+EGD-CXR DICOM pixels, duration-weighted, max-normalised), and every map is resized to that grid (bilinear) and
+min-max normalised per image.
+
+Per row (mean over seeds): macro and per-class one-vs-rest AUROC, the macro AUROC's 95 % percentile-bootstrap CI
+over test images (of the seed-mean probabilities), accuracy; gaze agreement over images with gaze (CC, KL, NSS,
+AUC-Judd, HS, SIM) and the pointing game (the map's peak inside the true class's organ: heart for CHF, lungs for
+pneumonia; Normal images not scored); parameters and training time (run.json); paired t-tests against the
+reference row: macro AUROC paired by seed, per-image CC paired by image. Controls reuse a row's cells with its map
+replaced (e.g. "random": uniform noise, seeded), giving chance-level agreement. Writes leaderboard.csv,
+leaderboard.md and leaderboard.png (AUROC vs CC, one point per row).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import warnings
+
+import numpy as np
+
+from gazejax.data.io import write_json, write_text
+from gazejax.metrics import classification as cls
+from gazejax.metrics import saliency, stats
+from gazejax.metrics.localization import organ_masks
+
+GAZE_METRICS = {"cc": saliency.cc, "kl": saliency.kl_div, "hs": saliency.hs, "sim": saliency.sim}
+FIXATION_METRICS = {"nss": saliency.nss, "auc_judd": saliency.auc_judd}
+ORGAN_NAMES = ("left_lung", "right_lung", "mediastanum", "aortic_knob")
+CACHE = "leaderboard_eval.json"
+
+
+def _resize(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    import jax
+
+    maps = np.asarray(maps, np.float32)
+    return np.asarray(jax.image.resize(maps, (maps.shape[0], *grid), "linear"))
+
+
+def _minmax(maps: np.ndarray) -> np.ndarray:
+    """Per-map min-max normalisation of [N, h, w] to [0, 1] (a constant map -> 0): CAM logits may be negative."""
+    flat = maps.reshape(len(maps), -1)
+    lo, span = flat.min(1, keepdims=True), np.ptp(flat, axis=1, keepdims=True)
+    return ((flat - lo) / np.where(span > 0, span, 1.0)).reshape(maps.shape)
+
+
+def _truth(examples: list[dict], grid: tuple[int, int], sigmas: list[np.ndarray]) -> tuple[list, list]:
+    """Readers' gaze maps [grid] (None without gaze) and fixation masks on the grid, per image; `sigmas` [2] per
+    image in its resized pixels."""
+    from gazejax.data import gaze as gaze_lib
+
+    maps, fixed = [], []
+    for ex, sigma in zip(examples, sigmas):
+        valid = ex["fixation_valid"]
+        if not valid.any():
+            maps.append(None), fixed.append(None)
+            continue
+        frame = ex["image"].shape[:2]
+        pts = ex["fixations"][valid]
+        maps.append(gaze_lib.render_gaussians(pts, ex["fixation_weights"][valid], sigma, frame, grid))
+        mask = np.zeros(grid, bool)
+        idx = np.floor((pts + 0.5) * np.asarray(grid) / np.asarray(frame)).astype(int)
+        ok = ((idx >= 0) & (idx < np.asarray(grid))).all(axis=1)
+        mask[tuple(idx[ok].T)] = True
+        fixed.append(mask)
+    return maps, fixed
+
+
+def _apply(model, images: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The hook over all images in fixed-size batches: probabilities [N, C] and maps [N, h, w] (or None)."""
+    probs, maps = [], []
+    for i in range(0, len(images), batch):
+        part = images[i:i + batch]
+        padded = np.concatenate([part, np.repeat(part[-1:], batch - len(part), axis=0)])
+        out = model.method.inference.run(model.predict, padded, model.config, model.stage)
+        probs.append(np.asarray(out["probs"])[:len(part)])
+        if out.get("map") is not None:
+            maps.append(np.asarray(out["map"], np.float32)[:len(part)])
+    return np.concatenate(probs), (np.concatenate(maps) if maps else None)
+
+
+def _data_config(config):
+    """`config` with the data fields `pipeline.bundle_parts` reads that a method's config may leave out (its own
+    gaze maps are not needed: the leaderboard renders one truth for every row). The test split depends only on
+    data.split and data.test_seed, so every row sees the same test images."""
+    import copy
+
+    out = copy.deepcopy(config)
+    with out.unlocked():
+        d = out.data
+        d.gaze_grids, d.gaze_kind, d.gaze_sigma, d.augment = {}, "gaussian", 1.0, None
+        for key, value in (("ratio", 1.0), ("label_policy", ""), ("seed", 0)):
+            if key not in d:
+                d[key] = value
+    return out
+
+
+def evaluate_cell(cell_dir: str, config, stage: str | None, spec: dict) -> dict:
+    """Scores one finished cell (cached in `<cell>/leaderboard_eval.json`)."""
+    from gazejax import export
+    from gazejax.data.cxr import pipeline
+    from gazejax.inference import common
+
+    path = os.path.join(cell_dir, CACHE)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    model_dir = os.path.join(cell_dir, "model")
+    if not os.path.exists(os.path.join(model_dir, "model.json")):
+        export.export(cell_dir, model_dir, stage, overwrite=True)
+    model = common.load_models([model_dir])[0]
+    test = pipeline.bundle_parts(_data_config(config))["splits"]["test"]
+    examples = [test.examples[i] for i in range(len(test))]
+    images = np.stack([ex["image"] for ex in examples]).astype(np.float32)
+    probs, maps = _apply(model, images, int(config.eval.get("batch", 8)))
+    h, w = images.shape[1:3]
+    grid = (h // int(spec.get("stride", 16)), w // int(spec.get("stride", 16)))
+    source_sigma = pipeline.source_pixels(config, float(spec.get("gaze_sigma_dicom", 150.0)))
+    truth, fixed = _truth(examples, grid, [source_sigma * np.asarray(r.scale_yx, np.float64) for r in test.records])
+    batch = {"label": np.array([int(ex["label"]) for ex in examples]), "image": images}
+    if "organ_masks" in examples[0]:
+        batch.update(organ_masks=np.stack([ex["organ_masks"] for ex in examples]),
+                     has_organ_masks=np.stack([ex["has_organ_masks"] for ex in examples]))
+    organs, defined = organ_masks(batch, ORGAN_NAMES)
+    run = json.load(open(os.path.join(cell_dir, "run.json"))) if os.path.exists(os.path.join(cell_dir, "run.json")) \
+        else {}
+    result = {"ids": [r.dicom_id for r in test.records], "labels": batch["label"].tolist(), "probs": probs.tolist(),
+              "map": None if maps is None else _minmax(_resize(maps, grid)).tolist(), "params": run.get("params"),
+              "train_seconds": run.get("train_seconds"), "map_name": model.meta.get("map_name", ""),
+              "truth": [None if t is None else t.tolist() for t in truth],
+              "fixations": [None if f is None else f.tolist() for f in fixed],
+              "organs": [_resize(o[None].astype(np.float32), grid)[0].tolist() if d else None
+                         for o, d in zip(organs, defined)]}
+    write_json(path, result, indent=None)
+    return result
+
+
+def image_scores(maps: np.ndarray | None, ev: dict) -> list[dict]:
+    """Per test image: the gaze-agreement metrics and the pointing hit of `maps` [N, h, w] (the cell's or a
+    control's) against the common truth; {} where undefined (no gaze / no organ)."""
+    out = []
+    for i in range(len(ev["labels"])):
+        scores: dict[str, float] = {}
+        if maps is not None and ev["truth"][i] is not None:
+            m, t, fix = maps[i], np.asarray(ev["truth"][i]), np.asarray(ev["fixations"][i], bool)
+            scores.update({k: f(m, t) for k, f in GAZE_METRICS.items()})
+            if fix.any() and not fix.all():
+                scores.update({k: f(m, fix) for k, f in FIXATION_METRICS.items()})
+        if maps is not None and ev["organs"][i] is not None and np.ptp(maps[i]) > 0:
+            peak = np.unravel_index(np.argmax(maps[i]), maps[i].shape)
+            scores["pointing"] = float(np.asarray(ev["organs"][i])[peak] >= 0.5)
+        out.append(scores)
+    return out
+
+
+def control_maps(kind: str, ev: dict, seed: int) -> np.ndarray:
+    if kind != "random":
+        raise ValueError(f"leaderboard control {kind!r}: known controls: random")
+    shape = np.asarray(ev["truth"][next(i for i, t in enumerate(ev["truth"]) if t is not None)]).shape
+    return np.random.default_rng(seed).random((len(ev["labels"]), *shape)).astype(np.float32)
+
+
+def _mean(values) -> float:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray | None], spec: dict) -> dict:
+    """One row from its cells (one per seed, same test images): mean scores, CIs and per-image / per-seed values
+    for the paired tests."""
+    labels = np.asarray(evals[0]["labels"])
+    per_seed = [cls.summary(labels, np.asarray(e["probs"]), names) for e in evals]
+    mean_probs = np.mean([np.asarray(e["probs"]) for e in evals], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = stats.bootstrap_ci(lambda idx: {"auroc": cls.auroc_ovr(labels[idx], mean_probs[idx])}, len(labels),
+                                n_boot=int(spec.get("bootstrap", 1000)))["auroc"]
+    images = [image_scores(m, e) for m, e in zip(maps, evals)]
+    keys = sorted({k for seed in images for s in seed for k in s})
+    per_image = {k: [_mean(seed[i].get(k) for seed in images) for i in range(len(labels))] for k in keys}
+    out = {"auroc": _mean(s["auroc"] for s in per_seed), "auroc_std": float(np.std([s["auroc"] for s in per_seed],
+                                                                                   ddof=1)) if len(evals) > 1
+           else float("nan"), "auroc_ci": ci, "accuracy": _mean(s["accuracy"] for s in per_seed),
+           "seeds": len(evals), "seed_auroc": [s["auroc"] for s in per_seed], "per_image": per_image,
+           "params": _mean(e.get("params") for e in evals), "train_seconds": _mean(e.get("train_seconds")
+                                                                                   for e in evals)}
+    out.update({f"auroc_{n}": _mean(s[f"auroc_{n}"] for s in per_seed) for n in names})
+    out.update({k: _mean(v) for k, v in per_image.items()})
+    return out
+
+
+def paired(row: dict, ref: dict) -> dict[str, str]:
+    """Paired t-tests of a row against the reference: macro AUROC by seed, CC by image."""
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        n = min(len(row["seed_auroc"]), len(ref["seed_auroc"]))
+        if n > 1:
+            t = stats.paired_ttest(row["seed_auroc"][:n], ref["seed_auroc"][:n])
+            out["auroc"] = f"t={t['t']:.2f}, p={t['p']:.3g} (n={t['n']} seeds)"
+        a, b = row["per_image"].get("cc"), ref["per_image"].get("cc")
+        if a and b:
+            t = stats.paired_ttest(a, b)
+            out["cc"] = f"t={t['t']:.2f}, p={t['p']:.3g} (n={t['n']} images)"
+    return out
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def write(workdir: str, rows: dict[str, dict], names: tuple[str, ...], spec: dict) -> str:
+    """leaderboard.csv, leaderboard.md and leaderboard.png of the row summaries; returns the markdown."""
+    ref = spec.get("reference")
+    gaze = ("cc", "kl", "nss", "auc_judd", "hs", "sim", "pointing")
+    columns = (["row", "seeds", "auroc", "auroc_std", "auroc_ci_low", "auroc_ci_high", "accuracy"]
+               + [f"auroc_{n}" for n in names] + list(gaze) + ["params", "train_seconds"])
+    with open(os.path.join(workdir, "leaderboard.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for name, r in rows.items():
+            values = {**r, "row": name, "auroc_ci_low": r["auroc_ci"][0], "auroc_ci_high": r["auroc_ci"][1]}
+            writer.writerow([values.get(c, "") for c in columns])
+    from gazejax.report import markdown_table
+
+    table = [[name, r["seeds"], f"{_fmt(r['auroc'])} ({_fmt(r['auroc_std'])})",
+              f"[{_fmt(r['auroc_ci'][0])}, {_fmt(r['auroc_ci'][1])}]", _fmt(r["accuracy"])]
+             + [_fmt(r[f"auroc_{n}"]) for n in names] + [_fmt(r.get(k, float("nan"))) for k in gaze]
+             + [f"{r['params'] / 1e6:.2f} M" if np.isfinite(r["params"]) else "n/a", _fmt(r["train_seconds"], 0)]
+             for name, r in rows.items()]
+    header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy"] + [f"AUROC {n}" for n in names]
+              + ["CC", "KL", "NSS", "AUC-Judd", "HS", "SIM", "pointing", "params", "train s"])
+    tests = [[name, *(paired(r, rows[ref]).get(k, "n/a") for k in ("auroc", "cc"))]
+             for name, r in rows.items() if ref in rows and name != ref]
+    lines = [f"# {spec.get('title', 'Leaderboard')}", "", spec.get("note", ""), "", markdown_table(header, table),
+             "", f"Paired t-tests against `{ref}`:", "", markdown_table(["row", "macro AUROC", "CC"], tests), "",
+             "![AUROC vs gaze agreement](leaderboard.png)", ""]
+    markdown = "\n".join(lines)
+    write_text(os.path.join(workdir, "leaderboard.md"), markdown)
+    _figure(rows, os.path.join(workdir, "leaderboard.png"))
+    return markdown
+
+
+def _figure(rows: dict[str, dict], path: str) -> None:
+    from gazejax import report as R
+
+    plt = R._plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, r in rows.items():
+        if np.isfinite(r.get("cc", np.nan)) and np.isfinite(r["auroc"]):
+            ax.scatter(r.get("cc"), r["auroc"])
+            ax.annotate(name, (r.get("cc"), r["auroc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("gaze agreement: CC of the explanation map with the readers' gaze")
+    ax.set_ylabel("macro AUROC (mean over seeds)")
+    R.save_figure(fig, path)
+
+
+def build(workdir: str, cells: list[dict], grid: dict, name_fn, load_config) -> str | None:
+    """Scores every finished cell of `grid` (its "leaderboard" spec: rows by cell["row"], stages by row, controls,
+    reference) and writes the leaderboard; None when no row has a finished cell."""
+    spec = grid["leaderboard"]
+    by_row: dict[str, list[tuple[dict, dict]]] = {}
+    for cell in cells:
+        cell_dir = os.path.join(workdir, "cells", name_fn(cell))
+        if not os.path.exists(os.path.join(cell_dir, "results.json")):
+            continue
+        config = load_config(cell)
+        ev = evaluate_cell(cell_dir, config, spec.get("stages", {}).get(cell["row"]), spec)
+        by_row.setdefault(cell["row"], []).append((cell, ev))
+    if not by_row:
+        return None
+    first = next(iter(by_row.values()))[0][0]
+    names = tuple(spec.get("classes") or load_config(first).get("classes", ("Normal", "CHF", "pneumonia")))
+    rows = {}
+    for row, items in by_row.items():
+        evals = [ev for _, ev in items]
+        maps = [None if ev["map"] is None else np.asarray(ev["map"], np.float32) for ev in evals]
+        rows[row] = row_summary(evals, names, maps, spec)
+    for control, (kind, source) in spec.get("controls", {}).items():
+        if source in by_row:
+            evals = [ev for _, ev in by_row[source]]
+            rows[control] = row_summary(evals, names, [control_maps(kind, ev, i) for i, ev in enumerate(evals)], spec)
+    return write(workdir, rows, names, spec)

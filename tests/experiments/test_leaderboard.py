@@ -1,0 +1,100 @@
+"""The cross-method leaderboard: uniform scores from hand-made evaluations (fast), and a tiny two-row grid through
+the runner, export and the Inference hooks (slow)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from gazejax.experiments import leaderboard, runner
+
+NAMES = ("Normal", "CHF", "pneumonia")
+
+
+def _evaluation(seed: int, n: int = 30, grid=(4, 4), good: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    logits = rng.normal(size=(n, 3)) + (2.0 if good else 0.0) * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    truth = [rng.random(grid) if i % 5 else None for i in range(n)]
+    fix = [None if t is None else t > 0.7 for t in truth]
+    organs = [None if y == 0 else (np.arange(16).reshape(grid) < 8).astype(float) for y in labels]
+    maps = np.stack([t if t is not None else np.zeros(grid) for t in truth]) if good else rng.random((n, *grid))
+    return {"labels": labels.tolist(), "probs": probs.tolist(), "map": maps.tolist(), "params": 100.0 if good else 50.0,
+            "train_seconds": 10.0, "truth": [None if t is None else t.tolist() for t in truth],
+            "fixations": [None if f is None else f.tolist() for f in fix],
+            "organs": [None if o is None else o.tolist() for o in organs]}
+
+
+def test_row_summary_scores_auroc_ci_gaze_agreement_and_pointing():
+    evals = [_evaluation(s) for s in (0, 1)]
+    maps = [np.asarray(e["map"]) for e in evals]
+    row = leaderboard.row_summary(evals, NAMES, maps, {"bootstrap": 200})
+    per_seed = [roc_auc_score(e["labels"], e["probs"], multi_class="ovr") for e in evals]
+    assert row["auroc"] == pytest.approx(np.mean(per_seed)) and row["seeds"] == 2
+    assert row["auroc_ci"][0] <= roc_auc_score(evals[0]["labels"], np.mean([e["probs"] for e in evals], 0),
+                                               multi_class="ovr") <= row["auroc_ci"][1]
+    assert row["cc"] == pytest.approx(1.0) and row["sim"] == pytest.approx(1.0)  # maps equal the readers' maps
+    truth = evals[0]["truth"]
+    hits = [[float(np.asarray(o).flat[np.argmax(np.asarray(t))] >= 0.5) if t is not None and o is not None
+             else np.nan for t, o in zip(e["truth"], e["organs"])] for e in evals]
+    per_image = np.nanmean(hits, axis=0)  # mean over seeds per image, then over images
+    assert row["pointing"] == pytest.approx(np.nanmean(per_image))
+    control = leaderboard.row_summary(evals, NAMES, [leaderboard.control_maps("random", e, i)
+                                                     for i, e in enumerate(evals)], {"bootstrap": 50})
+    assert control["cc"] < 0.5 and control["auroc"] == pytest.approx(row["auroc"])
+    tests = leaderboard.paired(control, row)
+    assert "n=2 seeds" in tests["auroc"] and f"n={sum(t is not None for t in truth)} images" in tests["cc"]
+
+
+def test_write_gives_csv_markdown_and_figure(tmp_path):
+    rows = {"plain": leaderboard.row_summary([_evaluation(0)], NAMES, [np.asarray(_evaluation(0)["map"])], {}),
+            "other": leaderboard.row_summary([_evaluation(1, good=False)], NAMES,
+                                             [np.asarray(_evaluation(1, good=False)["map"])], {})}
+    md = leaderboard.write(str(tmp_path), rows, NAMES, {"title": "LB", "reference": "plain"})
+    assert md.startswith("# LB") and "| other |" in md and "Paired t-tests against `plain`" in md
+    with open(tmp_path / "leaderboard.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["row"] for r in table] == ["plain", "other"] and float(table[0]["params"]) == 100.0
+    assert os.path.getsize(tmp_path / "leaderboard.png") > 0
+
+
+GRID = '''
+import ml_collections
+
+TINY = {"data.image_size": (64, 64), "data.gaze_grids": {"cam": (2, 2)}, "data.synthetic.images": 24,
+        "data.synthetic.size": (64, 64), "data.synthetic.seed": 1, "model.resnet_width": 4, "batch_size": 4,
+        "epochs": 1, "eval.batch": 8, "checkpoint.async_save": False, "data.num_threads": 1}
+
+def get_config(arg=None):
+    return ml_collections.ConfigDict({"unused": 0})
+
+def get_grid(name, quick=False):
+    cells = [{"row": row, "config": f"configs/ggcam.py:method={m},backbone=resnet18", "seed": s, **TINY,
+              "data.synthetic.dir": DIR, "data.cache_dir": DIR + "/cache"}
+             for row, m in (("plain", "plain"), ("ggcam", "ggcam")) for s in (0, 1)]
+    return {"cells": cells, "tables": [], "leaderboard": {"title": "tiny", "reference": "plain", "bootstrap": 100,
+            "controls": {"random_map": ("random", "plain")}, "stride": 16, "classes": ("Normal", "CHF", "pneumonia")}}
+'''
+
+
+@pytest.mark.slow
+def test_tiny_cross_method_grid_trains_exports_and_scores_every_row(tmp_path, fast_compile):
+    path = tmp_path / "grid.py"
+    path.write_text(f"DIR = {str(tmp_path)!r}\n" + GRID)
+    out = runner.run(str(path), None, "leaderboard", str(tmp_path / "lb"))
+    md = (tmp_path / "lb" / "leaderboard.md").read_text()
+    for row in ("plain", "ggcam", "random_map"):
+        assert f"| {row} | 2 |" in md
+    with open(tmp_path / "lb" / "leaderboard.csv") as f:
+        rows = {r["row"]: r for r in csv.DictReader(f)}
+    cell = tmp_path / "lb" / "cells" / "ggcam-s0"
+    ev = json.loads((cell / "leaderboard_eval.json").read_text())
+    assert os.path.exists(cell / "model" / "model.json") and len(ev["probs"]) == len(ev["labels"])
+    assert float(rows["random_map"]["auroc"]) == pytest.approx(float(rows["plain"]["auroc"]))
+    assert float(rows["ggcam"]["params"]) > float(rows["plain"]["params"])  # the CAM layer and learned weights
+    assert "leaderboard" in out["markdown"] or "tiny" in out["markdown"]
