@@ -1,6 +1,7 @@
 r"""One leaderboard of the gaze-guided chest X-ray methods on identical data (issue 17): EGD-CXR's 3-class task
-(Normal / CHF / pneumonia), one patient-level stratified split, one input size, the same synthetic set (the
-realistic style at difficulty 0.5: patients differ, findings are graded and overlap, 5 % of labels are flipped).
+(Normal / CHF / pneumonia), one patient-level stratified split, one input size (128x128; quick 64x64), the same
+synthetic set (the realistic style at difficulty 0.5: patients differ, findings are graded and overlap, 5 % of
+labels are flipped).
 
   python -m gazejax.experiments --config=configs/cxr_leaderboard.py --grid=leaderboard --quick
   python -m gazejax.experiments --config=configs/cxr_leaderboard.py --grid=leaderboard --shard=0/4 --workdir=/shared/lb
@@ -16,22 +17,29 @@ probe AUROC from the run's own evaluation) and a random-map control (the plain r
 noise). SAN+AAB 2D is left out: its task is EGD-CXR's 5 multi-label findings, not the 3 classes. ResNet-50 and
 EfficientNet-b0 rows where the method lets the backbone change (GG-CAM, plain); CXRGazeLearn is DenseNet-201 by
 design. Full size: 3 seeds per row; `--quick`: the ResNet-50 rows, 2 seeds, shorter schedules (the size to run on
-a 2-core CPU; measure it before quoting a time).
+a 2-core CPU at 64x64 inputs; measure it before quoting a time).
 """
 from __future__ import annotations
 
 import ml_collections
 
-IMAGE_SIZE = (128, 128)
-COMMON = {"data.image_size": IMAGE_SIZE, "data.synthetic.images": 360, "data.synthetic.size": (256, 208),
-          "data.synthetic.seed": 0, "data.synthetic.style": "realistic", "data.synthetic.difficulty": 0.5,
-          "data.split": "70/10/20", "data.test_seed": 0, "data.seed": 0,
-          "data.label_set": "3class", "data.dataset": "egd_cxr"}
-PER_CONFIG = {  # fields that follow the input size in each config
-    "ggcam": {"data.gaze_grids": {"cam": tuple(s // 32 for s in IMAGE_SIZE)}},
-    "cxrgazelearn": {"data.gaze_grids": {"saliency": IMAGE_SIZE}},
-    "gazat": {"finetune.label_fractions": (0.1,), "finetune.subset_draws": 1},
-}
+IMAGE_SIZE = {"full": (128, 128), "quick": (64, 64)}  # one input size for every row
+
+
+def common(size: tuple[int, int]) -> dict:
+    """The data settings every cell shares, and the fields that follow the input size in each config file."""
+    return {"data.image_size": size, "data.synthetic.images": 360, "data.synthetic.size": (256, 208),
+            "data.synthetic.seed": 0, "data.synthetic.style": "realistic", "data.synthetic.difficulty": 0.5,
+            "data.split": "70/10/20", "data.test_seed": 0, "data.seed": 0, "data.label_set": "3class",
+            "data.dataset": "egd_cxr"}
+
+
+def per_config(family: str, size: tuple[int, int]) -> dict:
+    return {"ggcam": {"data.gaze_grids": {"cam": tuple(s // 32 for s in size)}},
+            "cxrgazelearn": {"data.gaze_grids": {"saliency": size}},
+            "gazat": {"finetune.label_fractions": (0.1,), "finetune.subset_draws": 1}}.get(family, {})
+
+
 ROWS = {  # row -> (config file and arguments, exported stage or None = the last)
     "plain_resnet50": ("configs/ggcam.py:method=plain,backbone=resnet50", None),
     "ggcam_resnet50": ("configs/ggcam.py:method=ggcam,backbone=resnet50", None),
@@ -58,7 +66,8 @@ QUICK = {  # shorter schedules of the --quick size, per config file
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The common data settings (documentation: each cell trains with its row's own config file)."""
     del arg
-    return ml_collections.ConfigDict({"common": {k.replace(".", "_"): v for k, v in COMMON.items()}})
+    return ml_collections.ConfigDict({"common": {k.replace(".", "_"): v
+                                                 for k, v in common(IMAGE_SIZE["full"]).items()}})
 
 
 def _family(config: str) -> str:
@@ -67,11 +76,12 @@ def _family(config: str) -> str:
 
 def cells(quick: bool = False) -> list[dict]:
     rows, seeds = (QUICK_ROWS, (0, 1)) if quick else (tuple(ROWS), (0, 1, 2))
+    size = IMAGE_SIZE["quick" if quick else "full"]
     out = []
     for row in rows:
         config = ROWS[row][0]
         family = _family(config)
-        overrides = {**COMMON, **PER_CONFIG.get(family, {}), **(QUICK.get(family, {}) if quick else {})}
+        overrides = {**common(size), **per_config(family, size), **(QUICK.get(family, {}) if quick else {})}
         out += [{"row": row, "config": config, "seed": s, **overrides} for s in seeds]
     return out
 
