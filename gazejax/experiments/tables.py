@@ -120,7 +120,8 @@ def _stats(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> l
             scale, digits = _scale(spec, metric), _digits(spec, metric)
             medians = ", ".join(f"{spec.get('row_labels', {}).get(r, r)} {np.median(g) * scale:.{digits}f}"
                                 for r, g in zip(rows, groups) if g)
-            line = [f"{name}", "" if col is None else str(col), medians, _anova_text(groups)]
+            # rows without the metric (e.g. no gaze CC for a gaze-free backbone) are left out of the ANOVA
+            line = [f"{name}", "" if col is None else str(col), medians, _anova_text([g for g in groups if g])]
             if ref is not None:
                 tests = []
                 for r in rows:
@@ -141,12 +142,13 @@ def _stats(spec: dict, finished: list[tuple[dict, dict, dict]], split: str) -> l
 
 def _paired(finished, row_key, row, ref, col_key, col, split, metric) -> tuple[list[float], list[float]]:
     """Per-case values of `row` and `ref` on the cases both evaluated (same folds, same case ids)."""
+    grouping = set(row_key if isinstance(row_key, (list, tuple)) else (row_key,)) | {col_key, "data.fold"}
+
     def per_case(r):
         out = {}
         for c, _, cases in finished:
             if _rowval(c, row_key) == r and c.get(col_key) == col:
-                key_extra = tuple((k, v) for k, v in sorted(c.items()) if k not in (row_key, col_key)
-                                  and k != "data.fold")
+                key_extra = tuple((k, v) for k, v in sorted(c.items()) if k not in grouping)
                 for case_id, scores in cases.get(split, {}).items():
                     if metric in scores:
                         out[(key_extra, case_id)] = scores[metric]

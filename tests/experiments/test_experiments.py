@@ -234,3 +234,36 @@ def _write_config(tmp_path) -> str:
     path = tmp_path / "toy.py"
     path.write_text(CONFIG)
     return str(path)
+
+
+def test_paired_tests_and_anova_with_tuple_rows_and_rows_without_the_metric(tmp_path):
+    """A table whose row is a tuple of keys (backbone, method) pairs each row's cases with the reference's (was
+    "n/a": the tuple was compared as one key), and a row without the metric (a gaze-free backbone has no gaze CC)
+    is left out of the ANOVA instead of voiding it."""
+    from scipy.stats import f_oneway, ttest_rel
+
+    from gazejax.experiments import tables as experiments_tables
+
+    dice = {"backbone": {0: [0.8, 0.7], 1: [0.6, 0.9]}, "ours": {0: [0.85, 0.72], 1: [0.7, 0.91]},
+            "tasn": {0: [0.5, 0.6], 1: [0.55, 0.4]}}
+    cells = [{"model.backbone": "equiunet", "method": m, "data.fold": f} for m in dice for f in (0, 1)]
+    for cell in cells:
+        folder = tmp_path / "cells" / experiments.cell_name(cell)
+        folder.mkdir(parents=True)
+        m, f = cell["method"], cell["data.fold"]
+        cases = {f"case{f}_{i}": {"dice_WT": v, **({"gaze_cc": v / 2} if m != "backbone" else {})}
+                 for i, v in enumerate(dice[m][f])}
+        metrics = {"dice_WT": float(np.mean(dice[m][f])), **({"gaze_cc": float(np.mean(dice[m][f])) / 2}
+                                                             if m != "backbone" else {})}
+        (folder / "results.json").write_text(json.dumps({"test": metrics}))
+        (folder / "cases.json").write_text(json.dumps({"test": cases}))
+    spec = {"title": "T", "row": ("model.backbone", "method"), "metrics": (("dice_WT", "WT"), ("gaze_cc", "CC")),
+            "reference": ("equiunet", "backbone")}
+    md = experiments_tables.aggregate(str(tmp_path), cells, {"cells": cells, "tables": [spec]},
+                                      experiments.cell_name)["markdown"]
+    ours = [v for f in (0, 1) for v in dice["ours"][f]]
+    base = [v for f in (0, 1) for v in dice["backbone"][f]]
+    t = ttest_rel(ours, base)
+    assert f"('equiunet', 'ours'): t={t.statistic:.3f}, p={t.pvalue:.4g}, n=4" in md
+    cc = {m: [float(np.mean(dice[m][f])) / 2 for f in (0, 1)] for m in ("ours", "tasn")}
+    assert f"F={f_oneway(cc['ours'], cc['tasn']).statistic:.3f}" in md.split("\n| CC |")[1]
