@@ -94,7 +94,10 @@ def _data_config(config):
     out = copy.deepcopy(config)
     with out.unlocked():
         d = out.data
-        d.gaze_grids, d.gaze_kind, d.gaze_sigma, d.augment = {}, "gaussian", 1.0, None
+        for key, value in (("gaze_grids", {}), ("gaze_kind", "gaussian"), ("gaze_sigma", 1.0), ("augment", None)):
+            if key in d:  # replaced whatever its type (a config may hold e.g. gaze_sigma="dataset")
+                del d[key]
+            d[key] = value
         for key, value in (("ratio", 1.0), ("label_policy", ""), ("seed", 0)):
             if key not in d:
                 d[key] = value

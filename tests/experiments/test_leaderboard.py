@@ -98,3 +98,15 @@ def test_tiny_cross_method_grid_trains_exports_and_scores_every_row(tmp_path, fa
     assert float(rows["random_map"]["auroc"]) == pytest.approx(float(rows["plain"]["auroc"]))
     assert float(rows["ggcam"]["params"]) > float(rows["plain"]["params"])  # the CAM layer and learned weights
     assert "leaderboard" in out["markdown"] or "tiny" in out["markdown"]
+
+
+def test_data_config_replaces_typed_gaze_fields_of_any_config():
+    """GazAT's config holds gaze_sigma="dataset" (a str field) and an augment ConfigDict: the leaderboard's data
+    copy replaces them whatever their type (was a TypeError after the whole quick grid had trained)."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"data": {"gaze_sigma": "dataset", "augment": {"enabled": True},
+                                                 "gaze_grids": {"cam": (2, 2)}, "split": "70/10/20"}})
+    out = leaderboard._data_config(config)
+    assert out.data.gaze_sigma == 1.0 and out.data.augment is None and dict(out.data.gaze_grids) == {}
+    assert out.data.ratio == 1.0 and out.data.split == "70/10/20" and config.data.gaze_sigma == "dataset"
