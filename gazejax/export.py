@@ -16,17 +16,16 @@ import platform
 import sys
 from importlib import metadata
 
-from absl import app, flags
+from absl import flags
+
+from gazejax.engine.command import Command
 
 PACKAGES = ("gazejax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "nibabel", "pydicom")
 
 
-FLAGS = flags.FlagValues()  # this command's own flags: gazejax.export and gazejax.predict share flag names
-
-
-def _define(define, name, default, help_text):
-    return define(name, default, help_text, flag_values=FLAGS)
-
+COMMAND = Command("gazejax.export")
+FLAGS = COMMAND.flags  # this command's own flags
+_define = COMMAND.define
 
 _WORKDIR = _define(flags.DEFINE_string, "workdir", None, "The training run's folder (config.json, checkpoints/).")
 _STAGE = _define(flags.DEFINE_string, "stage", None, "Stage whose weights to export (default: the last stage).")
@@ -165,17 +164,7 @@ def main(argv) -> int:
 
 
 def cli() -> None:
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse)
-
-
-def _parse(argv: list[str]) -> list[str]:
-    """This command's flags, then absl's own (--helpfull, logging) from the rest; one line for a bad flag."""
-    try:
-        rest = FLAGS(argv, known_only=True)
-        return flags.FLAGS(rest)
-    except flags.Error as e:
-        print(f"gazejax.export: usage error: {e}", file=sys.stderr)
-        sys.exit(2)
+    COMMAND.run(main)
 
 
 if __name__ == "__main__":

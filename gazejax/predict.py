@@ -19,14 +19,13 @@ import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-FLAGS = flags.FlagValues()  # this command's own flags: gazejax.export and gazejax.predict share flag names
+from gazejax.engine.command import Command
 
-
-def _define(define, name, default, help_text):
-    return define(name, default, help_text, flag_values=FLAGS)
-
+COMMAND = Command("gazejax.predict")
+FLAGS = COMMAND.flags  # this command's own flags
+_define = COMMAND.define
 
 _MODEL = _define(flags.DEFINE_list, "model", None, "Exported model folder(s), comma-separated: ensembled.")
 _INPUT = _define(flags.DEFINE_string, "input", None, "Case folder, folder of cases, modality files, or image "
@@ -104,17 +103,7 @@ def main(argv) -> int:
 
 
 def cli() -> None:
-    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse)
-
-
-def _parse(argv: list[str]) -> list[str]:
-    """This command's flags, then absl's own (--helpfull, logging) from the rest; one line for a bad flag."""
-    try:
-        rest = FLAGS(argv, known_only=True)
-        return flags.FLAGS(rest)
-    except flags.Error as e:
-        print(f"gazejax.predict: usage error: {e}", file=sys.stderr)
-        sys.exit(2)
+    COMMAND.run(main)
 
 
 if __name__ == "__main__":

@@ -16,19 +16,36 @@ CACHE_HOME = "~/.cache/gazejax"
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, mode: str = "w") -> Iterator[Any]:
-    """Opens a temporary file beside `path` for writing and renames it onto `path` when the block ends without an
-    exception (the temporary file is removed otherwise)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def _renamed_onto(tmp: str, path: str) -> Iterator[None]:
+    """Renames `tmp` onto `path` when the block ends without an exception, removes `tmp` otherwise."""
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
+        yield
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w") -> Iterator[Any]:
+    """Opens a temporary file beside `path` for writing and renames it onto `path` when the block ends without an
+    exception (the temporary file is removed otherwise)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    with _renamed_onto(tmp, path), os.fdopen(fd, mode) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """`atomic_file` for writers that take a path and choose the format by its suffix (e.g. nibabel's .nii.gz):
+    yields a temporary path beside `path` with the same suffix."""
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, dot, suffix = name.partition(".")
+    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{dot}{suffix}")
+    with _renamed_onto(tmp, path):
+        yield tmp
 
 
 def write_text(path: str, text: str) -> str:

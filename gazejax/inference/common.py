@@ -1,9 +1,8 @@
 """What every `gazejax.predict` input family shares: exported models loaded and checked for an ensemble, inputs read
-one ahead of the computation, failures reported per input, and writes that never leave a partial file."""
+one ahead of the computation, failures reported per input (writes go through `gazejax.data.io`'s atomic writers)."""
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import json
 import os
@@ -90,19 +89,3 @@ class Failures:
         shown = "; ".join(f"{n}: {w}" for n, w in self.items[:5])
         more = f"; and {len(self.items) - 5} more" if len(self.items) > 5 else ""
         return f"{len(self.items)} of {total} inputs failed ({shown}{more})"
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A temporary path beside `path` with the same suffix (writers that pick a format by suffix, e.g. .nii.gz) that
-    is renamed onto `path` when the block ends without an exception, and removed otherwise."""
-    folder, name = os.path.split(os.path.abspath(path))
-    stem, dot, suffix = name.partition(".")
-    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{dot}{suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise

@@ -21,6 +21,7 @@ import numpy as np
 from gazejax.data.brats import reader as brats
 from gazejax.data.brats import records as brats_records
 from gazejax.data.errors import DataError
+from gazejax.data.io import atomic_path
 from gazejax.inference import common
 from gazejax.metrics import segmentation
 
@@ -129,7 +130,7 @@ def save_nifti(path: str, data: np.ndarray, affine: np.ndarray, header: Any) -> 
     for code in ("qform", "sform"):  # keep the input's codes (nibabel resets them when it sets the affine)
         _, value = getattr(header, f"get_{code}")(coded=True)
         getattr(img, f"set_{code}")(affine, int(value) if value else 0)
-    with common.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         nib.save(img, tmp)
 
 
