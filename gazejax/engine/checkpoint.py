@@ -58,10 +58,25 @@ class CorruptCheckpointError(ValueError):
     """No checkpoint of the workdir can be read back."""
 
 
+# TensorStore (Orbax's array store) writes arrays under a path holding these characters but cannot read them back:
+# every checkpoint would be "broken" after the first epoch. Found by hand: "[" and "\\"; "]", "{", "'", ",", ":",
+# "#", "?", "%", "*" and spaces are fine.
+UNSAFE_PATH_CHARACTERS = ("[", "\\")
+
+
+def check_path(path: str, what: str) -> None:
+    """A one-line ValueError, before anything is written, when Orbax could not read arrays back from `path`."""
+    bad = [c for c in UNSAFE_PATH_CHARACTERS if c in os.path.abspath(path)]
+    if bad:
+        raise ValueError(f"{os.path.abspath(path)}: {what} cannot hold Orbax checkpoints: TensorStore does not read "
+                         f"arrays back from a path containing {' or '.join(repr(c) for c in bad)}; choose another")
+
+
 class Checkpointer:
     """Saves/restores {"state": pytree, "data": json, "meta": json} under `<workdir>/checkpoints`."""
 
     def __init__(self, workdir: str, keep_last: int = 2, async_save: bool = True):
+        check_path(workdir, "the workdir")
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self._policy = _LatestPlusBestPerStage(n=max(1, keep_last))
         self._options = ocp.CheckpointManagerOptions(

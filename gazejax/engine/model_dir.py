@@ -35,7 +35,10 @@ def write(out_dir: str, variables: Any, config_json: str, meta: dict, card: str,
 
     from gazejax.data import io
 
+    from gazejax.engine.checkpoint import check_path
+
     out_dir = os.path.abspath(out_dir)
+    check_path(out_dir, "the model folder")
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
         raise FileExistsError(f"{out_dir}: already exists and is not empty; choose another --out or pass --overwrite")
     parent = os.path.dirname(out_dir)
@@ -64,7 +67,10 @@ def write(out_dir: str, variables: Any, config_json: str, meta: dict, card: str,
 
 def read_meta(model_dir: str) -> dict:
     """model.json of an export (checked: the folder holds every part and a known format)."""
+    from gazejax.engine.checkpoint import check_path
+
     model_dir = os.path.abspath(model_dir)
+    check_path(model_dir, "the model folder")
     if not os.path.isdir(model_dir):
         raise ModelDirError(f"{model_dir}: no such model folder (write one with python -m gazejax.export)")
     missing = [f for f in FILES if not os.path.exists(os.path.join(model_dir, f))]

@@ -21,7 +21,8 @@ from gazejax.data import io
 from gazejax.engine import input as train_data
 from gazejax.engine import guards, model_dir, optim, parallel, predictor, profiling, stage_rules
 from gazejax.engine.api import Method
-from gazejax.engine.checkpoint import Checkpointer, CorruptCheckpointError, PreemptionFlag, abstract_like
+from gazejax.engine.checkpoint import (Checkpointer, CorruptCheckpointError, PreemptionFlag, abstract_like,
+                                       check_path)
 from gazejax.engine.logs import MetricWriter, ProgressBar
 from gazejax.engine.pretrained import load_pretrained_into
 from gazejax.engine import workdir as workdirs
@@ -397,6 +398,7 @@ class Trainer:
 def train_and_evaluate(config, workdir: str, method: Method) -> dict:
     """Trains (resuming if `workdir` has checkpoints), then evaluates the best model on the test split and
     writes report.md. Returns the evaluation results by split."""
+    check_path(workdir, "the workdir")  # before anything is written
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         trainer = Trainer(config, workdir, method)
         try:  # closes the checkpoint manager and log writer after any error, a data error included
@@ -414,6 +416,7 @@ def train_and_evaluate(config, workdir: str, method: Method) -> dict:
 def evaluate_only(config, workdir: str, method: Method, model: str | None = None) -> dict:
     """Evaluates the best (else newest) checkpoint of `workdir`, or the exported model folder `model`
     (`gazejax.engine.model_dir`), on the test split and writes the report."""
+    check_path(workdir, "the workdir")
     with WorkdirLock(workdir, enabled=jax.process_index() == 0):
         trainer = Trainer(config, workdir, method)
         try:

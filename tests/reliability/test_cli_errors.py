@@ -47,3 +47,22 @@ def test_an_unwritable_workdir_is_one_line_with_status_1(tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("gazejax: error: ") and str(workdir) in lines[0], lines
     assert blocker.read_text() == "keep me"
+
+
+def test_a_workdir_orbax_cannot_read_back_is_refused_before_anything_is_written(tmp_path):
+    """TensorStore writes arrays under a path with '[' but cannot read them back: the run used to train an epoch
+    and then stop on a "broken" checkpoint. Now: one line naming the path, exit status 1, nothing written; the
+    model folder of an export is checked the same way."""
+    from gazejax.engine import model_dir
+
+    workdir = tmp_path / "run[1]"
+    env = {k: v for k, v in os.environ.items() if k != "GAZEJAX_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "gazejax.main", "--config=configs/brats.py", f"--workdir={workdir}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(lines) == 1 and str(workdir) in lines[0] and "cannot hold Orbax checkpoints" in lines[0], lines
+    assert not workdir.exists()
+    with pytest.raises(ValueError, match="the model folder cannot hold Orbax checkpoints"):
+        model_dir.write(str(tmp_path / "m\\1"), {"params": {}}, "{}", {}, "")
+    assert not (tmp_path / "m\\1").exists()
