@@ -34,16 +34,21 @@ def test_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
     assert not workdir.exists()
 
 
+def _main_cli(workdir) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The README main command with `workdir`: the finished process and its non-empty stderr lines."""
+    env = {k: v for k, v in os.environ.items() if k != "GAZEJAX_DEBUG"}
+    proc = subprocess.run([sys.executable, "-m", "gazejax.main", "--config=configs/brats.py", f"--workdir={workdir}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return proc, [line for line in proc.stderr.splitlines() if line.strip()]
+
+
 def test_an_unwritable_workdir_is_one_line_with_status_1(tmp_path):
     """A workdir that cannot be created (its parent is a file; chmod does not stop root, who runs CI): one line
     naming the path, exit status 1, and the file in the way is left as it was."""
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
     workdir = blocker / "run"
-    env = {k: v for k, v in os.environ.items() if k != "GAZEJAX_DEBUG"}
-    proc = subprocess.run([sys.executable, "-m", "gazejax.main", "--config=configs/brats.py", f"--workdir={workdir}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    proc, lines = _main_cli(workdir)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("gazejax: error: ") and str(workdir) in lines[0], lines
     assert blocker.read_text() == "keep me"
@@ -56,10 +61,7 @@ def test_a_workdir_orbax_cannot_read_back_is_refused_before_anything_is_written(
     from gazejax.engine import model_dir
 
     workdir = tmp_path / "run[1]"
-    env = {k: v for k, v in os.environ.items() if k != "GAZEJAX_DEBUG"}
-    proc = subprocess.run([sys.executable, "-m", "gazejax.main", "--config=configs/brats.py", f"--workdir={workdir}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    proc, lines = _main_cli(workdir)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert len(lines) == 1 and str(workdir) in lines[0] and "cannot hold Orbax checkpoints" in lines[0], lines
     assert not workdir.exists()
