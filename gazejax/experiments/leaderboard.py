@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from gazejax.analysis.maps import minmax, resize_maps
 from gazejax.data.io import write_json, write_text
 from gazejax.metrics import classification as cls
 from gazejax.metrics import saliency, stats
@@ -34,20 +35,6 @@ GAZE_METRICS = {"cc": saliency.cc, "kl": saliency.kl_div, "hs": saliency.hs, "si
 FIXATION_METRICS = {"nss": saliency.nss, "auc_judd": saliency.auc_judd}
 ORGAN_NAMES = ("left_lung", "right_lung", "mediastanum", "aortic_knob")
 CACHE = "leaderboard_eval.json"
-
-
-def _resize(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    import jax
-
-    maps = np.asarray(maps, np.float32)
-    return np.asarray(jax.image.resize(maps, (maps.shape[0], *grid), "linear"))
-
-
-def _minmax(maps: np.ndarray) -> np.ndarray:
-    """Per-map min-max normalisation of [N, h, w] to [0, 1] (a constant map -> 0): CAM logits may be negative."""
-    flat = maps.reshape(len(maps), -1)
-    lo, span = flat.min(1, keepdims=True), np.ptp(flat, axis=1, keepdims=True)
-    return ((flat - lo) / np.where(span > 0, span, 1.0)).reshape(maps.shape)
 
 
 def _truth(examples: list[dict], grid: tuple[int, int], sigmas: list[np.ndarray]) -> tuple[list, list]:
@@ -134,11 +121,11 @@ def evaluate_cell(cell_dir: str, config, stage: str | None, spec: dict) -> dict:
     run = json.load(open(os.path.join(cell_dir, "run.json"))) if os.path.exists(os.path.join(cell_dir, "run.json")) \
         else {}
     result = {"ids": [r.dicom_id for r in test.records], "labels": batch["label"].tolist(), "probs": probs.tolist(),
-              "map": None if maps is None else _minmax(_resize(maps, grid)).tolist(), "params": run.get("params"),
+              "map": None if maps is None else minmax(resize_maps(maps, grid)).tolist(), "params": run.get("params"),
               "train_seconds": run.get("train_seconds"), "map_name": model.meta.get("map_name", ""),
               "truth": [None if t is None else t.tolist() for t in truth],
               "fixations": [None if f is None else f.tolist() for f in fixed],
-              "organs": [_resize(o[None].astype(np.float32), grid)[0].tolist() if d else None
+              "organs": [resize_maps(o[None].astype(np.float32), grid)[0].tolist() if d else None
                          for o, d in zip(organs, defined)]}
     write_json(path, result, indent=None)
     return result

@@ -57,13 +57,11 @@ def predicted_label(probs: np.ndarray, names: list[str], multilabel: bool) -> st
 
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
     """uint8 RGB [H, W, 3]: the radiograph with the min-max normalised map (bilinearly resized to it) in 'jet'."""
-    import jax
     import matplotlib
 
-    h, w = image.shape
-    up = np.asarray(jax.image.resize(np.asarray(heat, np.float32), (h, w), "linear"))
-    span = float(np.ptp(up))
-    up = (up - up.min()) / span if span > 0 else np.zeros_like(up)
+    from gazejax.analysis.maps import minmax, resize_maps
+
+    up = minmax(resize_maps(np.asarray(heat)[None], image.shape))[0]
     rgb = matplotlib.colormaps["jet"](up)[..., :3]
     gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1)
     return np.round(255 * (0.6 * gray + 0.4 * rgb)).astype(np.uint8)

@@ -167,21 +167,36 @@ def ground_truth(labels_root: str, case: CaseInput, data_shape: tuple, affine: n
     return brats.read_seg(seg, case.case_id, data_shape, affine, "the prediction")
 
 
+def _saved_labels(path: str) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(labels, affine, voxel spacing) of a label map written before."""
+    import nibabel as nib
+
+    img = nib.load(path)
+    return np.asarray(img.dataobj).astype(np.uint8), np.asarray(img.affine), img.header.get_zooms()[:3]
+
+
 def run(models: list, input_path: str, out_dir: str, *, overwrite: bool = False, tta: bool = False,
         save_probabilities: bool = False, labels_root: str | None = None) -> dict:
     """Predicts every case of `input_path` into `out_dir`; returns {"done", "skipped", "failures", "scores"}."""
-    import nibabel as nib
-
     from gazejax.engine.logs import ProgressBar
 
     cases = discover(input_path)
     os.makedirs(out_dir, exist_ok=True)
-    failures, scores, done, skipped = common.Failures(), {}, 0, 0
+    failures, scores, done = common.Failures(), {}, 0
     todo = [c for c in cases if overwrite or not os.path.exists(outputs_of(out_dir, c.case_id)["labels"])]
     skipped = len(cases) - len(todo)
     if skipped:
         log.info("%d of %d cases already predicted in %s (skipped; --overwrite redoes them)", skipped, len(cases),
                  out_dir)
+
+    def score(case: CaseInput, load) -> None:  # load() -> (labels, affine, spacing) of the case's prediction
+        try:
+            labels, affine, spacing = load()
+            gt = ground_truth(labels_root, case, labels.shape, affine)
+            scores[case.case_id] = segmentation.brats_scores(labels, gt, spacing=spacing)
+        except common.INPUT_ERRORS as e:
+            failures.add(case.where, e, what="not scored")
+
     bar = ProgressBar(len(todo), desc="predict", enabled=True)
     for case, data, error in common.prefetch(todo, read_input):
         try:
@@ -189,25 +204,15 @@ def run(models: list, input_path: str, out_dir: str, *, overwrite: bool = False,
                 raise error
             labels = predict_case(models, case, data, out_dir, tta, save_probabilities)
             done += 1
+            if labels_root:
+                score(case, lambda: (labels, data["affine"], data["spacing"]))
         except common.INPUT_ERRORS as e:
             failures.add(case.where, e)
-            labels = None
-        if labels is not None and labels_root:
-            try:
-                gt = ground_truth(labels_root, case, labels.shape, data["affine"])
-                scores[case.case_id] = segmentation.brats_scores(labels, gt, spacing=data["spacing"])
-            except common.INPUT_ERRORS as e:
-                failures.add(case.where, e, what="not scored")
         bar.update(1)
     bar.close()
     if labels_root:  # cases predicted before (skipped now) are scored from their saved label maps
+        predicted_now = {c.case_id for c in todo}
         for case in cases:
-            if case not in todo:
-                try:
-                    img = nib.load(outputs_of(out_dir, case.case_id)["labels"])
-                    labels = np.asarray(img.dataobj).astype(np.uint8)
-                    gt = ground_truth(labels_root, case, labels.shape, np.asarray(img.affine))
-                    scores[case.case_id] = segmentation.brats_scores(labels, gt, spacing=img.header.get_zooms()[:3])
-                except common.INPUT_ERRORS as e:
-                    failures.add(case.where, e, what="not scored")
+            if case.case_id not in predicted_now:
+                score(case, lambda case=case: _saved_labels(outputs_of(out_dir, case.case_id)["labels"]))
     return {"total": len(cases), "done": done, "skipped": skipped, "failures": failures, "scores": scores}

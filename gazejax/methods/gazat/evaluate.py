@@ -30,6 +30,7 @@ from scipy import ndimage
 from scipy.special import expit, softmax
 
 from gazejax.analysis import linear_probe
+from gazejax.analysis.maps import minmax, resize_maps
 from gazejax.data.cxr import labels as cxr_labels
 from gazejax.data import views
 from gazejax.engine.api import iterate_in_batches
@@ -88,19 +89,6 @@ def probe(predict, split, run: dict, config, multilabel: bool) -> dict[str, Any]
 
 
 # ---- attention alignment -----------------------------------------------------------------------------------------
-def resize_maps(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """[N, h, w] -> [N, *grid] by bilinear interpolation (half-pixel centres, the gaze grids' convention)."""
-    maps = np.asarray(maps, np.float32)
-    return np.asarray(jax.image.resize(maps, (maps.shape[0], *grid), "linear"))
-
-
-def minmax(maps: np.ndarray) -> np.ndarray:
-    """Per-map min-max normalisation of [N, ...] (constant maps -> 0)."""
-    flat = maps.reshape(maps.shape[0], -1)
-    lo, span = flat.min(1, keepdims=True), np.ptp(flat, axis=1, keepdims=True)
-    return ((flat - lo) / np.where(span > 0, span, 1.0)).reshape(maps.shape)
-
-
 def _regions(run: dict, i: int, config) -> np.ndarray | None:
     """Finding location [H, W] bool of image i (module docstring), or None."""
     h, w = run["image"].shape[1:3]
