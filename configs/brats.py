@@ -10,6 +10,10 @@ Leaderboard of every 3D variant (quick: the EquiUnet variants at the demo preset
 Real data with the paper's settings:
   python -m gazejax.main --config=configs/brats.py:preset=paper,method=ours,ratio=0.2,fold=0 \
       --config.data.root=/path/to/MICCAI_BraTS2020_TrainingData
+One volume split along depth over 4 devices (4 forced CPU devices here; on GPUs / TPUs drop XLA_FLAGS), with
+crops or with whole brain boxes (README "Spatial partitioning"):
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m gazejax.main --config=configs/brats.py \
+      --config.mesh.spatial=4 --config.batch_size=1 [--config.data.whole_volume=True --config.eval.mode=whole]
 
 Arguments (`configs/brats.py:key=val,...`): preset=demo|paper, method=backbone|ours|gaze_star|san_star|
 ours_no_gaze|ours_surv, ratio (share of the training cases with gaze: 0.2/0.3/0.5/0.7 in the paper), fold (0-4),
@@ -51,6 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     d.ratio_pool = "preferred"              # preferred: ratio of the gaze-annotated training cases ("a part of
                                             # training data that have collected gaze data"); all: of every case
     d.crop_size = (128, 128, 128)           # random pad/crop size (open_brats2020)
+    d.whole_volume = False                  # train on each whole brain box, zero-padded to one shape (the largest
+                                            # box, a multiple of 16; X = Y) instead of crop_size crops; affordable
+                                            # with --config.mesh.spatial=N (README "Spatial partitioning")
     d.augment = "open_brats2020"            # open_brats2020: one p-gated block (scalar scale, noise, transpose,
                                             # flip); per_step: each step gated alone (transforms3d.augment)
     d.augment_p = 0.5                       # augmentation probability (open_brats2020 DataAugmenter p=0.5)

@@ -18,7 +18,7 @@ def parse_arg(arg: str | None, **defaults) -> dict:
 
 
 def add_engine_fields(c: ml_collections.ConfigDict) -> None:
-    """Checkpointing, multi-process and profiling fields the trainer reads; identical for every method."""
+    """Checkpointing, mesh, multi-process and profiling fields the trainer reads; identical for every method."""
     if "track_test" not in c:
         c.track_test = False                # also evaluate the test split at every validation (logged as test/*)
     if "data" in c and "source" not in c.data:
@@ -32,6 +32,10 @@ def add_engine_fields(c: ml_collections.ConfigDict) -> None:
         c.remat = False                     # per-block rematerialisation (EquiUnet, ResNet, EfficientNet blocks)
     if "grad_accum_steps" not in c:
         c.grad_accum_steps = 1              # micro-batches per optimiser step (same update, 1/k activation memory)
+    if "mesh" not in c:
+        c.mesh = ml_collections.ConfigDict()
+        c.mesh.spatial = 1                  # devices per volume: 3D inputs split along depth over a `spatial` mesh
+                                            # axis of this size, the rest of the devices on `data` (1 = data only)
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.keep = 2                   # last N checkpoints (plus the best of each stage)
     c.checkpoint.every_steps = 0            # 0 = at every validation

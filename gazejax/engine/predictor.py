@@ -16,22 +16,22 @@ from gazejax.engine import parallel
 def jitted_apply(model, mesh: Mesh) -> Callable:
     """`(variables, *inputs) -> outputs` of `model` in inference mode, jitted with replicated outputs (compiled once
     per input shape: make it once per model and `bind` it to each set of weights)."""
-    return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False),
-                   out_shardings=parallel.replicated(mesh))
+    return parallel.on_mesh(jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False),
+                                    out_shardings=parallel.replicated(mesh)), mesh)
 
 
 def bind(apply_fn: Callable, variables: Any, mesh: Mesh) -> Callable:
     """numpy inputs [B, ...] -> numpy outputs of `apply_fn` (from `jitted_apply`) with `variables`; B is padded
-    (repeating the last row) to a multiple of the mesh's devices and sharded over them, the padding cut off."""
-    n_dev = mesh.devices.size
-    sharded = parallel.batch_sharded(mesh)
+    (repeating the last row) to a multiple of the mesh's data axis and sharded over it (volumes also along depth
+    over `spatial` on a 2-D mesh), the padding cut off."""
+    n_dev = parallel.data_size(mesh)
 
     def predict(*inputs):
         b = inputs[0].shape[0]
         pad = (-b) % n_dev
         if pad:
             inputs = tuple(np.concatenate([x, np.repeat(x[-1:], pad, 0)]) for x in inputs)
-        placed = tuple(jax.device_put(x, sharded) for x in inputs)
+        placed = tuple(jax.device_put(x, parallel.leaf_sharding(mesh, x)) for x in inputs)
         out = apply_fn(variables, *placed)
         return jax.tree.map(lambda y: np.asarray(y)[:b] if getattr(y, "ndim", 0) else np.asarray(y), out)
 

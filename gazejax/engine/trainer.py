@@ -58,13 +58,15 @@ class Trainer:
 
     def __init__(self, config, workdir: str, method: Method):
         self.config, self.workdir, self.method = config, workdir, method
-        self.mesh = parallel.make_mesh(config.get("num_devices") or None)
+        self.mesh = parallel.mesh_from_config(config)
         self.grad_accum_steps = int(config.get("grad_accum_steps", 1) or 1)
-        per_device = config.batch_size // self.mesh.devices.size
+        rows = parallel.data_size(self.mesh)  # the batch is split over the data axis (every device on a 1-D mesh)
+        per_device = config.batch_size // rows
         if self.grad_accum_steps < 1 or per_device % self.grad_accum_steps:
             raise ValueError(f"grad_accum_steps={self.grad_accum_steps} must divide the per-device batch "
-                             f"{per_device} (batch_size {config.batch_size} over {self.mesh.devices.size} devices)")
+                             f"{per_device} (batch_size {config.batch_size} over {rows} devices)")
         self.model = self.method.build_model(config)
+        parallel.check_spatial_inputs(self.method.model_inputs(self.method.init_batch(config)), self.mesh)
         self.stages = self.method.stages(config)
         self.ckpt = Checkpointer(workdir, keep_last=config.checkpoint.keep,
                                  async_save=config.checkpoint.get("async_save", True))
@@ -121,7 +123,6 @@ class Trainer:
         model, method, config = self.model, self.method, self.config
         accum, per_step = self.grad_accum_steps, tuple(method.per_step_collections)
         apply_kwargs = dict(method.apply_kwargs(stage))
-        micro_sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
 
         def loss_of(params, collections, batch, dropout_rng):
             mutable = list(collections.keys())
@@ -139,7 +140,8 @@ class Trainer:
 
         def micro_batches(x):  # [B, ...] -> [k, B / k, ...], micro-batch i = rows i, i + k, ... (device-local)
             y = jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1)
-            return jax.lax.with_sharding_constraint(y, micro_sharding)
+            spec = jax.sharding.PartitionSpec(None, *parallel.batch_spec(self.mesh, x.shape))
+            return jax.lax.with_sharding_constraint(y, jax.sharding.NamedSharding(self.mesh, spec))
 
         def train_step(state: TrainState, batch: dict):
             rng, dropout_rng = jax.random.split(state.rng)
@@ -170,7 +172,10 @@ class Trainer:
             return new_state, metrics
 
         replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
-        self.state_check = guards.make_state_check(lambda *a: loss_of(*a)[0], replicated)
+        self.state_check = parallel.on_mesh(guards.make_state_check(lambda *a: loss_of(*a)[0], replicated), self.mesh)
+        if parallel.spatial_size(self.mesh) > 1:  # batch leaves keep their own (per-leaf) shardings from to_global
+            return parallel.on_mesh(jax.jit(train_step, out_shardings=(replicated, replicated), donate_argnums=(0,)),
+                                    self.mesh)
         return jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                        donate_argnums=(0,))
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gazejax.models.conv_impl import conv_general_dilated_for
+from gazejax.models.layers import constrain_spatial
 from gazejax.models.nnunet3d import deep_heads
 from gazejax.models.unet3d import DecoderOutput, check_spatial
 
@@ -113,7 +114,7 @@ class MFUnit(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c_in, f = x.shape[-1], self.features
+        x, c_in, f = constrain_spatial(x), x.shape[-1], self.features
         conv = functools.partial(PreActConv, norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
         h = conv(c_in // 4, (1, 1, 1), name="conv1x1x1_in1")(x, train)
         h = conv(min(c_in, f), (1, 1, 1), name="conv1x1x1_in2")(h, train)
@@ -130,7 +131,7 @@ class MFUnit(nn.Module):
             shortcut = conv(f, (2, 2, 2), 2, name="conv2x2x2_shortcut")(x, train)
         elif c_in != f:
             shortcut = conv(f, (1, 1, 1), name="conv1x1x1_shortcut")(x, train)
-        return h + shortcut
+        return constrain_spatial(h + shortcut)
 
 
 def _units(x: jax.Array, widths: Sequence[int], name: str, groups: int, dilations: Sequence[int], norm: str,

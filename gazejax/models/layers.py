@@ -23,6 +23,26 @@ Dtype = Any
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+SPATIAL_AXIS = "spatial"  # the mesh axis gazejax.engine.parallel splits volumes over (mesh.spatial)
+
+
+def constrain_spatial(x: jax.Array) -> jax.Array:
+    """A block-boundary sharding constraint for spatial partitioning: under a mesh with a `spatial` axis
+    (`jax.set_mesh`, which the trainer enters for `mesh.spatial` > 1) a volume `[B, D, H, W, C]` stays split along
+    D over `spatial` (and B over the other axes), so XLA's SPMD partitioner exchanges convolution halos instead of
+    gathering whole volumes; axes that do not divide stay unsplit. Without such a mesh, or on 2D inputs, `x` is
+    returned unchanged: the same module runs on one device. Sharding never changes the values, only where they
+    live."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if x.ndim < 5 or mesh.empty or SPATIAL_AXIS not in mesh.axis_names or mesh.shape[SPATIAL_AXIS] == 1:
+        return x
+    batch_axes = tuple(a for a in mesh.axis_names if a != SPATIAL_AXIS)
+    rows = int(np.prod([mesh.shape[a] for a in batch_axes]))
+    spec = jax.sharding.PartitionSpec(batch_axes if x.shape[0] % rows == 0 else None,
+                                      SPATIAL_AXIS if x.shape[1] % mesh.shape[SPATIAL_AXIS] == 0 else None)
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
 def torch_bias_init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32, *, fan_in: int) -> jax.Array:
     """torch's default conv/linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / np.sqrt(fan_in)
@@ -112,7 +132,7 @@ class ConvNormAct(nn.Module):
         n, c_in = spatial_rank(x), x.shape[-1]
         x = conv(self.features, n, c_in, 3, self.dilation, dtype=self.dtype, name="conv", conv_impl=self.conv_impl)(x)
         x = group_norm(self.features, self.dtype, name="bn")(x)
-        return nn.relu(x)
+        return constrain_spatial(nn.relu(x))
 
 
 class UBlock(nn.Module):
@@ -126,7 +146,8 @@ class UBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ConvNormAct(self.mid_features, self.dilation, self.dtype, self.conv_impl, name="ConvBnRelu1")(x)
+        x = ConvNormAct(self.mid_features, self.dilation, self.dtype, self.conv_impl, name="ConvBnRelu1")(
+            constrain_spatial(x))
         return ConvNormAct(self.features, self.dilation, self.dtype, self.conv_impl, name="ConvBnRelu2")(x)
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from gazejax.models.conv_impl import conv_general_dilated_for
-from gazejax.models.layers import conv1x1, spatial_rank, upsample_linear
+from gazejax.models.layers import constrain_spatial, conv1x1, spatial_rank, upsample_linear
 from gazejax.models.unet3d import DecoderOutput, check_spatial
 
 Dtype = Any
@@ -103,8 +103,9 @@ class NNUNetStage(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = ConvNormLReLU(self.features, self.first_stride, self.dtype, self.conv_impl, name="convs_0")(x)
-        return ConvNormLReLU(self.features, 1, self.dtype, self.conv_impl, name="convs_1")(x)
+        x = ConvNormLReLU(self.features, self.first_stride, self.dtype, self.conv_impl, name="convs_0")(
+            constrain_spatial(x))
+        return constrain_spatial(ConvNormLReLU(self.features, 1, self.dtype, self.conv_impl, name="convs_1")(x))
 
 
 class NNUNetEncoder(nn.Module):

@@ -19,7 +19,7 @@ import numpy as np
 from gazejax.models import dmfnet, nnunet3d
 from gazejax.models.aab import AAB
 from gazejax.models.attention3d import CBAMEquiUnetDecoder, CBAMEquiUnetEncoder, TrilinearAttention
-from gazejax.models.layers import avg_pool, conv1x1, resize_align_corners
+from gazejax.models.layers import avg_pool, constrain_spatial, conv1x1, resize_align_corners
 from gazejax.models.san import GRID_DOWNSAMPLING, SAN
 from gazejax.models.unet3d import DOWNSAMPLING, EquiUnetDecoder, EquiUnetEncoder, check_spatial
 
@@ -138,6 +138,7 @@ class GazeSegmenter(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:
         self._validate(x)
+        x = constrain_spatial(x)  # block boundaries keep volumes split along depth under mesh.spatial > 1
         encoder, decoder = self._backbone_modules()
         encoded = encoder(x, train)
         features, cbam_maps = encoded if self.method == "cbam" else (encoded, None)
@@ -145,14 +146,14 @@ class GazeSegmenter(nn.Module):
         gaze, gaze_extra = None, []
         if self.method in _SAN_METHODS:
             m2, gaze = SAN(self.san_width, dtype=self.dtype, conv_impl=self.conv_impl, name="san")(x, train)
-            e4 = self._fuse(e4, m2, train)
+            e4 = constrain_spatial(self._fuse(e4, m2, train))
         elif self.method == "tasn":
             e4, structure, detail = TrilinearAttention(self.dtype, self.conv_impl, name="tasn")(e4, train)
             gaze, gaze_extra = self._to_gaze_grid(structure, x), [self._to_gaze_grid(detail, x)]
         elif self.method == "cbam":
             gaze = self._to_gaze_grid(cbam_maps[-1], x)
         out = decoder((*skips, e4), train)
-        seg = out.seg
+        seg = constrain_spatial(out.seg)
         full_gaze = None
         if self.method == "gaze_star":
             full_gaze = conv1x1(out.last, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)

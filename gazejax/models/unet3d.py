@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gazejax.models.layers import ConvNormAct, UBlock, conv1x1, max_pool, upsample_linear
+from gazejax.models.layers import ConvNormAct, UBlock, constrain_spatial, conv1x1, max_pool, upsample_linear
 
 Dtype = Any
 DOWNSAMPLING = 8  # three max-pools of 2 between encoder levels
@@ -99,6 +99,7 @@ class EquiUnetDecoder(nn.Module):
         d2 = UBlock(2 * w, w, dtype=self.dtype, conv_impl=ci, name="decoder2")(self._skip(e2, d3))
         d1 = UBlock(w, w, dtype=self.dtype, conv_impl=ci, name="decoder1")(self._skip(e1, d2))
         seg = conv1x1(d1, self.num_classes, self.dtype, name="outconv", conv_impl=ci).astype(jnp.float32)
+        seg = constrain_spatial(seg)
         chex.assert_shape(seg, (*e1.shape[:-1], self.num_classes))
         deep = []
         if self.deep_supervision:

@@ -52,6 +52,18 @@ def wt_lowres(seg: np.ndarray) -> np.ndarray:
     return wt[:d * s, :h * s, :w * s].reshape(d, s, h, s, w, s).mean(axis=(1, 3, 5))[..., None]
 
 
+def whole_volume_shape(records: list[CaseRecord], multiple: int = SAN_STRIDE) -> tuple[int, int, int]:
+    """The one training shape that holds every record's brain box (config `data.whole_volume`): the largest box
+    extent per axis rounded up to `multiple` (16, SAN's grid; the least common multiple with `mesh.spatial` when
+    volumes are split), with the two in-plane sides (X, Y) made equal so that the open_brats2020 axis swap stays
+    possible. Boxes are zero-padded to it at a random position (`transforms3d.random_pad_crop`), never cropped."""
+    if not records:
+        raise ValueError("data.whole_volume: no training cases to size the whole-volume shape from")
+    extent = np.max([[b - a for a, b in r.bbox] for r in records], axis=0)
+    x, y, z = (-(-int(n) // multiple) * multiple for n in extent)
+    return (max(x, y), max(x, y), z)
+
+
 def make_train_example(record: CaseRecord, crop: tuple, sigma: float, rng: np.random.Generator,
                        augment_p: float = 0.5, augment_scheme: str = "per_step") -> dict[str, np.ndarray]:
     """Random pad/crop + augmentation of one cached case, gaze rendered after the geometric transforms.

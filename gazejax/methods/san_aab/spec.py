@@ -10,6 +10,7 @@ or sliding windows): Dice and HD95 of ET/TC/WT per case in the original geometry
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
@@ -123,12 +124,18 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
     if scheme not in AUGMENT_SCHEMES:
         raise ValueError(f"data.augment: unknown scheme {scheme!r}; expected one of {', '.join(AUGMENT_SCHEMES)}")
     train_records = parts["train"]
+    if d.get("whole_volume", False):  # the whole brain box of every case, no random crop
+        spatial = int(config.get("mesh", {}).get("spatial", 1) or 1)
+        crop = brats_pipeline.whole_volume_shape(train_records, math.lcm(brats_pipeline.SAN_STRIDE, spatial))
+        log.info("whole-volume training: every brain box zero-padded to %s (instead of %s crops)", crop,
+                 tuple(d.crop_size))
     source = grain.MapDataset.source(train_records)
 
     def augment(record, rng):
         return brats_pipeline.make_train_example(record, crop, sigma, rng, augment_p=p, augment_scheme=scheme)
 
     info = {"root": root, "cache": cache, "synthetic": not d.root,
+            **({"train_shape": list(crop)} if d.get("whole_volume", False) else {}),
             **{f"{k}_cases": [r.case_id for r in v] for k, v in parts.items()},
             "with_gaze": {k: sum(r.has_gaze for r in v) for k, v in parts.items()}}
     log.info("BraTS data: %s", {k: len(v) for k, v in parts.items()})
