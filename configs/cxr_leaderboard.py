@@ -1,7 +1,7 @@
 r"""One leaderboard of the gaze-guided chest X-ray methods on identical data (issue 17): EGD-CXR's 3-class task
 (Normal / CHF / pneumonia), one patient-level stratified split, one input size (128x128; quick 64x64), the same
-synthetic set (the realistic style at difficulty 0.5: patients differ, findings are graded and overlap, 5 % of
-labels are flipped).
+synthetic set (720 images of the realistic style at difficulty 0.25: patients differ, findings are graded and
+overlap, 2.5 % of labels are flipped; the plain ResNet-50 lands at macro AUROC ~0.73 at 64x64, so nothing saturates).
 
   python -m gazejax.experiments --config=configs/cxr_leaderboard.py --grid=leaderboard --quick
   python -m gazejax.experiments --config=configs/cxr_leaderboard.py --grid=leaderboard --shard=0/4 --workdir=/shared/lb
@@ -28,8 +28,8 @@ IMAGE_SIZE = {"full": (128, 128), "quick": (64, 64)}  # one input size for every
 
 def common(size: tuple[int, int]) -> dict:
     """The data settings every cell shares, and the fields that follow the input size in each config file."""
-    return {"data.image_size": size, "data.synthetic.images": 360, "data.synthetic.size": (256, 208),
-            "data.synthetic.seed": 0, "data.synthetic.style": "realistic", "data.synthetic.difficulty": 0.5,
+    return {"data.image_size": size, "data.synthetic.images": 720, "data.synthetic.size": (256, 208),
+            "data.synthetic.seed": 0, "data.synthetic.style": "realistic", "data.synthetic.difficulty": 0.25,
             "data.split": "70/10/20", "data.test_seed": 0, "data.seed": 0, "data.label_set": "3class",
             "data.dataset": "egd_cxr"}
 
@@ -57,7 +57,7 @@ ROWS = {  # row -> (config file and arguments, exported stage or None = the last
 }
 QUICK_ROWS = ("plain_resnet50", "ggcam_resnet50", "cxrgazelearn", "mt_unet", "gazat_resnet50", "simclr_resnet50")
 QUICK = {  # shorter schedules of the --quick size, per config file
-    "ggcam": {"epochs": 8},
+    "ggcam": {"epochs": 12},
     "cxrgazelearn": {"epochs": 4, "stage_epochs": {"stage1a": 2, "stage1b": 2, "stage3": 2}},
     "gazat": {"pretrain_epochs": 5, "finetune.epochs": 10},
 }

@@ -312,11 +312,13 @@ def _build_reflacx(tmp: str, images: int, seed: int, size: tuple[int, int], **st
 
 
 def _atomic(out: str, kind: str, params: dict, build) -> str:
-    """Build DIR/<kind> in a temp dir and rename it into place; reuse it when built with the same params."""
+    """Build DIR/<kind> in a temp dir and rename it into place; reuse it when built with the same params (and, for
+    the realistic style, the same `cxr_realistic.VERSION`: a set drawn by an older generator is rebuilt)."""
     final, stamp = os.path.join(out, kind), os.path.join(out, kind, ".complete.json")
+    record = params | ({"generator": cxr_realistic.VERSION} if params.get("style", "basic") != "basic" else {})
     if os.path.isfile(stamp):
         with open(stamp) as f:
-            if json.load(f) == params:
+            if json.load(f) == record:
                 return final
     os.makedirs(out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{kind}-", dir=out)
@@ -326,7 +328,7 @@ def _atomic(out: str, kind: str, params: dict, build) -> str:
         with open(os.path.join(data_root, "synthetic_truth.json"), "w") as f:
             json.dump(truth, f)
         with open(os.path.join(tmp, ".complete.json"), "w") as f:
-            json.dump(params, f)
+            json.dump(record, f)
         old = tmp + ".old"
         if os.path.exists(final):
             os.replace(final, old)

@@ -6,10 +6,10 @@ overlapping findings, subtle cases, label noise) and reader scan paths; the radi
 values (`difficulty_params(d)`; an explicit `label_noise` overrides that field):
 
     field         d = 0   d = 1   what it scales
-    severity      1.30    0.55    multiplier on each finding's drawn severity (lower = fainter findings)
+    severity      2.00    0.55    multiplier on each finding's drawn severity (lower = fainter findings)
     subtle_share  0.00    0.40    share of findings drawn near the noise floor (severity 0.04-0.15)
-    noise         0.50    1.60    multiplier on quantum + detector noise
-    overlap       0.30    1.50    multiplier on the cross-class finding probabilities (`_CROSS`)
+    noise         0.30    1.60    multiplier on quantum + detector noise
+    overlap       0.10    1.50    multiplier on the cross-class finding probabilities (`_CROSS`)
     label_noise   0.00    0.10    share of images whose class label is flipped to another class
 
 Severity is continuous in (0, 1] per finding. Classes: Normal (no finding), CHF (cardiomegaly + edema, often
@@ -25,7 +25,8 @@ import numpy as np
 
 from gazejax.data.synthetic import cxr_phantom
 
-_EASY = {"severity": 1.30, "subtle_share": 0.0, "noise": 0.5, "overlap": 0.3, "label_noise": 0.0}
+VERSION = 2  # bump whenever the drawing changes: cached realistic sets record it and are rebuilt on a mismatch
+_EASY = {"severity": 2.00, "subtle_share": 0.0, "noise": 0.3, "overlap": 0.1, "label_noise": 0.0}
 _HARD = {"severity": 0.55, "subtle_share": 0.4, "noise": 1.6, "overlap": 1.5, "label_noise": 0.1}
 # class -> finding -> (probability at overlap 1, severity factor); the class's defining findings are always present
 _CORE = {0: (), 1: ("cardiomegaly", "edema"), 2: ("consolidation",)}
