@@ -21,6 +21,12 @@
 #   launch/tpu_pod.sh run   my-pod us-east5-a -- --config=configs/brats.py:preset=paper \
 #       --config.data.root=/tmp/brats --workdir=/mnt/runs/brats_paper
 #
+# Spatial partitioning (README "Spatial partitioning"): each volume split along depth over the 4 chips of a v5p-32
+# host, the batch over its 4 hosts (mesh data 4 x spatial 4; mesh.spatial must divide the chips per host), here on
+# whole brain boxes:
+#   launch/tpu_pod.sh run   my-pod us-east5-a -- --config=configs/brats.py:preset=paper --config.mesh.spatial=4 \
+#       --config.batch_size=4 --config.data.whole_volume=True --config.data.root=/tmp/brats --workdir=/mnt/runs/brats_wv
+#
 # `run` sets GAZEJAX_DISTRIBUTED_AUTO=1: jax.distributed.initialize() finds the pod's hosts from the TPU metadata.
 # The global batch (config batch_size) is split over every chip of the slice and must divide evenly. Every worker
 # must run the same command at the same time (that is what --worker=all does); output of worker 0 is the one to read.

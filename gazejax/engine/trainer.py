@@ -66,7 +66,8 @@ class Trainer:
             raise ValueError(f"grad_accum_steps={self.grad_accum_steps} must divide the per-device batch "
                              f"{per_device} (batch_size {config.batch_size} over {rows} devices)")
         self.model = self.method.build_model(config)
-        parallel.check_spatial_inputs(self.method.model_inputs(self.method.init_batch(config)), self.mesh)
+        if parallel.spatial_size(self.mesh) > 1:  # volumes split over `spatial`: the inputs must allow it
+            parallel.check_spatial_inputs(self.method.model_inputs(self.method.init_batch(config)), self.mesh)
         self.stages = self.method.stages(config)
         self.ckpt = Checkpointer(workdir, keep_last=config.checkpoint.keep,
                                  async_save=config.checkpoint.get("async_save", True))

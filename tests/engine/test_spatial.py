@@ -21,7 +21,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESHES = ((1, 1), (1, 4), (2, 2), (4, 1))  # (data, spatial); 1x1 is the reference
-CROP = (32, 16, 16)  # depth 32: 8 slices per device at full resolution, 1 at the 1/8 level over 4 devices
+CROP = (48, 16, 16)  # depth 48 over 4 devices: 12 slices each at full resolution, 6 split unevenly at 1/8
 BATCH = 4
 
 
