@@ -11,8 +11,9 @@ min-max normalised per image.
 Per row (mean over seeds): macro and per-class one-vs-rest AUROC, the macro AUROC's 95 % percentile-bootstrap CI
 over test images (of the seed-mean probabilities), accuracy; gaze agreement over images with gaze (CC, KL, NSS,
 AUC-Judd, HS, SIM) and the pointing game (the map's peak inside the true class's organ: heart for CHF, lungs for
-pneumonia; Normal images not scored); parameters and training time (run.json); paired t-tests against the
-reference row: macro AUROC paired by seed, per-image CC paired by image. Controls reuse a row's cells with its map
+pneumonia; Normal images not scored); parameters and training time (run.json); paired tests against the
+reference row: the macro AUROC difference by a paired bootstrap over test images (`stats.paired_bootstrap_test`)
+and a t-test paired by seed, per-image CC by a t-test paired by image. Controls reuse a row's cells with its map
 replaced (e.g. "random": uniform noise, seeded), giving chance-level agreement. Writes leaderboard.csv,
 leaderboard.md and leaderboard.png (AUROC vs CC, one point per row).
 """
@@ -178,6 +179,7 @@ def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray
                                                                                    ddof=1)) if len(evals) > 1
            else float("nan"), "auroc_ci": ci, "accuracy": _mean(s["accuracy"] for s in per_seed),
            "seeds": len(evals), "seed_auroc": [s["auroc"] for s in per_seed], "per_image": per_image,
+           "labels": labels, "mean_probs": mean_probs,
            "params": _mean(e.get("params") for e in evals), "train_seconds": _mean(e.get("train_seconds")
                                                                                    for e in evals)}
     out.update({f"auroc_{n}": _mean(s[f"auroc_{n}"] for s in per_seed) for n in names})
@@ -185,19 +187,32 @@ def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray
     return out
 
 
-def paired(row: dict, ref: dict) -> dict[str, str]:
-    """Paired t-tests of a row against the reference: macro AUROC by seed, CC by image."""
+def _ttest_text(t: dict, unit: str) -> str:
+    if not np.isfinite(t["t"]) and t["n"] > 1 and t["mean_diff"] == 0:
+        return f"identical values (n={t['n']} {unit})"
+    return f"t={t['t']:.2f}, p={t['p']:.3g} (n={t['n']} {unit})"
+
+
+def paired(row: dict, ref: dict, n_boot: int = 1000) -> dict[str, str]:
+    """Tests of a row against the reference: macro AUROC by a paired bootstrap over the test images (seed-mean
+    probabilities, the same resamples for both rows) and by a paired t-test over seeds; CC by a paired t-test over
+    images."""
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        labels = row["labels"]
+        if len(labels) == len(ref["labels"]) and np.array_equal(labels, ref["labels"]):
+            b = stats.paired_bootstrap_test(lambda idx: cls.auroc_ovr(labels[idx], row["mean_probs"][idx]),
+                                            lambda idx: cls.auroc_ovr(labels[idx], ref["mean_probs"][idx]),
+                                            len(labels), n_boot=n_boot)
+            p = f"p={b['p']:.3g}" if b["p"] > 0 else f"p<{1 / max(b['n_boot'], 1):.2g}"  # none of the resamples
+            out["auroc_boot"] = f"{b['diff']:+.3f} [{b['ci'][0]:+.3f}, {b['ci'][1]:+.3f}], {p} (n={b['n']} images)"
         n = min(len(row["seed_auroc"]), len(ref["seed_auroc"]))
         if n > 1:
-            t = stats.paired_ttest(row["seed_auroc"][:n], ref["seed_auroc"][:n])
-            out["auroc"] = f"t={t['t']:.2f}, p={t['p']:.3g} (n={t['n']} seeds)"
+            out["auroc"] = _ttest_text(stats.paired_ttest(row["seed_auroc"][:n], ref["seed_auroc"][:n]), "seeds")
         a, b = row["per_image"].get("cc"), ref["per_image"].get("cc")
         if a and b:
-            t = stats.paired_ttest(a, b)
-            out["cc"] = f"t={t['t']:.2f}, p={t['p']:.3g} (n={t['n']} images)"
+            out["cc"] = _ttest_text(stats.paired_ttest(a, b), "images")
     return out
 
 
@@ -226,10 +241,13 @@ def write(workdir: str, rows: dict[str, dict], names: tuple[str, ...], spec: dic
              for name, r in rows.items()]
     header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy"] + [f"AUROC {n}" for n in names]
               + ["CC", "KL", "NSS", "AUC-Judd", "HS", "SIM", "pointing", "params", "train s"])
-    tests = [[name, *(paired(r, rows[ref]).get(k, "n/a") for k in ("auroc", "cc"))]
+    n_boot = int(spec.get("bootstrap", 1000))
+    tests = [[name, *(paired(r, rows[ref], n_boot).get(k, "n/a") for k in ("auroc_boot", "auroc", "cc"))]
              for name, r in rows.items() if ref in rows and name != ref]
     lines = [f"# {spec.get('title', 'Leaderboard')}", "", spec.get("note", ""), "", markdown_table(header, table),
-             "", f"Paired t-tests against `{ref}`:", "", markdown_table(["row", "macro AUROC", "CC"], tests), "",
+             "", f"Paired tests against `{ref}` (macro AUROC: difference [95 % CI] by a paired bootstrap over the test "
+             "images, and a t-test over seeds; CC: t-test over images):", "",
+             markdown_table(["row", "macro AUROC difference (bootstrap)", "macro AUROC (seeds)", "CC"], tests), "",
              "![AUROC vs gaze agreement](leaderboard.png)", ""]
     markdown = "\n".join(lines)
     write_text(os.path.join(workdir, "leaderboard.md"), markdown)

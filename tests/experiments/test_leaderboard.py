@@ -49,6 +49,18 @@ def test_row_summary_scores_auroc_ci_gaze_agreement_and_pointing():
     assert control["cc"] < 0.5 and control["auroc"] == pytest.approx(row["auroc"])
     tests = leaderboard.paired(control, row)
     assert "n=2 seeds" in tests["auroc"] and f"n={sum(t is not None for t in truth)} images" in tests["cc"]
+    # same probabilities: no AUROC difference (before, the seed t-test printed "t=nan, p=nan")
+    assert tests["auroc"] == "identical values (n=2 seeds)" and tests["auroc_boot"].startswith("+0.000 [+0.000, +0.000], p=1 ")
+
+
+def test_auroc_bootstrap_test_detects_a_better_row_and_is_antisymmetric():
+    good = leaderboard.row_summary([_evaluation(0, n=90)], NAMES, [None], {"bootstrap": 20})
+    bad = leaderboard.row_summary([_evaluation(0, n=90, good=False)], NAMES, [None], {"bootstrap": 20})
+    ab, ba = leaderboard.paired(good, bad, 300)["auroc_boot"], leaderboard.paired(bad, good, 300)["auroc_boot"]
+    diff = roc_auc_score(good["labels"], good["mean_probs"], multi_class="ovr") - roc_auc_score(
+        bad["labels"], bad["mean_probs"], multi_class="ovr")
+    assert ab.startswith(f"{diff:+.3f} ") and ba.startswith(f"{-diff:+.3f} ") and diff > 0.2
+    assert float(ab.split("p=")[1].split()[0]) < 0.01 and "(n=90 images)" in ab
 
 
 def test_write_gives_csv_markdown_and_figure(tmp_path):
@@ -56,7 +68,7 @@ def test_write_gives_csv_markdown_and_figure(tmp_path):
             "other": leaderboard.row_summary([_evaluation(1, good=False)], NAMES,
                                              [np.asarray(_evaluation(1, good=False)["map"])], {})}
     md = leaderboard.write(str(tmp_path), rows, NAMES, {"title": "LB", "reference": "plain"})
-    assert md.startswith("# LB") and "| other |" in md and "Paired t-tests against `plain`" in md
+    assert md.startswith("# LB") and "| other |" in md and "Paired tests against `plain`" in md
     with open(tmp_path / "leaderboard.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["row"] for r in table] == ["plain", "other"] and float(table[0]["params"]) == 100.0

@@ -52,3 +52,22 @@ def test_mean_std_uses_sample_std():
         assert stats.mean_std([1.0, np.nan, 3.0]) == pytest.approx((2.0, math.sqrt(2.0)))
     single = stats.mean_std([5.0])
     assert single[0] == 5.0 and math.isnan(single[1])
+
+
+def test_paired_bootstrap_test_analytic_cases():
+    x = np.random.default_rng(0).normal(size=40)
+    mean = lambda v: (lambda idx: float(np.mean(v[idx])))  # noqa: E731
+    shifted = stats.paired_bootstrap_test(mean(x + 0.25), mean(x), 40, n_boot=200)
+    # a constant shift is the same in every paired resample: the interval collapses onto it and p is 0
+    assert shifted["diff"] == pytest.approx(0.25) and shifted["ci"] == pytest.approx((0.25, 0.25))
+    assert shifted["p"] == 0.0 and shifted["n"] == 40 and shifted["n_boot"] == 200
+    same = stats.paired_bootstrap_test(mean(x), mean(x), 40, n_boot=200)
+    assert same["diff"] == 0.0 and same["p"] == 1.0
+    # pure noise around the same mean: the interval covers 0 and p is large; a and b swapped mirrors everything
+    y = x + np.random.default_rng(1).normal(scale=0.01, size=40)
+    ab, ba = (stats.paired_bootstrap_test(mean(a), mean(b), 40, n_boot=300) for a, b in ((x, y), (y, x)))
+    assert ab["ci"][0] < 0 < ab["ci"][1] and ab["p"] > 0.05
+    assert ab["diff"] == pytest.approx(-ba["diff"]) and ab["p"] == pytest.approx(ba["p"])
+    assert ab["ci"] == pytest.approx((-ba["ci"][1], -ba["ci"][0]))
+    with pytest.raises(ValueError, match="at least 2 items"):
+        stats.paired_bootstrap_test(mean(x), mean(x), 1)
