@@ -60,7 +60,7 @@ def test_auroc_bootstrap_test_detects_a_better_row_and_is_antisymmetric():
     diff = roc_auc_score(good["labels"], good["mean_probs"], multi_class="ovr") - roc_auc_score(
         bad["labels"], bad["mean_probs"], multi_class="ovr")
     assert ab.startswith(f"{diff:+.3f} ") and ba.startswith(f"{-diff:+.3f} ") and diff > 0.2
-    assert float(ab.split("p=")[1].split()[0]) < 0.01 and "(n=90 images)" in ab
+    assert ", p<0.0033 (n=90 images)" in ab  # no resample of 300 reverses the order
 
 
 def test_write_gives_csv_markdown_and_figure(tmp_path):
