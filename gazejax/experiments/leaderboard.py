@@ -9,7 +9,8 @@ EGD-CXR DICOM pixels, duration-weighted, max-normalised), and every map is resiz
 min-max normalised per image.
 
 Per row (mean over seeds): macro and per-class one-vs-rest AUROC, the macro AUROC's 95 % percentile-bootstrap CI
-over test images (of the seed-mean probabilities), accuracy; gaze agreement over images with gaze (CC, KL, NSS,
+over test images (of the seed-mean probabilities), accuracy, for self-supervised rows the linear-probe test AUROC
+their own evaluation logged after pretraining (the table's AUROC is the exported fine-tuned stage's); gaze agreement over images with gaze (CC, KL, NSS,
 AUC-Judd, HS, SIM) and the pointing game (the map's peak inside the true class's organ: heart for CHF, lungs for
 pneumonia; Normal images not scored); parameters and training time (run.json); paired tests against the
 reference row: the macro AUROC difference by a paired bootstrap over test images (`stats.paired_bootstrap_test`)
@@ -92,8 +93,23 @@ def _data_config(config):
     return out
 
 
+def probe_auroc(cell_dir: str) -> float | None:
+    """The test linear-probe macro AUROC a self-supervised run's own evaluation logged after pretraining
+    (results.json "test@pretrain" / "probe_auroc"); None for a cell without one."""
+    path = os.path.join(cell_dir, "results.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        value = json.load(f).get("test@pretrain", {}).get("probe_auroc")
+    return None if value is None else float(value)
+
+
 def evaluate_cell(cell_dir: str, config, stage: str | None, spec: dict) -> dict:
-    """Scores one finished cell (cached in `<cell>/leaderboard_eval.json`)."""
+    """Scores one finished cell (cached in `<cell>/leaderboard_eval.json`), plus its `probe_auroc`."""
+    return {**_score_cell(cell_dir, config, stage, spec), "probe_auroc": probe_auroc(cell_dir)}
+
+
+def _score_cell(cell_dir: str, config, stage: str | None, spec: dict) -> dict:
     from gazejax import export
     from gazejax.data.cxr import pipeline
     from gazejax.inference import common
@@ -179,7 +195,7 @@ def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray
                                                                                    ddof=1)) if len(evals) > 1
            else float("nan"), "auroc_ci": ci, "accuracy": _mean(s["accuracy"] for s in per_seed),
            "seeds": len(evals), "seed_auroc": [s["auroc"] for s in per_seed], "per_image": per_image,
-           "labels": labels, "mean_probs": mean_probs,
+           "labels": labels, "mean_probs": mean_probs, "probe_auroc": _mean(e.get("probe_auroc") for e in evals),
            "params": _mean(e.get("params") for e in evals), "train_seconds": _mean(e.get("train_seconds")
                                                                                    for e in evals)}
     out.update({f"auroc_{n}": _mean(s[f"auroc_{n}"] for s in per_seed) for n in names})
@@ -224,7 +240,7 @@ def write(workdir: str, rows: dict[str, dict], names: tuple[str, ...], spec: dic
     """leaderboard.csv, leaderboard.md and leaderboard.png of the row summaries; returns the markdown."""
     ref = spec.get("reference")
     gaze = ("cc", "kl", "nss", "auc_judd", "hs", "sim", "pointing")
-    columns = (["row", "seeds", "auroc", "auroc_std", "auroc_ci_low", "auroc_ci_high", "accuracy"]
+    columns = (["row", "seeds", "auroc", "auroc_std", "auroc_ci_low", "auroc_ci_high", "accuracy", "probe_auroc"]
                + [f"auroc_{n}" for n in names] + list(gaze) + ["params", "train_seconds"])
     with open(os.path.join(workdir, "leaderboard.csv"), "w", newline="") as f:
         writer = csv.writer(f)
@@ -235,11 +251,11 @@ def write(workdir: str, rows: dict[str, dict], names: tuple[str, ...], spec: dic
     from gazejax.report import markdown_table
 
     table = [[name, r["seeds"], f"{_fmt(r['auroc'])} ({_fmt(r['auroc_std'])})",
-              f"[{_fmt(r['auroc_ci'][0])}, {_fmt(r['auroc_ci'][1])}]", _fmt(r["accuracy"])]
+              f"[{_fmt(r['auroc_ci'][0])}, {_fmt(r['auroc_ci'][1])}]", _fmt(r["accuracy"]), _fmt(r["probe_auroc"])]
              + [_fmt(r[f"auroc_{n}"]) for n in names] + [_fmt(r.get(k, float("nan"))) for k in gaze]
              + [f"{r['params'] / 1e6:.2f} M" if np.isfinite(r["params"]) else "n/a", _fmt(r["train_seconds"], 0)]
              for name, r in rows.items()]
-    header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy"] + [f"AUROC {n}" for n in names]
+    header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy", "probe AUROC"] + [f"AUROC {n}" for n in names]
               + ["CC", "KL", "NSS", "AUC-Judd", "HS", "SIM", "pointing", "params", "train s"])
     n_boot = int(spec.get("bootstrap", 1000))
     tests = [[name, *(paired(r, rows[ref], n_boot).get(k, "n/a") for k in ("auroc_boot", "auroc", "cc"))]

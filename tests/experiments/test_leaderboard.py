@@ -63,6 +63,22 @@ def test_auroc_bootstrap_test_detects_a_better_row_and_is_antisymmetric():
     assert ", p<0.0033 (n=90 images)" in ab  # no resample of 300 reverses the order
 
 
+def test_probe_auroc_of_self_supervised_cells(tmp_path):
+    ssl, supervised = tmp_path / "ssl", tmp_path / "plain"
+    for cell, results in ((ssl, {"test@pretrain": {"probe_auroc": 0.6}, "test": {"auroc": 0.7}}),
+                          (supervised, {"test": {"auroc": 0.8}})):
+        cell.mkdir()
+        (cell / "results.json").write_text(json.dumps(results))
+    assert leaderboard.probe_auroc(str(ssl)) == 0.6 and leaderboard.probe_auroc(str(supervised)) is None
+    assert leaderboard.probe_auroc(str(tmp_path / "missing")) is None
+    evals = [{**_evaluation(s), "probe_auroc": p} for s, p in ((0, 0.6), (1, 0.7))]
+    row = leaderboard.row_summary(evals, NAMES, [None, None], {"bootstrap": 10})
+    assert row["probe_auroc"] == pytest.approx(0.65)
+    plain = leaderboard.row_summary([_evaluation(0)], NAMES, [None], {"bootstrap": 10})
+    md = leaderboard.write(str(tmp_path), {"plain": plain, "ssl": row}, NAMES, {"reference": "plain"})
+    assert "probe AUROC" in md and "| 0.650 |" in md and np.isnan(plain["probe_auroc"])
+
+
 def test_write_gives_csv_markdown_and_figure(tmp_path):
     rows = {"plain": leaderboard.row_summary([_evaluation(0)], NAMES, [np.asarray(_evaluation(0)["map"])], {}),
             "other": leaderboard.row_summary([_evaluation(1, good=False)], NAMES,
