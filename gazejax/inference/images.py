@@ -55,19 +55,23 @@ def predicted_label(probs: np.ndarray, names: list[str], multilabel: bool) -> st
     return names[int(np.argmax(probs))]
 
 
-def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """uint8 RGB [H, W, 3]: the radiograph with the min-max normalised map (bilinearly resized to it) in 'jet'."""
+def overlay(image: np.ndarray, heat: np.ndarray, tf=None) -> np.ndarray:
+    """uint8 RGB [H, W, 3]: the radiograph with the min-max normalised map in 'jet'. `image` is the model input
+    (`tf` None: the map bilinearly resized to it) or the original full-resolution image with the `ResizeTransform`
+    `tf` from it to the model input (the map mapped back through it: `cxr_files.map_to_source`)."""
     import matplotlib
 
     from gazejax.analysis.maps import minmax, resize_maps
 
-    up = minmax(resize_maps(np.asarray(heat)[None], image.shape))[0]
+    heat = np.asarray(heat, np.float32)
+    up = minmax((resize_maps(heat[None], image.shape) if tf is None else cxr_files.map_to_source(heat, tf)[None]))[0]
     rgb = matplotlib.colormaps["jet"](up)[..., :3]
     gray = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=-1)
     return np.round(255 * (0.6 * gray + 0.4 * rgb)).astype(np.uint8)
 
 
-def save_map(out_dir: str, key: str, image: np.ndarray, heat: np.ndarray) -> None:
+def save_map(out_dir: str, key: str, image: np.ndarray, heat: np.ndarray, tf=None) -> None:
+    """maps/<key>.npy (the map on the model's grid) and maps/<key>.png (`overlay` of `image`, with `tf`)."""
     from PIL import Image
 
     folder = os.path.join(out_dir, "maps")
@@ -76,7 +80,7 @@ def save_map(out_dir: str, key: str, image: np.ndarray, heat: np.ndarray) -> Non
     with atomic_file(stem + ".npy", "wb") as f:
         np.save(f, np.asarray(heat, np.float32))
     with atomic_file(stem + ".png", "wb") as f:
-        Image.fromarray(overlay(image, heat)).save(f, format="PNG")
+        Image.fromarray(overlay(image, heat, tf)).save(f, format="PNG")
 
 
 def infer(models: list, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -131,8 +135,9 @@ def run(models: list, input_path: str, out_dir: str, *, overwrite: bool = False,
     def load(group: list[str]) -> list:
         out = []
         for p in group:
-            try:
-                out.append((p, cxr_files.read_image(p, spec), None))
+            try:  # with --maps also the original image, on which the overlay is drawn
+                out.append((p, cxr_files.read_image_and_source(p, spec) if maps else
+                            (cxr_files.read_image(p, spec), None, None), None))
             except common.INPUT_ERRORS as e:
                 out.append((p, None, e))
         return out
@@ -141,17 +146,17 @@ def run(models: list, input_path: str, out_dir: str, *, overwrite: bool = False,
         for p, _, error in loaded:
             if error is not None:
                 failures.add(p, error)
-        good = [(p, img) for p, img, error in loaded if error is None]
+        good = [(p, read) for p, read, error in loaded if error is None]
         if good:
-            images = np.stack([img for _, img in good])[..., None].astype(np.float32)
+            images = np.stack([read[0] for _, read in good])[..., None].astype(np.float32)
             padded = np.concatenate([images, np.repeat(images[-1:], size - len(good), axis=0)])
             probs, heat = infer(models, padded)
-            for j, (p, img) in enumerate(good):
+            for j, (p, (_, source, tf)) in enumerate(good):
                 key = image_key(p, root)
                 rows[key] = {"file": key, **{f"p_{n}": f"{v:.9g}" for n, v in zip(names, probs[j])},
                              "predicted": predicted_label(probs[j], names, multilabel)}
                 if maps and heat is not None:
-                    save_map(out_dir, key, img, heat[j])
+                    save_map(out_dir, key, source, heat[j], tf)
             done += len(good)
             write_predictions(csv_path, rows, columns)
         bar.update(len(loaded))

@@ -183,3 +183,22 @@ def test_list_images_walks_folders_sorted_and_names_bad_paths(tmp_path):
     with pytest.raises(DataError, match="no image files") as err:
         files.list_images(str(tmp_path / "empty"))
     assert str(tmp_path / "empty") in str(err.value)
+
+
+def test_map_to_source_undoes_the_padding_and_resize(tmp_path):
+    """A map over the model input, mapped back to the original file: the input itself returns (close to) the
+    original image, and a hot cell lands where that part of the original went (before, overlays were drawn on
+    the padded, squashed model input)."""
+    yy, xx = np.mgrid[0:96, 0:48]
+    smooth = 0.5 + 0.4 * np.sin(yy / 15.0) * np.cos(xx / 11.0)
+    Image.fromarray(np.round(255 * smooth).astype(np.uint8)).save(tmp_path / "tall.png")
+    image, source, tf = files.read_image_and_source(str(tmp_path / "tall.png"), _spec((32, 32)))
+    np.testing.assert_array_equal(image, files.read_image(str(tmp_path / "tall.png"), _spec((32, 32))))
+    assert source.shape == (96, 48) and tf.pad_before == (0, 24)  # 24 zero columns each side, then / 3
+    back = files.map_to_source(image, tf)
+    assert back.shape == (96, 48)
+    assert np.corrcoef(back.ravel(), source.ravel())[0, 1] > 0.98 and np.abs(back - source)[3:-3, 3:-3].max() < 0.06
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 1] = 1.0  # grid cell (0, 1) = input rows 0-7, cols 8-15 = canvas cols 24-47 = original cols 0-23
+    peak = np.unravel_index(np.argmax(files.map_to_source(heat, tf)), (96, 48))
+    assert peak[0] < 24 and peak[1] < 24

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from configs import ggcam as ggcam_config
 from gazejax import predict
@@ -64,7 +65,10 @@ def test_predictions_equal_the_model_on_trainings_own_input(setup, tmp_path, no_
         p = np.array([float(row[f"p_{n}"]) for n in names])
         assert abs(p.sum() - 1) < 1e-6 and row["predicted"] == names[int(np.argmax(p))]
         stem = out / "maps" / key.replace(os.sep, "__").rsplit(".", 1)[0]
-        assert np.load(f"{stem}.npy").shape == (2, 2) and os.path.getsize(f"{stem}.png") > 0
+        assert np.load(f"{stem}.npy").shape == (2, 2)
+        source = cxr_files.read_source(os.path.join(setup["dicoms"], key))
+        with Image.open(f"{stem}.png") as png:  # the overlay is drawn on the original radiograph, not the input
+            assert png.size[::-1] == source.shape
 
 
 def test_batch_size_and_ensemble(setup, tmp_path, no_xla_opt):

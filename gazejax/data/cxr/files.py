@@ -92,7 +92,28 @@ def _read_bitmap(path: str) -> np.ndarray:
 def read_image(path: str, spec: Mapping[str, Any]) -> np.ndarray:
     """The model input of one file, float32 [H, W] in [0, 1] with (H, W) = spec["image_size"]: `read_source`, then
     `ResizeTransform.fit(..., pad=spec["pad"]).apply` as the training cache does (bit-identical for its DICOMs)."""
+    return read_image_and_source(path, spec)[0]
+
+
+def read_image_and_source(path: str, spec: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, ResizeTransform]:
+    """(model input as `read_image`, the full-resolution `read_source` image, the `ResizeTransform` between them)."""
     image = read_source(path, spec.get("dicom"))
     size = tuple(int(s) for s in spec["image_size"])
     tf = ResizeTransform.fit(image.shape, size, pad=str(spec.get("pad", PAD)), method=str(spec.get("resize", RESIZE)))
-    return tf.apply(image)
+    return tf.apply(image), image, tf
+
+
+def map_to_source(heat: np.ndarray, tf: ResizeTransform) -> np.ndarray:
+    """A map over the model input (any grid [h, w] covering it) -> float32 [*tf.in_shape] over the original image:
+    bilinearly resized to the input size, then sampled at every original pixel's position in the input
+    (`tf.as_affine`, so the padding is cut off and the aspect ratio restored)."""
+    from scipy import ndimage
+
+    from gazejax.analysis.maps import resize_maps
+
+    up = resize_maps(np.asarray(heat, np.float32)[None], tuple(tf.out_shape))[0]
+    scale, offset = tf.as_affine("yx")
+    rows = np.arange(tf.in_shape[0]) * scale[0] + offset[0]
+    cols = np.arange(tf.in_shape[1]) * scale[1] + offset[1]
+    coords = np.stack(np.meshgrid(rows, cols, indexing="ij"))
+    return ndimage.map_coordinates(up, coords, order=1, mode="nearest").astype(np.float32)
