@@ -27,18 +27,19 @@ CROP = (48, 16, 16)  # depth 48 over 4 devices: 12 slices each at full resolutio
 BATCH = 4
 
 
-def _env(devices: int) -> dict:
+def _env(devices: int, optimize: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GAZEJAX_")}
-    # unoptimised XLA programs: compilation dominates these tiny runs (every mesh compiles the same way)
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+    if not optimize:  # unoptimised XLA programs: compilation dominates these tiny runs
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     return env
 
 
-def _run_worker(tmp_path, cases: str, devices: int = 4, timeout: int = 900) -> dict:
-    out = str(tmp_path / "spatial.pkl")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), out, cases], cwd=REPO, env=_env(devices),
-                          capture_output=True, text=True, timeout=timeout)
+def _run_worker(tmp_path, cases: str, devices: int = 4, timeout: int = 900, optimize: bool = False) -> dict:
+    out = str(tmp_path / f"spatial_{cases.replace(',', '_')}.pkl")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), out, cases], cwd=REPO,
+                          env=_env(devices, optimize), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     with open(out, "rb") as f:
         return pickle.load(f)
@@ -104,7 +105,10 @@ def test_san_aab_on_each_backbone_agrees_over_meshes(tmp_path):
 def test_engine_options_agree_over_meshes(tmp_path):
     """EquiUnet alone, with remat, with gradient accumulation (2 micro-batches) and with each conv_impl formulation
     (`auto` is `mixed` on CPU, covered above), on meshes 1x4 and 2x2 against 1x1."""
-    worst = _compare(_run_worker(tmp_path, "backbone,remat,accum,xla,taps,im2col,depth2d", timeout=2400))
+    worst = _compare(_run_worker(tmp_path, "backbone,remat,accum,taps,im2col,depth2d", timeout=2400))
+    # Native XLA convolutions compiled with JAX_DISABLE_MOST_OPTIMIZATIONS give 2x2 kernel gradients 1e-4 off (rel.
+    # norm 7e-4; the optimised programs of a real run agree to 2e-7): this case compiles as training does.
+    worst.update(_compare(_run_worker(tmp_path, "xla", timeout=1200, optimize=True)))
     print("worst relative error:", worst)
 
 
