@@ -14,10 +14,12 @@ Rows: the plain backbone (cross-entropy, linear head: `configs/ggcam.py:method=p
 fusion classifier, stage 3) and its classifying baselines (DenseNet-201, DenseNet-201 + triplet pretraining, MT-UNet),
 GazAT and the SSL baselines (SimCLR, BYOL, MoCo v2, McGIP; 10 % label fine-tuning, with the pretraining's linear
 probe AUROC from the run's own evaluation) and a random-map control (the plain rows' models, map replaced by
-noise). SAN+AAB 2D is left out: its task is EGD-CXR's 5 multi-label findings, not the 3 classes. ResNet-50 and
-EfficientNet-b0 rows where the method lets the backbone change (GG-CAM, plain); CXRGazeLearn is DenseNet-201 by
-design. Full size: 3 seeds per row; `--quick`: the ResNet-50 rows, 2 seeds, shorter schedules (the size to run on
-a 2-core CPU at 64x64 inputs; measure it before quoting a time).
+noise), SAN+AAB 2D on EfficientNet-b0, its Table 4 backbone (backbone, +gaze*, +gaze loss, ours; on this 3-class
+task with one softmax and cross-entropy instead of Table 4's 5 multi-label sigmoids: `data.label_set="3class"`).
+ResNet-50 and EfficientNet-b0 rows where the method lets the backbone change (GG-CAM, plain); CXRGazeLearn is
+DenseNet-201 by design. Full size: 3 seeds per row; `--quick`: 8 rows (the ResNet-50 ones, SAN+AAB backbone and
+ours), 2 seeds, shorter schedules (the size to run on a 2-core CPU at 64x64 inputs; measured: 29 min 57 s for the
+6 rows without SAN+AAB on a shared CPU).
 """
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ def common(size: tuple[int, int]) -> dict:
 def per_config(family: str, size: tuple[int, int]) -> dict:
     return {"ggcam": {"data.gaze_grids": {"cam": tuple(s // 32 for s in size)}},
             "cxrgazelearn": {"data.gaze_grids": {"saliency": size}},
-            "gazat": {"finetune.label_fractions": (0.1,), "finetune.subset_draws": 1}}.get(family, {})
+            "gazat": {"finetune.label_fractions": (0.1,), "finetune.subset_draws": 1},
+            "cxr_san": {"data.gaze_grids": {"san": tuple(s // 16 for s in size), "e4": tuple(s // 32 for s in size)}}
+            }.get(family, {})
 
 
 ROWS = {  # row -> (config file and arguments, exported stage or None = the last)
@@ -49,15 +53,21 @@ ROWS = {  # row -> (config file and arguments, exported stage or None = the last
     "dnet201": ("configs/cxrgazelearn.py:method=dnet201", None),
     "dnet201_cl": ("configs/cxrgazelearn.py:method=dnet201_cl", None),
     "mt_unet": ("configs/cxrgazelearn.py:method=mt_unet", None),
+    "san_backbone_efficientnet_b0": ("configs/cxr_san.py:method=backbone,backbone=efficientnet_b0", None),
+    "san_gaze_star_efficientnet_b0": ("configs/cxr_san.py:method=gaze_star,backbone=efficientnet_b0", None),
+    "san_gaze_loss_efficientnet_b0": ("configs/cxr_san.py:method=gaze_loss,backbone=efficientnet_b0", None),
+    "san_ours_efficientnet_b0": ("configs/cxr_san.py:method=ours,backbone=efficientnet_b0", None),
     "gazat_resnet50": ("configs/gazat.py:method=gazat,backbone=resnet50,dataset=egd_cxr", "finetune_10pct"),
     "simclr_resnet50": ("configs/gazat.py:method=simclr,backbone=resnet50,dataset=egd_cxr", "finetune_10pct"),
     "byol_resnet50": ("configs/gazat.py:method=byol,backbone=resnet50,dataset=egd_cxr", "finetune_10pct"),
     "moco_resnet50": ("configs/gazat.py:method=moco,backbone=resnet50,dataset=egd_cxr", "finetune_10pct"),
     "mcgip_resnet50": ("configs/gazat.py:method=mcgip,backbone=resnet50,dataset=egd_cxr", "finetune_10pct"),
 }
-QUICK_ROWS = ("plain_resnet50", "ggcam_resnet50", "cxrgazelearn", "mt_unet", "gazat_resnet50", "simclr_resnet50")
+QUICK_ROWS = ("plain_resnet50", "ggcam_resnet50", "cxrgazelearn", "mt_unet", "san_backbone_efficientnet_b0",
+              "san_ours_efficientnet_b0", "gazat_resnet50", "simclr_resnet50")
 QUICK = {  # shorter schedules of the --quick size, per config file
     "ggcam": {"epochs": 12},
+    "cxr_san": {"epochs": 12},
     "cxrgazelearn": {"epochs": 4, "stage_epochs": {"stage1a": 2, "stage1b": 2, "stage3": 2}},
     "gazat": {"pretrain_epochs": 5, "finetune.epochs": 10},
 }

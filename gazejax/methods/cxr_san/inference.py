@@ -4,11 +4,10 @@ per-finding sigmoids of `spec.evaluate` and, for the variants that learn gaze, t
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from gazejax.data.cxr import files
 from gazejax.engine.api import Inference
-from gazejax.methods.cxr_san.spec import FINDINGS, gaze_map, gaze_stride
+from gazejax.methods.cxr_san.spec import gaze_map, gaze_stride, is_multiclass, label_names, probabilities
 
 MAP_NAMES = {  # config.method -> what its gaze output is
     "ours": "predicted gaze (sigmoid of SAN's gaze logits, Eq. 4; 1/16 of the input)",
@@ -18,11 +17,12 @@ MAP_NAMES = {  # config.method -> what its gaze output is
 
 
 def run(predict, images: np.ndarray, config, stage=None) -> dict:
-    """images float32 [B, H, W, 1] -> {"probs": float64 [B, 5] per-finding sigmoids (as `spec.evaluate`), "map":
+    """images float32 [B, H, W, 1] -> {"probs": float64 [B, K] per-finding sigmoids, or the 3-class softmax (as
+    `spec.evaluate`), "map":
     float32 [B, h, w] predicted gaze (`gaze_map`) for the methods trained on gaze, else None}."""
     del stage
     out = predict(images)
-    probs = expit(np.asarray(out["logits"], np.float32).astype(np.float64))  # evaluate stacks float32 logits
+    probs = probabilities(np.asarray(out["logits"], np.float32), config)  # evaluate stacks float32 logits
     gaze = out.get("gaze")
     if gaze is None or gaze_stride(config.method) is None:  # backbone_matched's SAN never saw gaze
         return {"probs": probs, "map": None}
@@ -34,5 +34,5 @@ def map_name(config, stage=None) -> str:
     return MAP_NAMES.get(config.method, "") if gaze_stride(config.method) is not None else ""
 
 
-INFERENCE = Inference(kind="image", preprocessing=files.preprocessing_spec, labels=lambda config: tuple(FINDINGS),
-                      run=run, multilabel=lambda config: True, map_name=map_name)
+INFERENCE = Inference(kind="image", preprocessing=files.preprocessing_spec, labels=label_names,
+                      run=run, multilabel=lambda config: not is_multiclass(config), map_name=map_name)

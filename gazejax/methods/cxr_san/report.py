@@ -21,12 +21,14 @@ import numpy as np
 from gazejax import report as R
 from gazejax.data import io
 from gazejax.engine.logs import read_metrics
-from gazejax.methods.cxr_san.spec import FINDINGS, metric_key, param_counts
+from gazejax.methods.cxr_san.spec import FINDINGS, label_names, metric_key, param_counts
 
 NAMES = {"backbone": "Backbone", "backbone_matched": "Backbone, param-matched (SAN + AAB without gaze)",
          "gaze_star": "+gaze*", "gaze_loss": "+gaze loss", "ours": "ours (SAN + AAB)"}
 PARAM_ROWS = ("backbone", "backbone_matched", "ours")  # the parameter table of every report
-KEYS = ("auroc",) + tuple(metric_key(f) for f in FINDINGS)  # average first, then Table 4's finding columns
+def keys(names: tuple[str, ...] = FINDINGS) -> tuple[str, ...]:
+    """"auroc" (the average) first, then one "auroc_<name>" per output: Table 4's finding columns by default."""
+    return ("auroc",) + tuple(metric_key(f) for f in names)
 MODES = (("best_val_n", "mean of the best-N evaluations by validation AUROC"),
          ("best_test_n", "mean of the N best test evaluations (optimistic)"))
 
@@ -63,7 +65,7 @@ def _mean_test(selected: list[dict[str, float]], key: str) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def best_n_summary(evals: list[dict[str, float]], n: int) -> dict[str, Any]:
+def best_n_summary(evals: list[dict[str, float]], n: int, names: tuple[str, ...] = FINDINGS) -> dict[str, Any]:
     """The two "best N epochs" averages of the module docstring over `tracked_evaluations` rows.
 
     Returns {"n", "evaluations", "used" (min(n, evaluations)), "steps_best_val_n", "steps_best_test_n",
@@ -75,32 +77,33 @@ def best_n_summary(evals: list[dict[str, float]], n: int) -> dict[str, Any]:
     for mode, rank_key in (("best_val_n", "val/auroc"), ("best_test_n", "test/auroc")):
         selected = _top(evals, rank_key, int(n))
         out[f"steps_{mode}"] = [int(e["step"]) for e in selected]
-        out[mode] = {k: _mean_test(selected, k) for k in KEYS}
+        out[mode] = {k: _mean_test(selected, k) for k in keys(names)}
     return out
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """Flat metric names for results.json: "auroc_best_val_n", "auroc_Edema_best_test_n", ..."""
-    return {f"{k}_{mode}": summary[mode][k] for mode, _ in MODES for k in KEYS} | {"best_n_used": summary["used"]}
+    return {f"{k}_{mode}": v for mode, _ in MODES for k, v in summary[mode].items()} | {"best_n_used": summary["used"]}
 
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
 
 
-def _auroc_rows(test: dict, val: dict, summary: dict) -> dict[str, list[float]]:
-    rows = {"best checkpoint (test)": [test.get(k, float("nan")) for k in KEYS]}
+def _auroc_rows(test: dict, val: dict, summary: dict, names: tuple[str, ...] = FINDINGS) -> dict[str, list[float]]:
+    columns = keys(names)
+    rows = {"best checkpoint (test)": [test.get(k, float("nan")) for k in columns]}
     for mode, label in MODES:
-        rows[f"{label} (test)"] = [summary[mode][k] for k in KEYS]
+        rows[f"{label} (test)"] = [summary[mode][k] for k in columns]
     if val:
-        rows["best checkpoint (validation)"] = [val.get(k, float("nan")) for k in KEYS]
+        rows["best checkpoint (validation)"] = [val.get(k, float("nan")) for k in columns]
     return rows
 
 
-def auroc_bar_chart(rows: dict[str, list[float]], path: str) -> str:
+def auroc_bar_chart(rows: dict[str, list[float]], path: str, names: tuple[str, ...] = FINDINGS) -> str:
     """Grouped bars: one group per column (average + findings), one bar per row label; AUROC in %."""
     plt = R._plt()
-    labels = ["Average", *FINDINGS]
+    labels = ["Average", *names]
     fig, ax = plt.subplots(figsize=(10, 4.4))
     width = 0.8 / max(1, len(rows))
     for i, (name, values) in enumerate(rows.items()):
@@ -127,11 +130,14 @@ def auroc_curve(evals: list[dict[str, float]], summary: dict, path: str) -> str:
     return R.save_figure(fig, path)
 
 
-def _gaze_figures(figures: list[dict], fig_dir: str) -> list[str]:
+def _gaze_figures(figures: list[dict], fig_dir: str, names: tuple[str, ...] = FINDINGS) -> list[str]:
     lines = []
     for i, ex in enumerate(figures):
-        found = [f for f, y in zip(FINDINGS, ex["label"]) if y > 0.5] or ["none"]
-        probs = ", ".join(f"{f.split()[0][:5]} {p:.2f}" for f, p in zip(FINDINGS, ex["probs"]))
+        if np.ndim(ex["label"]) == 0:  # the 3-class task: one class index
+            found = [names[int(ex["label"])]]
+        else:
+            found = [f for f, y in zip(names, ex["label"]) if y > 0.5] or ["none"]
+        probs = ", ".join(f"{f.split()[0][:5]} {p:.2f}" for f, p in zip(names, ex["probs"]))
         # gaze_figure draws volumes' (x, y) slices with origin "lower": hand it the flipped transpose
         flip = lambda a: np.flipud(np.asarray(a, np.float32)).T  # noqa: E731
         path = R.gaze_figure(flip(ex["image"]), flip(ex["target"]), flip(ex["pred"]),
@@ -141,10 +147,11 @@ def _gaze_figures(figures: list[dict], fig_dir: str) -> list[str]:
     return lines
 
 
-def _figures(rows: dict, evals: list, summary: dict, gaze_examples: list[dict], workdir: str) -> list[str]:
+def _figures(rows: dict, evals: list, summary: dict, gaze_examples: list[dict], workdir: str,
+             names: tuple[str, ...] = FINDINGS) -> list[str]:
     """The report's figures (PNG under <workdir>/figures) as markdown lines."""
     fig_dir = os.path.join(workdir, "figures")
-    auroc_bar_chart(rows, os.path.join(fig_dir, "auroc_per_class.png"))
+    auroc_bar_chart(rows, os.path.join(fig_dir, "auroc_per_class.png"), names)
     lines = ["![per-class test AUROC](figures/auroc_per_class.png)"]
     if evals:
         auroc_curve(evals, summary, os.path.join(fig_dir, "auroc_by_evaluation.png"))
@@ -154,7 +161,7 @@ def _figures(rows: dict, evals: list, summary: dict, gaze_examples: list[dict], 
     if gaze_examples:
         lines += ["", "Test images with the expert's gaze target and the predicted gaze (sigmoid of the gaze "
                   "logits; a softmax over the grid for +gaze loss), at the method's gaze grid:", ""]
-        lines += _gaze_figures(gaze_examples, fig_dir)
+        lines += _gaze_figures(gaze_examples, fig_dir, names)
     return lines
 
 
@@ -200,12 +207,13 @@ def write(results: dict, config, workdir: str) -> str:
     os.makedirs(fig_dir, exist_ok=True)
     test, val = results.get("test", {}), results.get("val", {})
     evals = tracked_evaluations(workdir)
-    summary = best_n_summary(evals, int(config.best_n))
+    names = label_names(config)
+    summary = best_n_summary(evals, int(config.best_n), names)
     test.setdefault("metrics", {}).update(summary_metrics(summary), params_total=param_counts(config)["total"])
     io.write_json(os.path.join(workdir, "best_epochs.json"), summary)
-    rows = _auroc_rows(test["metrics"], val.get("metrics", {}), summary)
+    rows = _auroc_rows(test["metrics"], val.get("metrics", {}), summary, names)
     lines = _header(config, results.get("data_info", {}), test)
-    lines += ["## Test AUROC (%)", "", R.markdown_table(["", "Average", *FINDINGS],
+    lines += ["## Test AUROC (%)", "", R.markdown_table(["", "Average", *names],
                                                           [[k, *map(_pct, v)] for k, v in rows.items()]), "",
               f"N = {summary['n']} (`best_n`); {summary['evaluations']} evaluations were logged, so the best-N "
               f"averages use {summary['used']}. Best checkpoint: the evaluation with the best validation mean AUROC. "
@@ -213,8 +221,8 @@ def write(results: dict, config, workdir: str) -> str:
               "mean AUROC. N best test (the most literal reading of Table 4's \"average of the best 30 epochs\"): "
               "the mean of the N highest test mean AUROCs, i.e. selected on the test split, so optimistic. Each "
               "finding's column averages the same N evaluations.", ""]
-    extra = [(k, test["metrics"][k]) for k in ("loss", "loss_bce", "loss_gaze", "gaze_cc", "gaze_kl")
+    extra = [(k, test["metrics"][k]) for k in ("loss", "loss_bce", "loss_ce", "loss_gaze", "gaze_cc", "gaze_kl")
              if k in test["metrics"]]
     lines += ["Test split at the best checkpoint: " + ", ".join(f"{k} {v:.4f}" for k, v in extra) + ".", ""]
-    lines += ["## Figures", ""] + _figures(rows, evals, summary, test.get("figures", []), workdir)
+    lines += ["## Figures", ""] + _figures(rows, evals, summary, test.get("figures", []), workdir, names)
     return R.write_report(workdir, lines)

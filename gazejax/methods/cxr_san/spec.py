@@ -45,6 +45,29 @@ log = logging.getLogger("gazejax")
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")  # cxr_labels "5label"
 SLUGS = tuple(f.replace(" ", "_") for f in FINDINGS)  # the findings in metric and column names
+LABEL_SETS = ("5label", "3class")  # Table 4's findings (the paper) | EGD-CXR's classes (the cross-method leaderboard)
+
+
+def label_names(config) -> tuple[str, ...]:
+    """The model's outputs: Table 4's five findings (multi-label sigmoids) for data.label_set "5label", EGD-CXR's
+    Normal / CHF / pneumonia (one softmax) for "3class"."""
+    if config.data.label_set == "5label":
+        return FINDINGS
+    from gazejax.data.cxr import labels as cxr_labels
+
+    return tuple(cxr_labels.label_names(config.data.label_set))
+
+
+def is_multiclass(config) -> bool:
+    """True for the single-label 3-class task: softmax cross-entropy ("the typical cross-entropy loss", Sec. 3.3,
+    for one class per image) instead of the multi-label sigmoid BCE."""
+    return config.data.label_set == "3class"
+
+
+def probabilities(logits: np.ndarray, config) -> np.ndarray:
+    """float64 class probabilities of `[N, K]` logits: a softmax for the 3-class task, per-finding sigmoids else."""
+    logits = np.asarray(logits, np.float64)
+    return softmax(logits, axis=-1) if is_multiclass(config) else expit(logits)
 GRID_NAMES = {16: "san", E4_STRIDE: "e4"}  # gaze stride -> name of its data.gaze_grids entry
 EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", "gaze_san", "gaze_e4")
 
@@ -68,7 +91,7 @@ def gaze_stride(method: str) -> int | None:
 
 def metric_key(finding: str) -> str:
     """"Pleural Effusion" -> "auroc_Pleural_Effusion" (metric names without spaces)."""
-    return "auroc_" + SLUGS[FINDINGS.index(finding)]
+    return "auroc_" + finding.replace(" ", "_")
 
 
 def _backbone_kwargs(config) -> dict[str, Any]:
@@ -90,7 +113,7 @@ def _backbone_kwargs(config) -> dict[str, Any]:
 
 def build_model(config) -> SANAABClassifier:  # registered as "san_aab_classifier"
     m = config.model
-    return models.build("san_aab_classifier", backbone=m.backbone, num_classes=len(FINDINGS),
+    return models.build("san_aab_classifier", backbone=m.backbone, num_classes=len(label_names(config)),
                             method=model_method(config.method), san_width=int(m.san_width), aab_heads=int(m.aab_heads), aab_head_dim=int(m.aab_head_dim),
                             aab_ffn_mult=int(m.aab_ffn_mult), aab_site=str(m.get("aab_site", "stride32")),
                             backbone_kwargs=_backbone_kwargs(config),
@@ -120,18 +143,22 @@ def gaze_target_key(method: str) -> str | None:
 
 
 def loss_fn(outputs: dict, batch: dict, params: Any, config, stage=None) -> tuple[jnp.ndarray, dict]:
-    """L = w1 BCE(logits, labels) (+ w2 L_g on the method's gaze output and grid; see the module docstring)."""
+    """L = w1 BCE(logits, labels) (softmax CE on the 3-class task) (+ w2 L_g on the method's gaze output and grid;
+    see the module docstring)."""
     del params, stage
     w = config.loss
-    bce = losses.sigmoid_bce_multilabel(outputs["logits"], batch["label"], batch["label_mask"])
+    if is_multiclass(config):
+        bce, name = losses.softmax_ce(outputs["logits"], batch["label"], batch["label_mask"]), "loss_ce"
+    else:
+        bce, name = losses.sigmoid_bce_multilabel(outputs["logits"], batch["label"], batch["label_mask"]), "loss_bce"
     key = gaze_target_key(config.method)
     if key is None:
-        return w.cls * bce, {"loss_bce": bce}
+        return w.cls * bce, {name: bce}
     if config.method == "gaze_loss":  # the gaze-enhanced classifier's KL(gaze density || softmax(gaze logits))
         gaze = losses.kl_saliency(outputs["gaze"], batch[key], batch["has_gaze"])
     else:  # Eq. 4, Huang et al.
         gaze = losses.gaze_bce(outputs["gaze"], batch[key], batch["has_gaze"])
-    return w.cls * bce + w.gaze * gaze, {"loss_bce": bce, "loss_gaze": gaze}
+    return w.cls * bce + w.gaze * gaze, {name: bce, "loss_gaze": gaze}
 
 
 def check_gaze_grid(config) -> None:
@@ -168,9 +195,9 @@ def needs_gaze(config) -> bool:
 def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
     from gazejax.data.cxr import pipeline as cxr_pipeline
 
-    if config.data.label_set != "5label":
-        raise ValueError(f"cxr_san: data.label_set must be '5label' (Table 4's findings), got "
-                         f"{config.data.label_set!r}")
+    if config.data.label_set not in LABEL_SETS:
+        raise ValueError(f"cxr_san: data.label_set must be '5label' (Table 4's findings) or '3class' (EGD-CXR's "
+                         f"classes, softmax), got {config.data.label_set!r}")
     check_gaze_grid(config)
     sigma = gaze_sigma(config)
     log.info("SAN+AAB CXR gaze targets: sigma %s source px, grids %s", sigma, dict(config.data.gaze_grids))
@@ -179,9 +206,11 @@ def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBun
 
 
 # ---- evaluation --------------------------------------------------------------------------------------------------
-def auroc_metrics(targets: np.ndarray, probs: np.ndarray, known: np.ndarray) -> dict[str, float]:
-    """"auroc" (mean over findings with both label values) and "auroc_<finding>" from `[N, 5]` 0/1 targets,
-    scores and the known-label mask; each finding is scored on its known labels only."""
+def auroc_metrics(targets: np.ndarray, probs: np.ndarray, known: np.ndarray, names: tuple[str, ...] = FINDINGS
+                  ) -> dict[str, float]:
+    """"auroc" (mean over findings with both label values) and "auroc_<finding>" from `[N, K]` 0/1 targets,
+    scores and the known-label mask; each finding is scored on its known labels only (for the 3-class task, with
+    one-hot targets and softmax scores, the macro one-vs-rest AUROC)."""
     per_class = []
     with warnings.catch_warnings():  # a finding without positives in a small split is NaN, reported as such
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -190,7 +219,7 @@ def auroc_metrics(targets: np.ndarray, probs: np.ndarray, known: np.ndarray) -> 
             per_class.append(cls.multilabel_auroc(targets[rows, c:c + 1], probs[rows, c:c + 1])["per_class"][0])
     finite = [a for a in per_class if np.isfinite(a)]
     return {"auroc": float(np.mean(finite)) if finite else float("nan"),
-            **{metric_key(f): float(a) for f, a in zip(FINDINGS, per_class)}}
+            **{metric_key(f): float(a) for f, a in zip(names, per_class)}}
 
 
 def gaze_map(gaze_logits: np.ndarray, method: str) -> np.ndarray:
@@ -241,7 +270,7 @@ def _predict_split(predict, split, config, n_figures: int) -> dict[str, Any]:
                 figures.append({"dicom_id": split.records[i].dicom_id, "image": images[j, ..., 0],
                                 "target": batch[key][j, ..., 0],
                                 "pred": gaze_map(out["gaze"][j:j + 1], config.method)[0],
-                                "label": batch["label"][j], "probs": expit(out["logits"][j].astype(np.float64))})
+                                "label": batch["label"][j], "probs": probabilities(out["logits"][j], config)})
     return {**{k: np.concatenate(v) for k, v in parts.items() if v}, "figures": figures}
 
 
@@ -252,32 +281,40 @@ def evaluate(predict, split, config, out_dir: str | None = None, stage=None) -> 
     if split is None or len(split) == 0:
         return {"metrics": {}}
     run = _predict_split(predict, split, config, int(config.eval.figure_images) if out_dir else 0)
+    names = label_names(config)
     targets, known = run["label"].astype(np.float32), run["label_mask"].astype(bool)
-    probs = expit(run["logits"].astype(np.float64))
-    metrics = auroc_metrics(targets, probs, known)
+    if is_multiclass(config):  # int classes -> one-hot targets, one mask per image -> per class
+        targets = np.eye(len(names), dtype=np.float32)[run["label"].astype(int)]
+        known = np.repeat(known[:, None], len(names), axis=1)
+    probs = probabilities(run["logits"], config)
+    metrics = auroc_metrics(targets, probs, known, names)
     outputs = {"logits": jnp.asarray(run["logits"]), "gaze": jnp.asarray(run["gaze"]) if "gaze" in run else None}
     total, terms = loss_fn(outputs, {k: jnp.asarray(v) for k, v in run.items() if k != "figures"}, None, config)
     metrics.update(loss=float(total), **{k: float(v) for k, v in terms.items()})
     key = gaze_target_key(config.method)
     if key is not None:
         metrics.update(gaze_metrics(gaze_map(run["gaze"], config.method), run[key], run["has_gaze"]))
-    bce = -(targets * log_expit(run["logits"]) + (1 - targets) * log_expit(-run["logits"]))  # per image, label
+    if is_multiclass(config):  # per image and class: -log p of the true class, counted once per image
+        bce = -np.log(np.maximum(probs, 1e-300)) * targets * len(names)
+    else:
+        bce = -(targets * log_expit(run["logits"]) + (1 - targets) * log_expit(-run["logits"]))  # per image, label
+    slugs = [n.replace(" ", "_") for n in names]
     cases = [{"case_id": r.dicom_id, "scores": {"bce": float(np.mean(b[k])) if k.any() else float("nan"),
-                                                **{f"p_{n}": float(v) for n, v in zip(SLUGS, p)}}}
+                                                **{f"p_{n}": float(v) for n, v in zip(slugs, p)}}}
              for r, b, k, p in zip(split.records, bce, known, probs)]
     if out_dir is not None:
-        _write_predictions(os.path.join(out_dir, "predictions.csv"), split.records, targets, known, probs)
-    counts = {f: (int(np.sum(targets[known[:, c], c])), int(np.sum(known[:, c]))) for c, f in enumerate(FINDINGS)}
+        _write_predictions(os.path.join(out_dir, "predictions.csv"), split.records, targets, known, probs, slugs)
+    counts = {f: (int(np.sum(targets[known[:, c], c])), int(np.sum(known[:, c]))) for c, f in enumerate(names)}
     return {"metrics": metrics, "cases": cases, "figures": run["figures"], "positives": counts}
 
 
-def _write_predictions(path: str, records, targets, known, probs) -> None:
+def _write_predictions(path: str, records, targets, known, probs, slugs=SLUGS) -> None:
     import csv
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["dicom_id"] + [f"label_{n}" for n in SLUGS] + [f"p_{n}" for n in SLUGS])
+        writer.writerow(["dicom_id"] + [f"label_{n}" for n in slugs] + [f"p_{n}" for n in slugs])
         for r, t, k, p in zip(records, targets, known, probs):
             writer.writerow([r.dicom_id] + [int(v) if m else "" for v, m in zip(t, k)] + [f"{v:.6f}" for v in p])
 

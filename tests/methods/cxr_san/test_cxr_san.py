@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs import cxr_san as cxr_config
+from gazejax.methods.cxr_san import inference as cxr_san_inference
 from gazejax.methods.cxr_san import spec as cxr_san, report as cxr_san_report
 
 FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural_Effusion")
@@ -274,6 +275,45 @@ def test_evaluate_with_a_stand_in_predictor(tmp_path):
     assert [f["dicom_id"] for f in res["figures"]] == ["d0", "d2"]  # images with gaze only
     np.testing.assert_allclose(res["figures"][1]["pred"], _sigmoid(gaze[2, ..., 0]), rtol=1e-6)
     assert len((tmp_path / "pred" / "predictions.csv").read_text().splitlines()) == n + 1
+
+
+def test_three_class_task_softmax_ce_and_one_vs_rest_auroc(tmp_path):
+    """data.label_set="3class" (the cross-method leaderboard's task): 3 outputs, softmax cross-entropy over known
+    labels, macro one-vs-rest AUROC of the softmax as scikit-learn computes it, a report with the class names."""
+    rng = np.random.default_rng(5)
+    n = 9
+    labels = np.arange(n) % 3
+    examples = [{"image": np.full((64, 64, 1), i, np.float32), "label": np.int32(labels[i]),
+                 "label_mask": np.bool_(i != 4), "has_gaze": np.bool_(True),
+                 "gaze_san": rng.random((4, 4, 1)).astype(np.float32)} for i in range(n)]
+    logits = rng.normal(size=(n, 3)).astype(np.float32)
+    gaze = rng.normal(size=(n, 4, 4, 1)).astype(np.float32)
+
+    def predict(images):
+        idx = images[:, 0, 0, 0].astype(int)
+        return {"logits": logits[idx], "gaze": gaze[idx]}
+
+    cfg = cxr_config.get_config("method=ours")
+    cfg.data.label_set = "3class"
+    assert cxr_san.label_names(cfg) == ("Normal", "CHF", "pneumonia") and cxr_san.is_multiclass(cfg)
+    assert jax.eval_shape(lambda: cxr_san.build_model(cfg).init(
+        jax.random.key(0), np.zeros((1, 64, 64, 1), np.float32), train=False))["params"]["classifier"]["kernel"].shape[-1] == 3
+    res = cxr_san.evaluate(predict, _Split(examples, [types.SimpleNamespace(dicom_id=f"d{i}") for i in range(n)]), cfg,
+                           str(tmp_path / "pred"))
+    m, known = res["metrics"], np.arange(n) != 4
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(m["auroc"], roc_auc_score(labels[known], probs[known], multi_class="ovr"), rtol=1e-9)
+    np.testing.assert_allclose(m["auroc_CHF"], roc_auc_score(labels[known] == 1, probs[known, 1]), rtol=1e-9)
+    log_p = np.log(probs[np.arange(n), labels])
+    np.testing.assert_allclose(m["loss_ce"], -log_p[known].mean(), rtol=1e-5)  # the masked image left out
+    assert "loss_bce" not in m and res["positives"]["CHF"] == (2, 8)  # image 4 (CHF) unknown
+    header = (tmp_path / "pred" / "predictions.csv").read_text().splitlines()[0]
+    assert header == "dicom_id,label_Normal,label_CHF,label_pneumonia,p_Normal,p_CHF,p_pneumonia"
+    hook = cxr_san_inference.INFERENCE
+    assert hook.labels(cfg) == ("Normal", "CHF", "pneumonia") and not hook.multilabel(cfg)
+    out = hook.run(predict, np.stack([ex["image"] for ex in examples]), cfg)
+    np.testing.assert_allclose(out["probs"], probs, rtol=1e-6)
+    assert cxr_san_report.keys(cxr_san.label_names(cfg)) == ("auroc", "auroc_Normal", "auroc_CHF", "auroc_pneumonia")
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
