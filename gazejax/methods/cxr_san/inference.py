@@ -1,5 +1,5 @@
 """How `gazejax.predict` applies an exported SAN + AAB (or Table 4 baseline) model to new radiographs: the five
-per-finding sigmoids of `spec.evaluate` and, for the variants that learn gaze, their predicted gaze map
+per-finding sigmoids of `spec.evaluate` (the 3-class softmax for data.label_set "3class") and, for the variants that learn gaze, their predicted gaze map
 (`spec.gaze_map`)."""
 from __future__ import annotations
 

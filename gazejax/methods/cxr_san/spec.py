@@ -14,7 +14,9 @@ what it costs in parameters. Methods (`config.method`, Table 4's rows):
   only, gaze never read: a backbone row with ours' exact parameter count, so that Table 4 separates what gaze
   adds from what the AAB's extra parameters add.
 L_cls is the multi-label sigmoid BCE over known labels ("we apply the typical cross-entropy loss to replace L_seg",
-Sec. 3.3); w1 = config.loss.cls, w2 = config.loss.gaze (0.5 as in Sec. 4.1).
+Sec. 3.3); w1 = config.loss.cls, w2 = config.loss.gaze (0.5 as in Sec. 4.1). With data.label_set "3class" (not in
+the paper: EGD-CXR's Normal / CHF / pneumonia, for the cross-method leaderboard) the head has 3 outputs and L_cls is
+the softmax cross-entropy of the one class per image; AUROC is then the macro one-vs-rest AUROC of the softmax.
 Data: `gazejax.data.cxr.pipeline` with label_set "5label"; gaze targets `gaze_san` (1/16) and `gaze_e4` (1/32),
 Gaussians on the fixations divided by their max (Eq. 4 needs targets in [0, 1]). `make_data` refuses a config whose
 grid for the method is not image_size / gaze_stride(method).
