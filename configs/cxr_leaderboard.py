@@ -1,7 +1,7 @@
 r"""One leaderboard of the gaze-guided chest X-ray methods on identical data (issue 17): EGD-CXR's 3-class task
 (Normal / CHF / pneumonia), one patient-level stratified split, one input size (128x128; quick 64x64), the same
 synthetic set (720 images of the realistic style at difficulty 0.25: patients differ, findings are graded and
-overlap, 2.5 % of labels are flipped; the plain ResNet-50 lands at macro AUROC ~0.73 at 64x64, so nothing saturates).
+overlap, 2.5 % of labels are flipped; the plain ResNet-50 lands at macro AUROC 0.72 at 64x64: nothing saturates).
 
   python -m gazejax.experiments --config=configs/cxr_leaderboard.py --grid=leaderboard --quick
   python -m gazejax.experiments --config=configs/cxr_leaderboard.py --grid=leaderboard --shard=0/4 --workdir=/shared/lb
@@ -18,8 +18,8 @@ noise), SAN+AAB 2D on EfficientNet-b0, its Table 4 backbone (backbone, +gaze*, +
 task with one softmax and cross-entropy instead of Table 4's 5 multi-label sigmoids: `data.label_set="3class"`).
 ResNet-50 and EfficientNet-b0 rows where the method lets the backbone change (GG-CAM, plain); CXRGazeLearn is
 DenseNet-201 by design. Full size: 3 seeds per row; `--quick`: 8 rows (the ResNet-50 ones, SAN+AAB backbone and
-ours), 2 seeds, shorter schedules (the size to run on a 2-core CPU at 64x64 inputs; measured: 29 min 57 s for the
-6 rows without SAN+AAB on a shared CPU).
+ours), 2 seeds, shorter schedules (the size to run on a 2-core CPU at 64x64 inputs; measured on a shared CPU:
+29 min 57 s for the 6 rows without SAN+AAB, then 10 min 50 s for the 2 SAN+AAB rows).
 """
 from __future__ import annotations
 
