@@ -10,13 +10,13 @@ min-max normalised per image.
 
 Per row (mean over seeds): macro and per-class one-vs-rest AUROC, the macro AUROC's 95 % percentile-bootstrap CI
 over test images (of the seed-mean probabilities), accuracy, for self-supervised rows the linear-probe test AUROC
-their own evaluation logged after pretraining (the table's AUROC is the exported fine-tuned stage's); gaze
-agreement over images with gaze (CC, KL, NSS, AUC-Judd, HS, SIM) and the pointing game (the map's peak inside the true class's organ: heart for CHF, lungs for
-pneumonia; Normal images not scored); parameters and training time (run.json); paired tests against the
-reference row: the macro AUROC difference by a paired bootstrap over test images (`stats.paired_bootstrap_test`)
-and a t-test paired by seed, per-image CC by a t-test paired by image. Controls reuse a row's cells with its map
-replaced (e.g. "random": uniform noise, seeded), giving chance-level agreement. Writes leaderboard.csv,
-leaderboard.md and leaderboard.png (AUROC vs CC, one point per row).
+their own evaluation logged after pretraining (the table's AUROC is the exported fine-tuned stage's); gaze agreement
+over images with gaze (CC, KL, NSS, AUC-Judd, HS, SIM) and the pointing game (the map's peak inside the true class's
+organ: heart for CHF, lungs for pneumonia; Normal images not scored); parameters and training time (run.json);
+paired tests against the reference row: the macro AUROC difference by a paired bootstrap over test images
+(`stats.paired_bootstrap_test`) and a t-test paired by seed, per-image CC by a t-test paired by image. Controls
+reuse a row's cells with its map replaced (e.g. "random": uniform noise, seeded), giving chance-level agreement.
+Writes leaderboard.csv, leaderboard.md and leaderboard.png (AUROC vs CC, one point per row).
 """
 from __future__ import annotations
 
