@@ -2,7 +2,8 @@ r"""Benchmark of a config's train step and inference step on this machine: compi
 samples/s, XLA FLOPs per step, achieved FLOP/s, MFU against the device's peak, peak memory.
 
   python -m gazejax.bench --config=configs/brats.py[:preset=paper,...] [--steps=N] [--stage=NAME]
-                          [--compare-torch] [--torch-python=PATH] [--json=FILE] [--config.a.b=v]
+                          [--compare-torch] [--torch-python=PATH] [--json=FILE] [--pipeline-batches=N]
+                          [--config.a.b=v]
   python -m gazejax.bench --predict-model=MODEL_DIR --predict-input=PATH     (gazejax.bench.predict)
 
 Everything runs through the real trainer (`gazejax.engine.trainer.Trainer`: init_variables, new_state, make_train_step, and
@@ -11,6 +12,9 @@ from XLA's cost analysis of the compiled step (per device, times the device coun
 published for the accelerator (bf16 and fp32; TPUs run f32 matmuls as bf16 passes at default precision, GPUs as
 TF32) or, on CPU, a measured matmul rate of the config's compute dtype. --compare-torch times a PyTorch equivalent
 of the backbone (EquiUnet for 3D, torchvision for 2D) when torch is importable here or in --torch-python.
+The training input pipeline is also timed alone (`--pipeline-batches`, default 10; the config's `data.num_workers`
+Grain worker processes, 0 = threads in-process) and compared with the samples per second the train step consumes:
+below 3x the step may wait for data.
 """
 from __future__ import annotations
 
@@ -125,9 +129,26 @@ def _pick_stage(stages: list, name: str | None):
     raise ValueError(f"no stage {name!r}; stages: {', '.join(s.name for s in stages)}")
 
 
+def pipeline_report(it, batches: int, local_batch: int) -> dict:
+    """The training input pipeline alone: `batches` more batches drawn from the started iterator `it` (its first
+    batch, with the start-up, already drawn), as this process's samples per second. Stops early, with the count,
+    when the iterator ends."""
+    got, t0 = 0, time.perf_counter()
+    for _ in range(int(batches)):
+        try:
+            next(it)
+        except StopIteration:
+            break
+        got += 1
+    seconds = time.perf_counter() - t0
+    return {"batches": got, "seconds": seconds, "num_workers": int(getattr(it, "num_workers", 0)),
+            "samples_per_s": got * local_batch / seconds if got and seconds > 0 else float("nan")}
+
+
 def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = False,
-        torch_python: str | None = None) -> dict:
-    """Benchmarks `config`'s train and inference steps; returns a dict (see `format_report`)."""
+        torch_python: str | None = None, pipeline_batches: int = 10) -> dict:
+    """Benchmarks `config`'s train and inference steps and (`pipeline_batches` > 0) its training input pipeline;
+    returns a dict (see `format_report`)."""
     import jax
 
     from gazejax import methods
@@ -140,6 +161,8 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
             idx, st = _pick_stage(trainer.stages, stage)
             it = trainer.train_iterator(data, st, None)
             batch = parallel.to_global(next(it), trainer.mesh)
+            local_batch = parallel.local_batch_size(int(config.batch_size), trainer.mesh)
+            pipe = pipeline_report(it, pipeline_batches, local_batch) if pipeline_batches > 0 else None
             it.close()  # stops Grain worker processes (data.num_workers > 0) before the timed steps
             variables = trainer.init_variables()
             tx = train._stage_tx(config, st, trainer.steps_per_epoch(data, st), variables["params"])
@@ -158,6 +181,10 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
     result.update(config=_config_name(config), stage=st.name, stage_index=idx, batch_size=size,
                   input_shapes=[list(x.shape) for x in inputs], train=train_report, infer=infer_report,
                   memory=peak_memory())
+    if pipe is not None:  # the pipeline's rate against what the train step consumes per process
+        demand = train_report["samples_per_s"] / jax.process_count()
+        result["pipeline"] = {**pipe, "step_demand_samples_per_s": demand,
+                              "over_demand": pipe["samples_per_s"] / demand if demand > 0 else float("nan")}
     for part in ("train", "infer"):
         peak = result["peak_flops_per_s"]
         result[part]["mfu"] = result[part]["flops_per_s"] / peak if peak else float("nan")
@@ -334,6 +361,12 @@ def format_report(r: dict) -> str:
         if "jax_over_torch_time" in s:
             line += f" | JAX/torch time {s['jax_over_torch_time']:.2f}"
         lines.append(line)
+    if "pipeline" in r:
+        p = r["pipeline"]
+        lines.append(f"input      {p['samples_per_s']:.2f} samples/s per process over {p['batches']} batches "
+                     f"(data.num_workers={p['num_workers']}) | {p['over_demand']:.1f}x the train step's demand"
+                     + (" (below 3x: the step may wait for data; try --config.data.num_workers)"
+                        if p["over_demand"] < 3 else ""))
     mem = r["memory"]
     lines.append(f"memory     device peak {_fmt(mem.get('device_peak_bytes'), ' GiB', 2**30)} | process max RSS "
                  f"{_fmt(mem['max_rss_bytes'], ' GiB', 2**30)} | XLA estimate (train) "
@@ -357,6 +390,7 @@ def main(argv=None) -> int:
     compare = flags.DEFINE_bool("compare-torch", False, "Also time a PyTorch equivalent of the backbone.")
     torch_python = flags.DEFINE_string("torch-python", None, "Interpreter with torch for --compare-torch.")
     out_json = flags.DEFINE_string("json", None, "Also write the results to this JSON file.")
+    pipe = flags.DEFINE_integer("pipeline-batches", 10, "Batches timed from the input pipeline alone (0 = skip).")
     spec = flags.DEFINE_string("torch_spec", None, "Internal: time only this torch spec and print JSON.")
     predict_model = flags.DEFINE_list("predict-model", None, "Time gazejax.predict with these exported models ...")
     predict_input = flags.DEFINE_string("predict-input", None, "... on these inputs (gazejax.bench.predict).")
@@ -375,7 +409,7 @@ def main(argv=None) -> int:
             return 0
         if config.value is None:
             raise app.UsageError("--config is required, e.g. --config=configs/brats.py")
-        result = run(config.value, steps.value, stage.value, compare.value, torch_python.value)
+        result = run(config.value, steps.value, stage.value, compare.value, torch_python.value, pipe.value)
         print(format_report(result), flush=True)
         if out_json.value:
             with open(out_json.value, "w") as f:

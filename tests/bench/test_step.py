@@ -3,6 +3,7 @@ known matmul, the published peak table, and what the PyTorch comparison builds. 
 from __future__ import annotations
 
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,30 @@ def test_tiny_brats_report(tiny_brats_root, tmp_path, fast_compile):
     assert r["memory"]["max_rss_bytes"] > 0
     text = bench.format_report(r)
     assert "train step" in text and "inference" in text and "MFU" in text and "GFLOP/step" in text
+    p = r["pipeline"]  # the input pipeline alone, against the train step's demand
+    assert 1 <= p["batches"] <= 10 and p["num_workers"] == 0 and p["samples_per_s"] > 0
+    assert p["samples_per_s"] == pytest.approx(p["batches"] * 2 / p["seconds"])
+    assert p["over_demand"] == pytest.approx(p["samples_per_s"] / r["train"]["samples_per_s"])
+    assert f"{p['over_demand']:.1f}x the train step's demand" in text
+
+
+def test_pipeline_report_counts_batches_and_stops_at_the_end():
+    class Slow:
+        num_workers = 2
+
+        def __init__(self, n):
+            self.left = n
+
+        def __next__(self):
+            if not self.left:
+                raise StopIteration
+            self.left -= 1
+            time.sleep(0.01)
+            return {}
+
+    p = bench.pipeline_report(Slow(3), 10, 4)
+    assert p["batches"] == 3 and p["num_workers"] == 2 and p["seconds"] >= 0.03
+    assert p["samples_per_s"] == pytest.approx(12 / p["seconds"]) and p["samples_per_s"] <= 400
 
 
 def test_flops_of_a_matmul_are_counted_exactly():
