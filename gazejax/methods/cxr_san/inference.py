@@ -1,6 +1,6 @@
 """How `gazejax.predict` applies an exported SAN + AAB (or Table 4 baseline) model to new radiographs: the five
-per-finding sigmoids of `spec.evaluate` (the 3-class softmax for data.label_set "3class") and, for the variants that learn gaze, their predicted gaze map
-(`spec.gaze_map`)."""
+per-finding sigmoids of `spec.evaluate` (the 3-class softmax for data.label_set "3class") and, for the variants
+that learn gaze, their predicted gaze map (`spec.gaze_map`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +18,8 @@ MAP_NAMES = {  # config.method -> what its gaze output is
 
 def run(predict, images: np.ndarray, config, stage=None) -> dict:
     """images float32 [B, H, W, 1] -> {"probs": float64 [B, K] per-finding sigmoids, or the 3-class softmax (as
-    `spec.evaluate`), "map":
-    float32 [B, h, w] predicted gaze (`gaze_map`) for the methods trained on gaze, else None}."""
+    `spec.evaluate`), "map": float32 [B, h, w] predicted gaze (`gaze_map`) for the methods trained on gaze, else
+    None}."""
     del stage
     out = predict(images)
     probs = probabilities(np.asarray(out["logits"], np.float32), config)  # evaluate stacks float32 logits

@@ -26,9 +26,13 @@ from gazejax.methods.cxr_san.spec import FINDINGS, label_names, metric_key, para
 NAMES = {"backbone": "Backbone", "backbone_matched": "Backbone, param-matched (SAN + AAB without gaze)",
          "gaze_star": "+gaze*", "gaze_loss": "+gaze loss", "ours": "ours (SAN + AAB)"}
 PARAM_ROWS = ("backbone", "backbone_matched", "ours")  # the parameter table of every report
+
+
 def keys(names: tuple[str, ...] = FINDINGS) -> tuple[str, ...]:
     """"auroc" (the average) first, then one "auroc_<name>" per output: Table 4's finding columns by default."""
     return ("auroc",) + tuple(metric_key(f) for f in names)
+
+
 MODES = (("best_val_n", "mean of the best-N evaluations by validation AUROC"),
          ("best_test_n", "mean of the N best test evaluations (optimistic)"))
 

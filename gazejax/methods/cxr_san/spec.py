@@ -36,6 +36,7 @@ import numpy as np
 from scipy.special import expit, log_expit, softmax
 
 from gazejax import losses, models
+from gazejax.data.cxr import labels as cxr_labels
 from gazejax.metrics import classification as cls
 from gazejax.metrics import saliency
 from gazejax.engine.api import DataBundle, Stage, iterate_in_batches
@@ -45,18 +46,20 @@ from gazejax.models.cam import backbone_family
 
 log = logging.getLogger("gazejax")
 
-FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")  # cxr_labels "5label"
-SLUGS = tuple(f.replace(" ", "_") for f in FINDINGS)  # the findings in metric and column names
-LABEL_SETS = ("5label", "3class")  # Table 4's findings (the paper) | EGD-CXR's classes (the cross-method leaderboard)
+FINDINGS = cxr_labels.FIVE_LABEL  # Table 4's findings: Atelectasis, Cardiomegaly, Consolidation, Edema, Pl. Effusion
+
+
+def slug(name: str) -> str:
+    """"Pleural Effusion" -> "Pleural_Effusion": an output's name in metric and column names."""
+    return name.replace(" ", "_")
+
+
+SLUGS = tuple(slug(f) for f in FINDINGS)
 
 
 def label_names(config) -> tuple[str, ...]:
-    """The model's outputs: Table 4's five findings (multi-label sigmoids) for data.label_set "5label", EGD-CXR's
-    Normal / CHF / pneumonia (one softmax) for "3class"."""
-    if config.data.label_set == "5label":
-        return FINDINGS
-    from gazejax.data.cxr import labels as cxr_labels
-
+    """The model's outputs: Table 4's five findings (multi-label sigmoids) for data.label_set "5label" (the paper),
+    EGD-CXR's Normal / CHF / pneumonia (one softmax) for "3class" (the cross-method leaderboard)."""
     return tuple(cxr_labels.label_names(config.data.label_set))
 
 
@@ -93,7 +96,7 @@ def gaze_stride(method: str) -> int | None:
 
 def metric_key(finding: str) -> str:
     """"Pleural Effusion" -> "auroc_Pleural_Effusion" (metric names without spaces)."""
-    return "auroc_" + finding.replace(" ", "_")
+    return "auroc_" + slug(finding)
 
 
 def _backbone_kwargs(config) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def needs_gaze(config) -> bool:
 def make_data(config, process_index: int = 0, process_count: int = 1) -> DataBundle:
     from gazejax.data.cxr import pipeline as cxr_pipeline
 
-    if config.data.label_set not in LABEL_SETS:
+    if config.data.label_set not in cxr_labels.LABEL_SETS:
         raise ValueError(f"cxr_san: data.label_set must be '5label' (Table 4's findings) or '3class' (EGD-CXR's "
                          f"classes, softmax), got {config.data.label_set!r}")
     check_gaze_grid(config)
@@ -296,14 +299,15 @@ def evaluate(predict, split, config, out_dir: str | None = None, stage=None) -> 
     key = gaze_target_key(config.method)
     if key is not None:
         metrics.update(gaze_metrics(gaze_map(run["gaze"], config.method), run[key], run["has_gaze"]))
-    if is_multiclass(config):  # per image and class: -log p of the true class, counted once per image
-        bce = -np.log(np.maximum(probs, 1e-300)) * targets * len(names)
-    else:
-        bce = -(targets * log_expit(run["logits"]) + (1 - targets) * log_expit(-run["logits"]))  # per image, label
-    slugs = [n.replace(" ", "_") for n in names]
-    cases = [{"case_id": r.dicom_id, "scores": {"bce": float(np.mean(b[k])) if k.any() else float("nan"),
-                                                **{f"p_{n}": float(v) for n, v in zip(slugs, p)}}}
-             for r, b, k, p in zip(split.records, bce, known, probs)]
+    if is_multiclass(config):  # per image: -log p of the true class
+        per_label = -np.log(np.maximum(probs, 1e-300)) * targets
+        case_loss = np.where(known[:, 0], per_label.sum(1), np.nan)
+    else:  # per image: the mean BCE over its known labels
+        per_label = -(targets * log_expit(run["logits"]) + (1 - targets) * log_expit(-run["logits"]))
+        case_loss = np.array([np.mean(b[k]) if k.any() else np.nan for b, k in zip(per_label, known)])
+    slugs = [slug(n) for n in names]
+    cases = [{"case_id": r.dicom_id, "scores": {"bce": float(c), **{f"p_{n}": float(v) for n, v in zip(slugs, p)}}}
+             for r, c, p in zip(split.records, case_loss, probs)]
     if out_dir is not None:
         _write_predictions(os.path.join(out_dir, "predictions.csv"), split.records, targets, known, probs, slugs)
     counts = {f: (int(np.sum(targets[known[:, c], c])), int(np.sum(known[:, c]))) for c, f in enumerate(names)}
