@@ -9,7 +9,6 @@ volume can span several devices; with N = 1 the mesh and every sharding are the 
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Callable
 
@@ -17,8 +16,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from gazejax.models.layers import SPATIAL_AXIS  # the mesh axis the models' sharding constraints look for
+
 DATA_AXIS = "data"
-SPATIAL_AXIS = "spatial"  # the name gazejax.models.layers.constrain_spatial looks for
 VOLUME_RANK = 5  # [B, D, H, W, C]: arrays of this rank or more are volumes, split along D over `spatial`
 
 
@@ -173,10 +173,6 @@ class _OnMesh:
         with jax.set_mesh(self.mesh):
             return self.fn.lower(*args, **kwargs)
 
-
-def mesh_context(mesh: Mesh):
-    """`jax.set_mesh(mesh)` on a 2-D mesh, nothing on a 1-D one."""
-    return contextlib.nullcontext() if spatial_size(mesh) == 1 else jax.set_mesh(mesh)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
