@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-SAN_STRIDE = 16
-
 
 def batch_shapes(shape: tuple[int, int, int]) -> dict[str, tuple[tuple[int, ...], Any]]:
     """Shapes and dtypes of one SAN+AAB training batch (batch 1) of spatial `shape`, as the BraTS pipeline makes."""
+    from gazejax.data.brats.records import SAN_STRIDE
+
     grid = tuple(s // SAN_STRIDE for s in shape)
     return {"image": ((1, *shape, 4), np.float32), "target": ((1, *shape, 3), np.float32),
             "gaze": ((1, *grid, 1), np.float32), "has_gaze": ((1,), np.bool_),
