@@ -83,6 +83,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.gaze_star_attention = "feature"       # +gaze* soft attention: feature (1+g)*F before the head, train+test;
                                             # output p*(1+g)/2 at test; gate p*g at test (old, not scale-preserving)
     m.gaze_star_prior = 0.1                 # +gaze* map starts at this mean (logit offset; RetinaNet prior init)
+    m.gaze_star_head_std = 0.01             # +gaze* gaze-head kernel init std (RetinaNet's prior-init recipe:
+                                            # small weights, bias at the prior); 0 = kaiming fan_out (std 1.4)
     m.dtype = "float32"                     # compute dtype (params stay float32)
     m.conv_impl = "auto"                    # conv formulation (models/conv_impl.py); auto = by backend
     m.init_from = ""                        # converted checkpoint to start from (python -m gazejax.models.convert)

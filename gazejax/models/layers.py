@@ -7,7 +7,7 @@ variables by renaming and transposing kernels only; `bn` is a GroupNorm there to
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -77,6 +77,7 @@ def conv(
     dtype: Dtype = jnp.float32,
     name: str | None = None,
     conv_impl: str = "auto",
+    kernel_init: Callable | None = None,
 ) -> nn.Conv:
     """Convolution `[B, *S, in_features] -> [B, *S, features]`, kernel k per axis, padding dilation*(k//2).
 
@@ -94,7 +95,7 @@ def conv(
         use_bias=use_bias,
         dtype=dtype,
         param_dtype=jnp.float32,
-        kernel_init=kaiming_normal_fan_out,
+        kernel_init=kaiming_normal_fan_out if kernel_init is None else kernel_init,
         bias_init=functools.partial(torch_bias_init, fan_in=fan_in),
         conv_general_dilated=conv_general_dilated_for(conv_impl),
         name=name,
@@ -102,11 +103,16 @@ def conv(
 
 
 def conv1x1(x: jax.Array, features: int, dtype: Dtype = jnp.float32, name: str | None = None,
-            conv_impl: str = "auto") -> jax.Array:
-    """Applies a 1x1(x1) convolution with bias to `x` (open_brats2020's `conv1x1`, used for heads)."""
-    layer = conv(features, spatial_rank(x), x.shape[-1], kernel_size=1, use_bias=True, dtype=dtype, name=name,
-                 conv_impl=conv_impl)
-    return layer(x)
+            conv_impl: str = "auto", kernel_std: float | None = None) -> jax.Array:
+    """Applies a 1x1(x1) convolution with bias to `x` (open_brats2020's `conv1x1`, used for heads).
+
+    `kernel_std`: a normal(0, kernel_std) kernel instead of kaiming fan_out (RetinaNet's 0.01 for a prediction head
+    whose first gradients should not reshape the features it shares: kaiming fan_out gives a 1-output head std
+    sqrt(2) per input channel).
+    """
+    init = None if kernel_std is None else nn.initializers.normal(kernel_std)
+    return conv(features, spatial_rank(x), x.shape[-1], kernel_size=1, use_bias=True, dtype=dtype, name=name,
+                conv_impl=conv_impl, kernel_init=init)(x)
 
 
 def group_norm(channels: int, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.GroupNorm:

@@ -39,6 +39,7 @@ def build_model(config):
         san_width=m.san_width, aab_heads=m.aab_heads, aab_head_dim=m.aab_head_dim,
         aab_scale_dim=int(m.get("aab_scale_dim", 0)), gaze_star_attention=str(m.get("gaze_star_attention", "feature")),
         gaze_star_prior=float(m.get("gaze_star_prior", 0.1)),
+        gaze_star_head_std=float(m.get("gaze_star_head_std", 0.01)),
         survival_classes=3 if method == "ours_surv" else 0, dtype=jnp.dtype(m.dtype), backbone=m.backbone,
         remat=bool(config.get("remat", False)), conv_impl=str(m.get("conv_impl", "auto")))
 

@@ -74,6 +74,20 @@ def test_gaze_star_feature_attention_is_the_head_on_1_plus_g_times_the_last_feat
     np.testing.assert_allclose(out["seg"], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("std,want", [(None, 0.01), (0.0, np.sqrt(2.0))])  # None: the config's default
+def test_gaze_star_head_starts_small_unless_asked_for_kaiming(std, want):
+    """RetinaNet's prior init: kernel normal(0, 0.01) with the bias at the prior. With kaiming fan_out (std sqrt(2)
+    for one output) the first gaze gradients wrecked the shared decoder feature (demo, ratio 0.5, seed 0: WT 11 %)."""
+    cfg = brats.get_config("method=gaze_star")
+    cfg.model.update(width=8, san_width=4, aab_heads=2, aab_head_dim=8)
+    if std is not None:
+        cfg.model.gaze_star_head_std = std
+    model = san_aab.build_model(cfg)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 16, 4)))["params"]
+    kernel = np.asarray(params["gaze_head"]["kernel"]).ravel()  # 8 input channels, one output
+    assert kernel.size == 8 and np.sqrt(np.mean(kernel**2)) == pytest.approx(want, rel=0.6)
+
+
 def test_gaze_star_loss_is_eq4_on_the_full_resolution_head_against_the_upsampled_target():
     rng = np.random.default_rng(0)
     full = rng.normal(size=(2, 32, 32, 32, 1)).astype(np.float32)
