@@ -2,6 +2,7 @@
 
   python -m gazejax.predict --model=MODEL_DIR[,MODEL_DIR...] --input=PATH --output=DIR
                             [--overwrite] [--labels=PATH] [--save-probabilities] [--tta]   (BraTS family)
+                            [--spatial=N]                                                   (BraTS family)
                             [--maps] [--batch=N]                                            (chest X-ray families)
 
 BraTS family (`gazejax.inference.volume`): PATH is a case folder, a folder of case folders, or
@@ -10,7 +11,10 @@ map, and with --save-probabilities the ET/TC/WT probabilities). Chest X-ray fami
 PATH is a DICOM, PNG or JPEG file or a folder of them; writes `predictions.csv` (and with --maps the explanation
 maps). Several models are ensembled by averaging probabilities. Inputs already predicted in --output are skipped
 (--overwrite redoes them); a bad input is reported on one line and skipped, and the exit status is then 1.
---labels also scores the predictions (`gazejax.inference.evaluation`: metrics.csv, summary.md).
+--labels also scores the predictions (`gazejax.inference.evaluation`: metrics.csv, summary.md). --spatial=N splits
+each volume along depth over N devices (the 2-D (data, spatial) mesh of training's --config.mesh.spatial; N divides
+the device count), so a whole case fits where one device's memory would not; the probabilities equal --spatial=1's
+up to float rounding.
 """
 from __future__ import annotations
 
@@ -37,18 +41,20 @@ _LABELS = _define(flags.DEFINE_string, "labels", None, "Reference labels: a fold
 _PROBS = _define(flags.DEFINE_bool, "save-probabilities", False, "BraTS: also write <case_id>_probabilities.nii.gz.")
 _TTA = _define(flags.DEFINE_bool, "tta", False, "BraTS: average over the 8 mirrored copies of each case.")
 _MAPS = _define(flags.DEFINE_bool, "maps", False, "Chest X-rays: write each image's explanation map (PNG, .npy).")
+_SPATIAL = _define(flags.DEFINE_integer, "spatial", 1, "BraTS: split each volume along depth over N devices (mesh "
+                   "(data, spatial), as --config.mesh.spatial in training); N divides the device count.")
 _BATCH = _define(flags.DEFINE_integer, "batch", None, "Chest X-rays: images per compiled call (default: the "
                  "model's eval.batch).")
 
 
 def predict(model_dirs: list[str], input_path: str, output: str, *, overwrite: bool = False,
             labels: str | None = None, save_probabilities: bool = False, tta: bool = False, maps: bool = False,
-            batch: int | None = None) -> dict:
+            batch: int | None = None, spatial: int = 1) -> dict:
     """Library form of the command: returns the run's result dict (see `inference.volume.run` / `images.run`),
     with "metrics" when `labels` is given."""
     from gazejax.inference import common, evaluation, images, volume
 
-    models = common.load_models(model_dirs)
+    models = common.load_models(model_dirs, spatial=spatial)
     kind = models[0].meta["kind"]
     if kind == "volume":
         if maps or batch:
@@ -80,7 +86,8 @@ def main(argv) -> int:
     start = time.perf_counter()
     try:
         result = predict(_MODEL.value, _INPUT.value, _OUTPUT.value, overwrite=_OVERWRITE.value, labels=_LABELS.value,
-                         save_probabilities=_PROBS.value, tta=_TTA.value, maps=_MAPS.value, batch=_BATCH.value)
+                         save_probabilities=_PROBS.value, tta=_TTA.value, maps=_MAPS.value, batch=_BATCH.value,
+                         spatial=_SPATIAL.value)
     except (ValueError, OSError) as e:
         if os.environ.get("GAZEJAX_DEBUG"):
             raise

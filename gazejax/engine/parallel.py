@@ -83,12 +83,12 @@ def barrier(name: str) -> None:
 
 
 def make_mesh(num_devices: int | None = None, devices: list | None = None, process_count: int | None = None,
-              spatial: int = 1) -> Mesh:
+              spatial: int = 1, spatial_name: str = "config.mesh.spatial") -> Mesh:
     """The mesh over all (or the first `num_devices`) global devices (`devices`, `process_count`: JAX's own by
     default): 1-D `data` for `spatial` = 1, else 2-D `(data, spatial)` with `spatial` consecutive devices per row.
     Every process must own a device of the mesh (one without could hold no share of the state), and a row of the
     spatial axis must lie within one process (each process reads whole volumes: `spatial` divides the devices per
-    process)."""
+    process). Errors name `spatial` as `spatial_name` (the config field, or a command's flag)."""
     devices = list(jax.devices() if devices is None else devices)
     process_count = jax.process_count() if process_count is None else process_count
     if num_devices:
@@ -103,11 +103,11 @@ def make_mesh(num_devices: int | None = None, devices: list | None = None, proce
     if spatial == 1:
         return Mesh(np.asarray(devices), (DATA_AXIS,))
     if spatial < 1 or len(devices) % spatial:
-        raise ValueError(f"config.mesh.spatial={spatial} must be >= 1 and divide the mesh's {len(devices)} devices")
+        raise ValueError(f"{spatial_name}={spatial} must be >= 1 and divide the mesh's {len(devices)} devices")
     grid = np.asarray(devices).reshape(len(devices) // spatial, spatial)
     if any(len({d.process_index for d in row}) > 1 for row in grid):
         per_process = len(devices) // process_count
-        raise ValueError(f"config.mesh.spatial={spatial} spans processes: it must divide the {per_process} devices "
+        raise ValueError(f"{spatial_name}={spatial} spans processes: it must divide the {per_process} devices "
                          f"of each process (every process reads whole volumes)")
     return Mesh(grid, (DATA_AXIS, SPATIAL_AXIS))
 

@@ -1,6 +1,7 @@
 """The inference function every evaluation and `gazejax.predict` share: `model.apply(train=False)` jitted once per
-model, the batch padded to a multiple of the device count and sharded over the mesh, outputs replicated (every
-process of a multi-host run can read the whole prediction). One code path, so a model exported and applied to a
+model, the batch padded to a multiple of the mesh's data axis and sharded over it (on a 2-D mesh, volumes also along
+depth over `spatial`: training's `mesh.spatial`, `gazejax.predict --spatial`), outputs replicated (every process of a
+multi-host run can read the whole prediction). One code path, so a model exported and applied to a
 case gives the same numbers as the evaluation that selected it."""
 from __future__ import annotations
 

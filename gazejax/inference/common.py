@@ -27,18 +27,21 @@ class LoadedModel:
     predict: Callable
 
 
-def load_models(paths: list[str], mesh=None) -> list[LoadedModel]:
-    """Loads export folders (`gazejax.engine.model_dir`); an ensemble's models must share kind, output names and
+def load_models(paths: list[str], mesh=None, spatial: int = 1) -> list[LoadedModel]:
+    """Loads export folders (`gazejax.engine.model_dir`) onto `mesh`, by default every device: the 1-D data mesh, or
+    with `spatial` = N > 1 (`--spatial`) the 2-D `(data, spatial)` mesh that splits each volume along depth over N
+    devices, as `config.mesh.spatial` does in training. An ensemble's models must share kind, output names and
     preprocessing spec (error naming the first that differs)."""
     from gazejax import methods
     from gazejax.engine import model_dir, parallel, predictor
 
     if not paths:
         raise ValueError("--model: give at least one model folder (written by python -m gazejax.export)")
-    mesh = mesh or parallel.make_mesh()
+    mesh = mesh or parallel.make_mesh(spatial=spatial, spatial_name="--spatial")
     loaded = []
     for path in paths:
         config, meta, variables = model_dir.read(path)
+        check_spatial(parallel.spatial_size(mesh), meta, path)
         method = methods.get(meta["method_family"])
         stages = {s.name: s for s in method.stages(config)}
         if meta["stage"] not in stages:
@@ -55,6 +58,26 @@ def load_models(paths: list[str], mesh=None) -> list[LoadedModel]:
                                  f"({json.dumps(other.meta[key])[:120]} vs {json.dumps(first.meta[key])[:120]}); "
                                  f"an ensemble's models must share it")
     return loaded
+
+
+def check_spatial(spatial: int, meta: dict, path: str) -> None:
+    """One-line errors for a `--spatial` = N > 1 that the export `path` (its model.json `meta`) cannot use: a 2D
+    model, or an input depth N does not divide (whole brain boxes are zero-padded to multiples of the spec's
+    `pad_multiple`, windows have the spec's depth). N = 1 fits every model."""
+    if spatial == 1:
+        return
+    if meta["kind"] != "volume":
+        raise ValueError(f"--spatial={spatial}: splits 3D volumes along depth over devices; {path} is a model of "
+                         f"2D {meta['kind']}s: use --spatial=1")
+    spec = meta["preprocessing"]
+    if spec.get("eval_mode") == "window":
+        depths = {"window": spec["window"][0], "gaze_window": (spec.get("gaze_window") or [spec["window"][0]])[0]}
+    else:
+        depths = {"whole brain boxes padded to multiples of": spec.get("pad_multiple", 1)}
+    for what, depth in depths.items():
+        if depth % spatial:
+            raise ValueError(f"--spatial={spatial} does not divide the input depth of {path} ({what} {depth}): use a "
+                             f"divisor of {depth}")
 
 
 def prefetch(items: Iterable[Any], load: Callable[[Any], Any]) -> Iterator[tuple[Any, Any, BaseException | None]]:
