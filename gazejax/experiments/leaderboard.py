@@ -10,7 +10,8 @@ min-max normalised per image.
 
 Per row (mean over seeds): macro and per-class one-vs-rest AUROC, the macro AUROC's 95 % percentile-bootstrap CI
 over test images (of the seed-mean probabilities), accuracy, for self-supervised rows the linear-probe test AUROC
-their own evaluation logged after pretraining (the table's AUROC is the exported fine-tuned stage's); gaze agreement
+their own evaluation logged after pretraining (the table's AUROC is the exported fine-tuned stage's) and the
+contrastive loss at the end of pretraining next to its chance value ln(2N - 1) (has pretraining learned?); gaze agreement
 over images with gaze (CC, KL, NSS, AUC-Judd, HS, SIM) and the pointing game (the map's peak inside the true class's
 organ: heart for CHF, lungs for pneumonia; Normal images not scored); parameters and training time (run.json);
 paired tests against the reference row: the macro AUROC difference by a paired bootstrap over test images
@@ -104,9 +105,28 @@ def probe_auroc(cell_dir: str) -> float | None:
     return None if value is None else float(value)
 
 
+def pretrain_loss(cell_dir: str, last: int = 5) -> float | None:
+    """The contrastive pretraining loss (`train/loss_contrast`: NT-Xent for SimCLR, GazAT's L_contrast) at the end
+    of pretraining: the mean of its `last` logged values in metrics.jsonl; None for a cell that logs none."""
+    path = os.path.join(cell_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    values = []
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line) if line.strip() else {}
+            if "train/loss_contrast" in record:
+                values.append(float(record["train/loss_contrast"]))
+    return float(np.mean(values[-last:])) if values else None
+
+
 def evaluate_cell(cell_dir: str, config, stage: str | None, spec: dict) -> dict:
-    """Scores one finished cell (cached in `<cell>/leaderboard_eval.json`), plus its `probe_auroc`."""
-    return {**_score_cell(cell_dir, config, stage, spec), "probe_auroc": probe_auroc(cell_dir)}
+    """Scores one finished cell (cached in `<cell>/leaderboard_eval.json`), plus its `probe_auroc` and
+    `pretrain_loss`, with that loss's chance value ln(2N - 1) for N images a batch (`pretrain_chance`)."""
+    loss = pretrain_loss(cell_dir)
+    chance = float(np.log(2 * int(config.batch_size) - 1)) if loss is not None else None
+    return {**_score_cell(cell_dir, config, stage, spec), "probe_auroc": probe_auroc(cell_dir),
+            "pretrain_loss": loss, "pretrain_chance": chance}
 
 
 def _score_cell(cell_dir: str, config, stage: str | None, spec: dict) -> dict:
@@ -196,6 +216,8 @@ def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray
            else float("nan"), "auroc_ci": ci, "accuracy": _mean(s["accuracy"] for s in per_seed),
            "seeds": len(evals), "seed_auroc": [s["auroc"] for s in per_seed], "per_image": per_image,
            "labels": labels, "mean_probs": mean_probs, "probe_auroc": _mean(e.get("probe_auroc") for e in evals),
+           "pretrain_loss": _mean(e.get("pretrain_loss") for e in evals),
+           "pretrain_chance": _mean(e.get("pretrain_chance") for e in evals),
            "params": _mean(e.get("params") for e in evals), "train_seconds": _mean(e.get("train_seconds")
                                                                                    for e in evals)}
     out.update({f"auroc_{n}": _mean(s[f"auroc_{n}"] for s in per_seed) for n in names})
@@ -236,12 +258,18 @@ def _fmt(v, digits: int = 3) -> str:
     return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
+def _pretrain_text(row: dict) -> str:
+    """"3.870 (4.143)": the end-of-pretraining contrastive loss and its chance value ln(2N - 1)."""
+    loss, chance = row.get("pretrain_loss"), row.get("pretrain_chance")
+    return "n/a" if loss is None or not np.isfinite(loss) else f"{loss:.3f} ({_fmt(chance)})"
+
+
 def write(workdir: str, rows: dict[str, dict], names: tuple[str, ...], spec: dict) -> str:
     """leaderboard.csv, leaderboard.md and leaderboard.png of the row summaries; returns the markdown."""
     ref = spec.get("reference")
     gaze = ("cc", "kl", "nss", "auc_judd", "hs", "sim", "pointing")
-    columns = (["row", "seeds", "auroc", "auroc_std", "auroc_ci_low", "auroc_ci_high", "accuracy", "probe_auroc"]
-               + [f"auroc_{n}" for n in names] + list(gaze) + ["params", "train_seconds"])
+    columns = (["row", "seeds", "auroc", "auroc_std", "auroc_ci_low", "auroc_ci_high", "accuracy", "probe_auroc",
+                "pretrain_loss", "pretrain_chance"] + [f"auroc_{n}" for n in names] + list(gaze) + ["params", "train_seconds"])
     with open(os.path.join(workdir, "leaderboard.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
@@ -251,11 +279,12 @@ def write(workdir: str, rows: dict[str, dict], names: tuple[str, ...], spec: dic
     from gazejax.report import markdown_table
 
     table = [[name, r["seeds"], f"{_fmt(r['auroc'])} ({_fmt(r['auroc_std'])})",
-              f"[{_fmt(r['auroc_ci'][0])}, {_fmt(r['auroc_ci'][1])}]", _fmt(r["accuracy"]), _fmt(r["probe_auroc"])]
-             + [_fmt(r[f"auroc_{n}"]) for n in names] + [_fmt(r.get(k, float("nan"))) for k in gaze]
+              f"[{_fmt(r['auroc_ci'][0])}, {_fmt(r['auroc_ci'][1])}]", _fmt(r["accuracy"]), _fmt(r["probe_auroc"]),
+              _pretrain_text(r)] + [_fmt(r[f"auroc_{n}"]) for n in names] + [_fmt(r.get(k, float("nan"))) for k in gaze]
              + [f"{r['params'] / 1e6:.2f} M" if np.isfinite(r["params"]) else "n/a", _fmt(r["train_seconds"], 0)]
              for name, r in rows.items()]
-    header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy", "probe AUROC"] + [f"AUROC {n}" for n in names]
+    header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy", "probe AUROC",
+                                                                   "pretrain loss (chance)"] + [f"AUROC {n}" for n in names]
               + ["CC", "KL", "NSS", "AUC-Judd", "HS", "SIM", "pointing", "params", "train s"])
     n_boot = int(spec.get("bootstrap", 1000))
     tests = [[name, *(paired(r, rows[ref], n_boot).get(k, "n/a") for k in ("auroc_boot", "auroc", "cc"))]

@@ -79,6 +79,24 @@ def test_probe_auroc_of_self_supervised_cells(tmp_path):
     assert "probe AUROC" in md and "| 0.650 |" in md and np.isnan(plain["probe_auroc"])
 
 
+def test_pretrain_loss_is_the_mean_of_the_last_logged_contrastive_losses(tmp_path):
+    ssl, supervised = tmp_path / "ssl", tmp_path / "plain"
+    ssl.mkdir(), supervised.mkdir()
+    records = [{"step": s, "train/loss_contrast": v} for s, v in zip(range(10, 80, 10), (4.2, 4.1, 4.0, 3.9, 3.8,
+                                                                                          3.7, 3.6))]
+    records += [{"step": 75, "val/probe_auroc": 0.6}, {"step": 80, "train/loss_ce": 1.0}]  # then fine-tuning
+    (ssl / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (supervised / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/loss": 1.0}) + "\n")
+    assert leaderboard.pretrain_loss(str(ssl)) == pytest.approx((4.0 + 3.9 + 3.8 + 3.7 + 3.6) / 5)
+    assert leaderboard.pretrain_loss(str(ssl), last=2) == pytest.approx(3.65)
+    assert leaderboard.pretrain_loss(str(supervised)) is None and leaderboard.pretrain_loss(str(tmp_path)) is None
+    evals = [{**_evaluation(s), "pretrain_loss": v, "pretrain_chance": np.log(63)} for s, v in ((0, 3.8), (1, 3.9))]
+    row = leaderboard.row_summary(evals, NAMES, [None, None], {"bootstrap": 10})
+    plain = leaderboard.row_summary([_evaluation(0)], NAMES, [None], {"bootstrap": 10})
+    md = leaderboard.write(str(tmp_path), {"plain": plain, "ssl": row}, NAMES, {"reference": "plain"})
+    assert "| 3.850 (4.143) |" in md and "pretrain loss (chance)" in md
+
+
 def test_write_gives_csv_markdown_and_figure(tmp_path):
     rows = {"plain": leaderboard.row_summary([_evaluation(0)], NAMES, [np.asarray(_evaluation(0)["map"])], {}),
             "other": leaderboard.row_summary([_evaluation(1, good=False)], NAMES,
