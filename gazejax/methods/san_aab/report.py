@@ -117,7 +117,9 @@ def protocol_lines(config) -> list[str]:
         lines.append(f"- AAB: {m.aab_heads} heads x {m.aab_head_dim} = Q/K/V width {m.aab_heads * m.aab_head_dim}, "
                      f"Eq. 1 scaled by 1/sqrt({scale}).")
     if config.method == "gaze_star":
-        lines.append(f"- +gaze* attention (`model.gaze_star_attention={m.get('gaze_star_attention', 'feature')}`).")
+        lines.append(f"- +gaze* attention (`model.gaze_star_attention={m.get('gaze_star_attention', 'feature')}`), "
+                     f"gaze head started at mean {m.get('gaze_star_prior', 0.1)} with kernel std "
+                     f"{m.get('gaze_star_head_std', 0.01) or 'kaiming fan_out'} (`model.gaze_star_head_std`).")
     return lines
 
 
