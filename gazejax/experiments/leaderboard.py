@@ -8,8 +8,8 @@ the same for every row, at a common grid (1/`stride` of the image; unit-mass Gau
 EGD-CXR DICOM pixels, duration-weighted, max-normalised), and every map is resized to that grid (bilinear) and
 min-max normalised per image.
 
-Per row (mean over seeds): macro and per-class one-vs-rest AUROC, the macro AUROC's 95 % percentile-bootstrap CI
-over test images (of the seed-mean probabilities), accuracy, for self-supervised rows the linear-probe test AUROC
+Per row (mean over seeds): macro and per-class one-vs-rest AUROC, each with its 95 % percentile-bootstrap CI over
+test images (of the seed-mean probabilities), accuracy, for self-supervised rows the linear-probe test AUROC
 their own evaluation logged after pretraining (the table's AUROC is the exported fine-tuned stage's) and the
 contrastive loss at the end of pretraining next to its chance value ln(2N - 1) (has pretraining learned?); gaze agreement
 over images with gaze (CC, KL, NSS, AUC-Judd, HS, SIM) and the pointing game (the map's peak inside the true class's
@@ -198,6 +198,12 @@ def _mean(values) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _aurocs(labels: np.ndarray, probs: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """Macro and per-class one-vs-rest AUROC of one (re)sample of test images."""
+    per_class = cls.auroc_per_class(labels, probs)
+    return {"auroc": _mean(per_class), **{f"auroc_{n}": v for n, v in zip(names, per_class)}}
+
+
 def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray | None], spec: dict) -> dict:
     """One row from its cells (one per seed, same test images): mean scores, CIs and per-image / per-seed values
     for the paired tests."""
@@ -206,14 +212,14 @@ def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray
     mean_probs = np.mean([np.asarray(e["probs"]) for e in evals], axis=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        ci = stats.bootstrap_ci(lambda idx: {"auroc": cls.auroc_ovr(labels[idx], mean_probs[idx])}, len(labels),
-                                n_boot=int(spec.get("bootstrap", 1000)))["auroc"]
+        cis = stats.bootstrap_ci(lambda idx: _aurocs(labels[idx], mean_probs[idx], names), len(labels),
+                                 n_boot=int(spec.get("bootstrap", 1000)))
     images = [image_scores(m, e) for m, e in zip(maps, evals)]
     keys = sorted({k for seed in images for s in seed for k in s})
     per_image = {k: [_mean(seed[i].get(k) for seed in images) for i in range(len(labels))] for k in keys}
     out = {"auroc": _mean(s["auroc"] for s in per_seed), "auroc_std": float(np.std([s["auroc"] for s in per_seed],
                                                                                    ddof=1)) if len(evals) > 1
-           else float("nan"), "auroc_ci": ci, "accuracy": _mean(s["accuracy"] for s in per_seed),
+           else float("nan"), "auroc_ci": cis["auroc"], "accuracy": _mean(s["accuracy"] for s in per_seed),
            "seeds": len(evals), "seed_auroc": [s["auroc"] for s in per_seed], "per_image": per_image,
            "labels": labels, "mean_probs": mean_probs, "probe_auroc": _mean(e.get("probe_auroc") for e in evals),
            "pretrain_loss": _mean(e.get("pretrain_loss") for e in evals),
@@ -221,6 +227,7 @@ def row_summary(evals: list[dict], names: tuple[str, ...], maps: list[np.ndarray
            "params": _mean(e.get("params") for e in evals), "train_seconds": _mean(e.get("train_seconds")
                                                                                    for e in evals)}
     out.update({f"auroc_{n}": _mean(s[f"auroc_{n}"] for s in per_seed) for n in names})
+    out.update({f"auroc_{n}_ci": cis[f"auroc_{n}"] for n in names})
     out.update({k: _mean(v) for k, v in per_image.items()})
     return out
 
@@ -268,23 +275,30 @@ def write(workdir: str, rows: dict[str, dict], names: tuple[str, ...], spec: dic
     """leaderboard.csv, leaderboard.md and leaderboard.png of the row summaries; returns the markdown."""
     ref = spec.get("reference")
     gaze = ("cc", "kl", "nss", "auc_judd", "hs", "sim", "pointing")
-    columns = (["row", "seeds", "auroc", "auroc_std", "auroc_ci_low", "auroc_ci_high", "accuracy", "probe_auroc",
-                "pretrain_loss", "pretrain_chance"] + [f"auroc_{n}" for n in names] + list(gaze) + ["params", "train_seconds"])
+    aurocs = ["auroc", *(f"auroc_{n}" for n in names)]
+    columns = (["row", "seeds", "auroc_std", "accuracy", "probe_auroc", "pretrain_loss", "pretrain_chance"]
+               + [f"{k}{e}" for k in aurocs for e in ("", "_ci_low", "_ci_high")] + list(gaze)
+               + ["params", "train_seconds"])
     with open(os.path.join(workdir, "leaderboard.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for name, r in rows.items():
-            values = {**r, "row": name, "auroc_ci_low": r["auroc_ci"][0], "auroc_ci_high": r["auroc_ci"][1]}
+            bounds = {f"{k}_ci_{e}": r[f"{k}_ci"][i] for k in aurocs for i, e in enumerate(("low", "high"))}
+            values = {**r, **bounds, "row": name}
             writer.writerow([values.get(c, "") for c in columns])
     from gazejax.report import markdown_table
 
+    def with_ci(r: dict, key: str) -> str:
+        return f"{_fmt(r[key])} [{_fmt(r[key + '_ci'][0])}, {_fmt(r[key + '_ci'][1])}]"
+
     table = [[name, r["seeds"], f"{_fmt(r['auroc'])} ({_fmt(r['auroc_std'])})",
               f"[{_fmt(r['auroc_ci'][0])}, {_fmt(r['auroc_ci'][1])}]", _fmt(r["accuracy"]), _fmt(r["probe_auroc"]),
-              _pretrain_text(r)] + [_fmt(r[f"auroc_{n}"]) for n in names] + [_fmt(r.get(k, float("nan"))) for k in gaze]
+              _pretrain_text(r)] + [with_ci(r, f"auroc_{n}") for n in names]
+             + [_fmt(r.get(k, float("nan"))) for k in gaze]
              + [f"{r['params'] / 1e6:.2f} M" if np.isfinite(r["params"]) else "n/a", _fmt(r["train_seconds"], 0)]
              for name, r in rows.items()]
-    header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy", "probe AUROC",
-                                                                   "pretrain loss (chance)"] + [f"AUROC {n}" for n in names]
+    header = (["row", "seeds", "macro AUROC (std)", "95 % CI", "accuracy", "probe AUROC", "pretrain loss (chance)"]
+              + [f"AUROC {n} [95 % CI]" for n in names]
               + ["CC", "KL", "NSS", "AUC-Judd", "HS", "SIM", "pointing", "params", "train s"])
     n_boot = int(spec.get("bootstrap", 1000))
     tests = [[name, *(paired(r, rows[ref], n_boot).get(k, "n/a") for k in ("auroc_boot", "auroc", "cc"))]

@@ -38,6 +38,13 @@ def test_row_summary_scores_auroc_ci_gaze_agreement_and_pointing():
     assert row["auroc"] == pytest.approx(np.mean(per_seed)) and row["seeds"] == 2
     assert row["auroc_ci"][0] <= roc_auc_score(evals[0]["labels"], np.mean([e["probs"] for e in evals], 0),
                                                multi_class="ovr") <= row["auroc_ci"][1]
+    # per-class CIs: the same seeded resamples scored by sklearn's binary AUROC of each class against the rest
+    labels, probs = np.asarray(evals[0]["labels"]), np.mean([e["probs"] for e in evals], 0)
+    rng = np.random.default_rng(0)
+    draws = [rng.integers(0, len(labels), size=len(labels)) for _ in range(200)]
+    for k, name in enumerate(NAMES):
+        boot = [roc_auc_score(labels[i] == k, probs[i, k]) for i in draws if len(set(labels[i] == k)) == 2]
+        assert row[f"auroc_{name}_ci"] == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
     assert row["cc"] == pytest.approx(1.0) and row["sim"] == pytest.approx(1.0)  # maps equal the readers' maps
     truth = evals[0]["truth"]
     hits = [[float(np.asarray(o).flat[np.argmax(np.asarray(t))] >= 0.5) if t is not None and o is not None
@@ -106,6 +113,11 @@ def test_write_gives_csv_markdown_and_figure(tmp_path):
     with open(tmp_path / "leaderboard.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["row"] for r in table] == ["plain", "other"] and float(table[0]["params"]) == 100.0
+    for name in ("", *(f"_{n}" for n in NAMES)):  # every AUROC with its CI bounds, as in the rows
+        assert float(table[1][f"auroc{name}_ci_low"]) == pytest.approx(rows["other"][f"auroc{name}_ci"][0])
+        assert float(table[1][f"auroc{name}_ci_high"]) == pytest.approx(rows["other"][f"auroc{name}_ci"][1])
+    ci = rows["other"][f"auroc_{NAMES[0]}_ci"]
+    assert f"{rows['other'][f'auroc_{NAMES[0]}']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" in md
     assert os.path.getsize(tmp_path / "leaderboard.png") > 0
 
 
