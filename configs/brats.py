@@ -5,7 +5,7 @@ Demo (synthetic BraTS-format data generated on first use; a few minutes on a 2-c
 Apply the trained model to new cases (label maps in each input's geometry; see README "Use a trained model"):
   python -m gazejax.export --workdir=RUN --out=/tmp/brats_model
   python -m gazejax.predict --model=/tmp/brats_model --input=/path/to/cases --output=/tmp/brats_pred [--tta]
-Leaderboard of every 3D variant (quick: the EquiUnet variants at the demo preset, 3 folds, ~30 min on 2 cores):
+Leaderboard of every 3D variant (quick: the EquiUnet variants at the demo preset, 3 folds, ~20 min on 2 cores):
   python -m gazejax.experiments --config=configs/brats.py --grid=leaderboard --quick
 Real data with the paper's settings:
   python -m gazejax.main --config=configs/brats.py:preset=paper,method=ours,ratio=0.2,fold=0 \
@@ -163,7 +163,7 @@ def _leaderboard(quick: bool) -> dict:
 
 def get_grid(name: str, quick: bool = False) -> dict:
     """Named sweeps for `python -m gazejax.experiments --config=configs/brats.py --grid=NAME [--quick]`: Tables 1-3
-    and `leaderboard` (every 3D variant at one ratio; `--quick`: about 30 minutes on a 2-core CPU at the demo
+    and `leaderboard` (every 3D variant at one ratio; `--quick`: about 20 minutes on a 2-core CPU at the demo
     preset)."""
     if name == "leaderboard":
         return _leaderboard(quick)
