@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests import forced_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MESHES = ((1, 1), (1, 4), (2, 2), (4, 1))  # (data, spatial); 1x1 is the reference
@@ -28,22 +29,9 @@ CROP = (48, 16, 16)  # depth 48 over 4 devices: 12 slices each at full resolutio
 BATCH = 4
 
 
-def _env(devices: int, optimize: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAZEJAX_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-    if not optimize:  # unoptimised XLA programs: compilation dominates these tiny runs
-        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
-    return env
-
-
 def _run_worker(tmp_path, cases: str, devices: int = 4, timeout: int = 900, optimize: bool = False) -> dict:
     out = str(tmp_path / f"spatial_{cases.replace(',', '_')}.pkl")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), out, cases], cwd=REPO,
-                          env=_env(devices, optimize), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    with open(out, "rb") as f:
-        return pickle.load(f)
+    return forced_devices.run_worker(__file__, out, cases, devices=devices, optimize=optimize, timeout=timeout)
 
 
 # DMFNet's gradients: its BatchNorm backward (dy - mean(dy) - x^ mean(dy x^)) / sigma cancels in float32, and the

@@ -12,11 +12,12 @@ import json
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests import forced_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STOP = 3  # SIGTERM after this step of 6 (3 epochs of 2 steps): mid-epoch, so the data position comes back too
@@ -26,15 +27,7 @@ RTOL = 1e-5
 
 @pytest.mark.slow
 def test_a_one_device_checkpoint_resumes_on_a_spatial_mesh(tmp_path):
-    out = str(tmp_path / "resume.pkl")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAZEJAX_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), out], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    with open(out, "rb") as f:
-        res = pickle.load(f)
+    res = forced_devices.run_worker(__file__, str(tmp_path / "resume.pkl"), timeout=1500)
     ref = res["reference"]
     assert sorted(ref["losses"]) == list(range(1, 7)) and len(set(ref["losses"].values())) == 6
     worst = {}

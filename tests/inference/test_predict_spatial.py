@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from tests import forced_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPATIAL = (1, 4, 2)  # 1 (mesh data 4) is the reference; 4: mesh 1x4; 2: mesh 2x2
@@ -24,15 +25,7 @@ RTOL = 1e-5
 
 @pytest.mark.slow
 def test_spatial_predictions_equal_one_device_predictions(tmp_path):
-    out = str(tmp_path / "predict_spatial.pkl")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAZEJAX_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_DISABLE_MOST_OPTIMIZATIONS="1", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), out], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=1200)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    with open(out, "rb") as f:
-        res = pickle.load(f)
+    res = forced_devices.run_worker(__file__, str(tmp_path / "predict_spatial.pkl"), timeout=1200)
     worst = {}
     for mode in MODES:
         ref = res[(mode, 1)]
