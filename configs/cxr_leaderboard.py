@@ -18,8 +18,8 @@ noise), SAN+AAB 2D on EfficientNet-b0, its Table 4 backbone (backbone, +gaze*, +
 task with one softmax and cross-entropy instead of Table 4's 5 multi-label sigmoids: `data.label_set="3class"`).
 ResNet-50 and EfficientNet-b0 rows where the method lets the backbone change (GG-CAM, plain); CXRGazeLearn is
 DenseNet-201 by design. Full size: 3 seeds per row; `--quick`: 8 rows (the ResNet-50 ones, SAN+AAB backbone and
-ours), 2 seeds, shorter schedules (the size to run on a 2-core CPU at 64x64 inputs; measured on a shared CPU:
-29 min 57 s for the 6 rows without SAN+AAB, then 10 min 50 s for the 2 SAN+AAB rows).
+ours), 2 seeds, shorter schedules (the size to run on a 2-core CPU at 64x64 inputs: about 27 minutes, measured
+from a fresh clone on a quiet machine).
 """
 from __future__ import annotations
 
