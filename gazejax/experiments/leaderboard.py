@@ -113,8 +113,11 @@ def pretrain_loss(cell_dir: str, last: int = 5) -> float | None:
         return None
     values = []
     with open(path) as f:
-        for line in f:
-            record = json.loads(line) if line.strip() else {}
+        for number, line in enumerate(f, 1):
+            try:
+                record = json.loads(line) if line.strip() else {}
+            except ValueError as e:
+                raise ValueError(f"{path}: line {number} is not JSON ({e})") from None
             if "train/loss_contrast" in record:
                 values.append(float(record["train/loss_contrast"]))
     return float(np.mean(values[-last:])) if values else None
