@@ -60,7 +60,9 @@ class SANAABClassifier(nn.Module):
       the 1/32 backbone grid: the AAB max-pools M2 by 2 onto it (attention grid = the backbone's, no up-sampling
       of M'), refines the map at `aab_site` (X' = X + M', Sec. 3.2), and the head pools the result as in
       "backbone". "gaze" = SAN's logits `[B, H/16, W/16, 1]`.
-    - "gaze_star" (+gaze*): a 1x1 conv ("gaze_head", with bias) on E4 predicts gaze logits `[B, H/32, W/32, 1]`;
+    - "gaze_star" (+gaze*): a 1x1 conv ("gaze_head", with bias; kernel normal(0, `gaze_head_std` = 0.01) as
+      RetinaNet's prediction heads, so its first gaze gradients do not reshape E4, which the classifier shares;
+      kaiming fan_out would give one output std sqrt(2) per channel) on E4 predicts gaze logits `[B, H/32, W/32, 1]`;
       with train=False the head's GAP is replaced by `gaze_attention_pool` (the predicted gaze as a soft
       spatial attention over E4); training pools with plain GAP, as in the paper ("use the estimated gaze as
       soft attention map during inference").
@@ -98,6 +100,7 @@ class SANAABClassifier(nn.Module):
     aab_site: str = "stride32"
     backbone_kwargs: Mapping[str, Any] | None = None
     dropout: float | None = None
+    gaze_head_std: float = 0.01  # kernel init std of the gaze head (+gaze*, +gaze loss; RetinaNet); 0 = kaiming
     dtype: Dtype = jnp.float32
     conv_impl: str = "auto"
 
@@ -116,7 +119,8 @@ class SANAABClassifier(nn.Module):
         else:
             e4 = head_feature_map(self.backbone, net(x, train)["features"])
         if self.method in ("gaze_star", "gaze_loss"):
-            gaze = conv1x1(e4, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl).astype(jnp.float32)
+            gaze = conv1x1(e4, 1, self.dtype, name="gaze_head", conv_impl=self.conv_impl,
+                           kernel_std=self.gaze_head_std or None).astype(jnp.float32)
         if self.method == "gaze_star" and not train:
             pooled = gaze_attention_pool(e4, gaze)
         else:

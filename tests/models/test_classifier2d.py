@@ -92,7 +92,8 @@ def test_gaze_star_pools_with_predicted_gaze_at_inference():
     ResNet-18 here (E4 = layer4): the tiny EfficientNet's eval-mode activations at init are ~1e-11 (torchvision's
     fan-out init of depthwise convs), which would make any pooling look alike.
     """
-    model = SANAABClassifier(backbone="resnet18", method="gaze_star", backbone_kwargs={"width": 4, "in_channels": 1})
+    model = SANAABClassifier(backbone="resnet18", method="gaze_star", backbone_kwargs={"width": 4, "in_channels": 1},
+                             gaze_head_std=0.0)  # kaiming: a clearly non-uniform gaze map at init
     x = jnp.asarray(np.random.default_rng(2).random((2, 64, 64, 1)), jnp.float32)
     variables = model.init(jax.random.key(0, impl="rbg"), x)
     params = dict(variables["params"])
@@ -108,6 +109,22 @@ def test_gaze_star_pools_with_predicted_gaze_at_inference():
                                rtol=1e-4, atol=1e-5)
     gap_logits = e4.mean(axis=(1, 2)) @ np.asarray(head["kernel"]) + np.asarray(head["bias"])
     assert not np.allclose(out["logits"], gap_logits, atol=1e-4)  # the gaze really re-weights the pooling
+
+
+@pytest.mark.parametrize("std,want", [(None, 0.01), (0.0, np.sqrt(2.0))])  # None: configs/cxr_san.py's default
+def test_gaze_head_starts_small_unless_asked_for_kaiming(std, want):
+    """RetinaNet's init of a prediction head that shares its features: normal(0, 0.01), not kaiming fan_out."""
+    from configs import cxr_san
+    from gazejax.methods.cxr_san import spec
+
+    cfg = cxr_san.get_config("method=gaze_star,backbone=resnet18")
+    cfg.model.resnet_width = 4  # a tiny layer4: 32 channels
+    if std is not None:
+        cfg.model.gaze_head_std = std
+    model = spec.build_model(cfg)
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 1)))["params"]
+    kernel = np.asarray(params["gaze_head"]["kernel"]).ravel()
+    assert np.sqrt(np.mean(kernel**2)) == pytest.approx(want, rel=0.4)
 
 
 def test_bad_arguments():

@@ -122,7 +122,8 @@ def build_model(config) -> SANAABClassifier:  # registered as "san_aab_classifie
                             method=model_method(config.method), san_width=int(m.san_width), aab_heads=int(m.aab_heads), aab_head_dim=int(m.aab_head_dim),
                             aab_ffn_mult=int(m.aab_ffn_mult), aab_site=str(m.get("aab_site", "stride32")),
                             backbone_kwargs=_backbone_kwargs(config),
-                            dropout=None if m.dropout < 0 else float(m.dropout), dtype=jnp.dtype(m.dtype),
+                            dropout=None if m.dropout < 0 else float(m.dropout),
+                            gaze_head_std=float(m.get("gaze_head_std", 0.01)), dtype=jnp.dtype(m.dtype),
                             conv_impl=str(m.get("conv_impl", "auto")))
 
 
