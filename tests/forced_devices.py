@@ -29,3 +29,13 @@ def run_worker(script: str, out: str, *args: str, devices: int = 4, optimize: bo
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     with open(out, "rb") as f:
         return pickle.load(f)
+
+
+def worker_main(worker) -> None:
+    """The `__main__` half of such a file: `worker(out, tmp_dir)` with `out` = argv[1] and a temporary folder that
+    is removed afterwards (the worker writes its pickle to `out`)."""
+    import tempfile
+
+    sys.path.insert(0, REPO)
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        worker(sys.argv[1], tmp_dir)

@@ -12,14 +12,12 @@ import json
 import os
 import pickle
 import shutil
-import sys
 
 import numpy as np
 import pytest
 
 from tests import forced_devices
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STOP = 3  # SIGTERM after this step of 6 (3 epochs of 2 steps): mid-epoch, so the data position comes back too
 RESUME_MESHES = ((1, 4), (2, 2))  # (data, spatial) of the resumed runs
 RTOL = 1e-5
@@ -120,8 +118,4 @@ def _worker(out_path: str, tmp: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        _worker(sys.argv[1], tmp_dir)
+    forced_devices.worker_main(_worker)

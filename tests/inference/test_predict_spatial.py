@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
 
 from tests import forced_devices
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPATIAL = (1, 4, 2)  # 1 (mesh data 4) is the reference; 4: mesh 1x4; 2: mesh 2x2
 MODES = {"whole": {"eval.mode": "whole", "eval.window": ()},  # one pass over the brain box padded to 48^3
          "window": {"eval.mode": "window", "eval.window": (32, 32, 32), "eval.batch": 3}}  # 8 windows, 3 a call
@@ -121,8 +119,4 @@ def _worker(out_path: str, tmp: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO)
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp_dir:
-        _worker(sys.argv[1], tmp_dir)
+    forced_devices.worker_main(_worker)
