@@ -107,19 +107,11 @@ def probe_auroc(cell_dir: str) -> float | None:
 
 def pretrain_loss(cell_dir: str, last: int = 5) -> float | None:
     """The contrastive pretraining loss (`train/loss_contrast`: NT-Xent for SimCLR, GazAT's L_contrast) at the end
-    of pretraining: the mean of its `last` logged values in metrics.jsonl; None for a cell that logs none."""
-    path = os.path.join(cell_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    values = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            try:
-                record = json.loads(line) if line.strip() else {}
-            except ValueError as e:
-                raise ValueError(f"{path}: line {number} is not JSON ({e})") from None
-            if "train/loss_contrast" in record:
-                values.append(float(record["train/loss_contrast"]))
+    of pretraining: the mean of its `last` logged values in metrics.jsonl (`engine.logs.read_metrics`, which skips a
+    line cut by a kill); None for a cell that logs none."""
+    from gazejax.engine.logs import read_metrics
+
+    values = [float(r["train/loss_contrast"]) for r in read_metrics(cell_dir) if "train/loss_contrast" in r]
     return float(np.mean(values[-last:])) if values else None
 
 
