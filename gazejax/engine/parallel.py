@@ -174,7 +174,6 @@ class _OnMesh:
             return self.fn.lower(*args, **kwargs)
 
 
-
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -73,6 +73,8 @@ def probabilities(logits: np.ndarray, config) -> np.ndarray:
     """float64 class probabilities of `[N, K]` logits: a softmax for the 3-class task, per-finding sigmoids else."""
     logits = np.asarray(logits, np.float64)
     return softmax(logits, axis=-1) if is_multiclass(config) else expit(logits)
+
+
 GRID_NAMES = {16: "san", E4_STRIDE: "e4"}  # gaze stride -> name of its data.gaze_grids entry
 EVAL_KEYS = ("image", "label", "label_mask", "has_gaze", "gaze_san", "gaze_e4")
 
