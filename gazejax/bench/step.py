@@ -11,7 +11,8 @@ the model's inference apply) on one real batch of the method's own data, so ever
 from XLA's cost analysis of the compiled step (per device, times the device count). The peak is the dense rate
 published for the accelerator (bf16 and fp32; TPUs run f32 matmuls as bf16 passes at default precision, GPUs as
 TF32) or, on CPU, a measured matmul rate of the config's compute dtype. --compare-torch times a PyTorch equivalent
-of the backbone (EquiUnet for 3D, torchvision for 2D) when torch is importable here or in --torch-python.
+of the backbone (EquiUnet for 3D, torchvision for 2D) when torch is importable here or in --torch-python, once
+before and once after the JAX steps (their mean is compared; both are printed).
 The training input pipeline is also timed alone (`--pipeline-batches`, default 10; the config's `data.num_workers`
 Grain worker processes, 0 = threads in-process) and compared with the samples per second the train step consumes:
 below 3x the step may wait for data.
@@ -169,12 +170,14 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
             state = trainer.new_state(variables, tx)
             n_dev, size = trainer.mesh.devices.size, int(config.batch_size)
             inputs = tuple(trainer.method.model_inputs(batch))
+            # torch, JAX, torch: a load change during the run shows as two different torch times
+            torch_inputs = [np.asarray(jax.device_get(x)) for x in inputs] if compare_torch else None
+            torch_runs = [compare_with_torch(config, torch_inputs, steps, torch_python)] if compare_torch else []
             infer = jax.jit(lambda v, *x: trainer.model.apply(v, *x, train=False),
                             out_shardings=parallel.replicated(trainer.mesh))
             infer_variables = {"params": state.params, **state.collections}
             infer_report = _step_report(infer, (infer_variables, *inputs), steps, False, size, n_dev)
             train_report = _step_report(trainer.make_train_step(tx, st), (state, batch), steps, True, size, n_dev)
-            torch_inputs = [np.asarray(jax.device_get(x)) for x in inputs] if compare_torch else None
         finally:
             trainer.close()
     result = _machine(config, n_dev)
@@ -189,11 +192,26 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
         peak = result["peak_flops_per_s"]
         result[part]["mfu"] = result[part]["flops_per_s"] / peak if peak else float("nan")
     if compare_torch:
-        result["torch"] = compare_with_torch(config, torch_inputs, steps, torch_python)
+        if "skip" not in torch_runs[0]:
+            torch_runs.append(compare_with_torch(config, torch_inputs, steps, torch_python))
+        result["torch"] = merge_torch_runs(torch_runs)
         for part in ("train", "infer"):
             if result["torch"].get(part):
                 result[part]["jax_over_torch_time"] = result[part]["step_s_median"] / result["torch"][part]
     return result
+
+
+def merge_torch_runs(runs: list[dict]) -> dict:
+    """One torch result from the runs before and after the JAX timing: the mean of their medians per part, with
+    each run's median kept (`<part>_runs`); a skipped run (no torch) is returned as it is."""
+    skipped = [r for r in runs if "skip" in r]
+    if skipped:
+        return skipped[0]
+    out = dict(runs[0])
+    for part in ("train", "infer"):
+        out[f"{part}_runs"] = [r[part] for r in runs]
+        out[part] = statistics.fmean(out[f"{part}_runs"])
+    return out
 
 
 def _config_name(config) -> str:
@@ -376,6 +394,8 @@ def format_report(r: dict) -> str:
         lines.append(f"torch      {t['skip']}" if "skip" in t else
                      f"torch      {t['torch_version']} ({t['threads']} threads) {t['spec']['kind']}: train "
                      f"{t['train'] * 1e3:.1f} ms, inference {t['infer'] * 1e3:.1f} ms"
+                     + (" (mean of the runs before and after JAX: train {})".format(
+                         " / ".join(f"{v * 1e3:.1f}" for v in t["train_runs"])) if "train_runs" in t else "")
                      + (f" ({t['spec']['note']})" if t["spec"].get("note") else ""))
     return "\n".join(lines)
 

@@ -22,6 +22,10 @@ IMPLS = ("auto", "xla", "mixed", "taps", "im2col", "depth2d")
 AUTO = {"cpu": "mixed"}
 # _depth2d_bwd takes the native 3D filter gradient from this many channels (in and out) and output voxels on.
 NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
+# ... unless, for stride 1, an output depth slice has at least SLAB_DW_MIN_SLICE voxels: then the filter gradient is
+# one im2col matmul per block of at most SLAB_DW_ROWS output voxels of one slice (cache-sized; 1.3-1.8x faster than
+# either at 48^3 and up, measured in `gazejax.bench.convs`).
+SLAB_DW_MIN_SLICE, SLAB_DW_ROWS = 1024, 3072
 
 
 def resolve(impl: str) -> str:
@@ -146,6 +150,8 @@ def _depth2d_bwd(out, strides, dilation, precision, residuals, g):
     x, rhs = residuals
     _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision), x)
     voxels = x.shape[0] * np.prod(out)
+    if all(s == 1 for s in strides) and out[1] * out[2] >= SLAB_DW_MIN_SLICE:
+        return dx_fn(g)[0], _slab_filter_grad(x, g, rhs, out, dilation, precision)
     if min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS:
         def native(w):
             return lax.conv_general_dilated(x, w, strides, "VALID", None, dilation, _channels_last(5),
@@ -157,3 +163,29 @@ def _depth2d_bwd(out, strides, dilation, precision, residuals, g):
 
 
 _depth2d_vjp.defvjp(_depth2d_fwd, _depth2d_bwd)
+
+
+def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int, ...],
+                      dilation: tuple[int, ...], precision: Any) -> jax.Array:
+    """Filter gradient of a stride-1 VALID 3D conv of padded `x` `[B, D, H, W, C_in]` given the output cotangent
+    `g` `[B, *out, C_out]`: a scan over blocks of `hb` rows of one output depth slice, each the im2col patches of
+    its voxels `[hb * W_out, k^3 C_in]` (transposed) times their cotangents `[hb * W_out, C_out]`, summed in f32."""
+    kd, kh, kw, c_in, c_out = rhs.shape
+    (d_out, h_out, w_out), (dd, dh, dw) = out, dilation
+    hb = max(h for h in range(1, h_out + 1) if h_out % h == 0 and h * w_out <= max(SLAB_DW_ROWS, w_out))
+    blocks = h_out // hb
+    g = g.astype(x.dtype)
+
+    def body(acc, i):
+        n, d, h = i // (d_out * blocks), (i // blocks) % d_out, (i % blocks) * hb
+        xs = lax.dynamic_slice(x, (n, d, h, 0, 0), (1, (kd - 1) * dd + 1, hb + (kh - 1) * dh, x.shape[3], c_in))
+        gs = lax.dynamic_slice(g, (n, d, h, 0, 0), (1, 1, hb, w_out, c_out)).reshape(-1, c_out)
+        cols = [xs[:, a * dd:a * dd + 1, b * dh:b * dh + hb, c * dw:c * dw + w_out]
+                for a, b, c in itertools.product(range(kd), range(kh), range(kw))]
+        patches = (cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)).reshape(-1, len(cols) * c_in)
+        return acc + lax.dot_general(patches, gs, (((0,), (0,)), ((), ())), precision=precision,
+                                     preferred_element_type=jnp.float32), None
+
+    acc, _ = lax.scan(body, jnp.zeros((kd * kh * kw * c_in, c_out), jnp.float32),
+                      jnp.arange(x.shape[0] * d_out * blocks))
+    return acc.reshape(rhs.shape).astype(rhs.dtype)

@@ -105,3 +105,12 @@ def test_torch_comparison_without_torch_says_why():
 
 class _Config(dict):
     """The dict-with-.get view of a config that torch_spec reads."""
+
+
+def test_merge_torch_runs_before_and_after():
+    """The torch times compared with JAX's are the mean of the runs before and after it, both kept; a skip stays."""
+    runs = [{"spec": {"kind": "equiunet"}, "train": 2.0, "infer": 1.0}, {"spec": {}, "train": 4.0, "infer": 2.0}]
+    out = bench.merge_torch_runs(runs)
+    assert (out["train"], out["infer"], out["train_runs"], out["infer_runs"]) == (3.0, 1.5, [2.0, 4.0], [1.0, 2.0])
+    assert out["spec"] == {"kind": "equiunet"}
+    assert bench.merge_torch_runs([{"skip": "no torch"}]) == {"skip": "no torch"}

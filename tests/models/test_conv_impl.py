@@ -21,6 +21,7 @@ CASES = {
     "3d_dil2_same": ((2, 6, 5, 6, 4), (3, 3, 3, 4, 2), (1, 1, 1), "SAME", (2, 2, 2)),
     "3d_stride2_asym": ((1, 7, 6, 5, 2), (3, 3, 3, 2, 3), (2, 2, 2), [(0, 1), (1, 0), (2, 1)], (1, 1, 1)),
     "3d_1x1_stride2": ((1, 6, 6, 6, 3), (1, 1, 1, 3, 5), (2, 2, 2), [(0, 0)] * 3, (1, 1, 1)),
+    "3d_rect_kernel": ((1, 4, 7, 5, 3), (1, 3, 2, 3, 2), (1, 1, 1), [(0, 0), (1, 1), (0, 1)], (1, 1, 2)),
     "2d_mixed": ((2, 9, 8, 3), (3, 3, 3, 4), (2, 1), [(1, 0), (0, 2)], (1, 2)),
 }
 
@@ -75,6 +76,36 @@ def test_depth2d_native_filter_gradient_path(monkeypatch, fast_compile):
     got = _value_and_grads(conv_impl.conv_general_dilated_for("depth2d"), *args)
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
+
+
+@pytest.mark.parametrize("case", ("3d_dil2_same", "3d_rect_kernel"))
+@pytest.mark.parametrize("rows", (1, 12, 10_000))
+def test_depth2d_slab_filter_gradient_path(monkeypatch, case, rows, fast_compile):
+    """depth2d's slab filter gradient (one im2col matmul per block of `rows` output voxels of a depth slice; batch 2,
+    dilation 2, a non-cubic kernel, one row per block up to whole slices) equals lax's, and dx is untouched."""
+    monkeypatch.setattr(conv_impl, "SLAB_DW_MIN_SLICE", 1)
+    monkeypatch.setattr(conv_impl, "SLAB_DW_ROWS", rows)
+    args = _inputs(case)
+    want = _value_and_grads(lax.conv_general_dilated, *args)
+    got = _value_and_grads(conv_impl.conv_general_dilated_for("depth2d"), *args)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
+
+
+def test_depth2d_slab_filter_gradient_only_for_wide_slices():
+    """The slab path is taken for stride-1 convs whose output depth slices have >= SLAB_DW_MIN_SLICE voxels only
+    (its jaxpr has a scan; the other paths do not)."""
+    fn = conv_impl.conv_general_dilated_for("depth2d")
+
+    def has_scan(shape, strides):
+        x, w = jnp.zeros(shape), jnp.zeros((3, 3, 3, shape[-1], 2))
+        grad = jax.grad(lambda b: jnp.sum(fn(x, b, strides, "SAME", None, None, _numbers(5))))
+        return "scan" in str(jax.make_jaxpr(grad)(w))
+
+    side = int(np.ceil(np.sqrt(conv_impl.SLAB_DW_MIN_SLICE)))
+    assert has_scan((1, 2, side, side, 1), (1, 1, 1))
+    assert not has_scan((1, 2, side - 1, side - 1, 1), (1, 1, 1))
+    assert not has_scan((1, 2, 2 * side, 2 * side, 1), (1, 2, 2))
 
 
 @pytest.mark.parametrize("impl", ("taps", "depth2d"))
