@@ -244,6 +244,7 @@ def _machine(config, n_dev: int) -> dict:
 TORCHVISION_WIDTHS = {  # config.model fields that narrow a backbone, with torchvision's value
     "resnet": (("resnet_width", 64),),
     "efficientnet": (("efficientnet_width_mult", 1.0), ("efficientnet_depth_mult", 1.0)),
+    "densenet": (("densenet_growth", 32), ("densenet_blocks", (6, 12, 48, 32)), ("densenet_init_features", 64)),
 }
 
 
@@ -251,6 +252,9 @@ def torch_spec(config, inputs: list[np.ndarray]) -> dict:
     """What to build in torch for `config`: an EquiUnet for 3D inputs, a torchvision model for 2D ones."""
     model = config.get("model") or {}
     backbone = str(model.get("backbone", "")) if hasattr(model, "get") else ""
+    if not backbone and config.get("method_family") == "cxrgazelearn" and config.get("method") in ("dnet201",
+                                                                                                   "dnet201_cl"):
+        backbone = "densenet201"  # stage 1's DenseNet-201, the family's only torchvision network
     shape = list(inputs[0].shape)
     if len(shape) == 5:
         if backbone != "equiunet":
@@ -261,7 +265,8 @@ def torch_spec(config, inputs: list[np.ndarray]) -> dict:
                            "compares like with like)"
         return spec
     family = backbone.rstrip("0123456789_bsvl")  # resnet50 -> resnet, efficientnet_v2_s -> efficientnet
-    narrowed = [k for k, default in TORCHVISION_WIDTHS.get(family, ()) if model.get(k, default) != default]
+    narrowed = [k for k, default in TORCHVISION_WIDTHS.get(family, ())
+                if (tuple(v) if isinstance(v := model.get(k, default), (list, tuple)) else v) != default]
     return {"kind": "torchvision", "name": backbone, "shape": shape, "classes": 3, "narrowed": narrowed}
 
 

@@ -1,13 +1,14 @@
 r"""Benchmark suite: `gazejax.bench` for every model of every method, demo and paper presets, one subprocess per row
 (a row that runs out of memory or time is recorded as such, the others go on), and the README table from the results.
 
-  python -m gazejax.bench.suite --out=bench_runs [--preset=demo|paper|all] [--only=SUBSTRING] [--rerun]
+  python -m gazejax.bench.suite --out=bench_runs [--preset=demo|paper|torch|all] [--only=SUBSTRING] [--rerun]
                                      [--torch-python=PATH] [--timeout=SECONDS] [--extra=--config.a.b=v ...]
   python -m gazejax.bench.suite --out=bench_runs --table      # markdown table of what is in bench_runs
 
-Rows already measured (their JSON exists) are skipped unless --rerun, so an interrupted suite continues. Demo rows
-time 5 steps, paper rows 2 (one warm-up step first). Rows marked `torch` also time the PyTorch twin (EquiUnet,
-torchvision ResNet-50) when --torch-python names an interpreter that has torch. Timings are only comparable when
+Rows already measured (their JSON exists) are skipped unless --rerun, so an interrupted suite continues. Paper rows
+time 2 steps, the others 5 (one warm-up step first). Rows marked `torch` also time the PyTorch twin (EquiUnet,
+torchvision) before and after the JAX steps when --torch-python names an interpreter that has torch; `--preset=torch`
+is every model that has one. Timings are only comparable when
 nothing else runs on the machine.
 """
 from __future__ import annotations
@@ -82,17 +83,45 @@ def _rows_of(preset: str) -> list[Row]:
     return rows
 
 
+def _torch_rows() -> list[Row]:
+    """Every model with a PyTorch twin, timed side by side (`--preset=torch`): EquiUnet at widths 8/16/48 and crops
+    64/96/128 (batch 1), the seven torchvision backbones at 224^2 (batch 16), and GG-CAM's backbones at the paper's
+    1536x1280 (batch 1; 4 does not fit)."""
+    rows = [Row(f"torch_equiunet_w{w}_{c}", f"EquiUnet width {w}, {c}^3", "configs/brats.py:method=backbone",
+                (f"--config.model.width={w}", f"--config.data.crop_size=({c}, {c}, {c})"), torch=True)
+            for w in (8, 16, 48) for c in (64, 96, 128)]
+    size, batch = ("--config.data.image_size=(224, 224)",), ("--config.batch_size=16",)
+    for backbone in ("resnet18", "mobilenet_v2", "efficientnet_b0"):
+        rows.append(Row(f"torch_{backbone}_224", f"{backbone} 224^2 (cxr_san backbone)",
+                        f"configs/cxr_san.py:preset=paper,method=backbone,backbone={backbone}", size + batch,
+                        torch=True))
+    for backbone in ("resnet50", "vit_b_16"):
+        rows.append(Row(f"torch_{backbone}_224", f"{backbone} 224^2 (gazat supervised)",
+                        f"configs/gazat.py:preset=paper,method=supervised,backbone={backbone}", size + batch,
+                        torch=True))
+    rows.append(Row("torch_efficientnet_v2_s_224", "efficientnet_v2_s 224^2 (ggcam plain)",
+                    "configs/ggcam.py:preset=paper,method=plain,backbone=efficientnet_v2_s", size + batch, torch=True))
+    rows.append(Row("torch_densenet201_224", "densenet201 224^2 (cxrgazelearn DNet201)",
+                    "configs/cxrgazelearn.py:preset=paper,method=dnet201", size + batch, torch=True))
+    for backbone in ("resnet50", "efficientnet_v2_s"):
+        rows.append(Row(f"torch_ggcam_{backbone}_paper", f"ggcam: {backbone} + GG-CAM 1536x1280",
+                        f"configs/ggcam.py:preset=paper,method=ggcam,backbone={backbone}", ("--config.batch_size=1",),
+                        torch=True, note="batch 1"))
+    return rows
+
+
 def _with_small_data(rows: list[Row]) -> list[Row]:
     return [dataclasses.replace(r, overrides=SMALL_DATA["brats" if "brats.py" in r.config else "cxr"] + r.overrides)
             for r in rows]
 
 
-ROWS = {"demo": _rows_of("demo"), "paper": _with_small_data(_rows_of("paper"))}
+ROWS = {"demo": _rows_of("demo"), "paper": _with_small_data(_rows_of("paper")), "torch": _with_small_data(_torch_rows())}
+PRESETS = tuple(ROWS)
 
 
 def command(row: Row, preset: str, out: str, torch_python: str | None, extra: list[str]) -> list[str]:
     """The `gazejax.bench` command line of `row`."""
-    cmd = [sys.executable, "-m", "gazejax.bench", f"--config={row.config}", f"--steps={5 if preset == 'demo' else 2}",
+    cmd = [sys.executable, "-m", "gazejax.bench", f"--config={row.config}", f"--steps={2 if preset == 'paper' else 5}",
            f"--json={os.path.join(out, row.key + '.json')}", *row.overrides, *extra]
     if row.stage:
         cmd.append(f"--stage={row.stage}")
@@ -167,7 +196,8 @@ def table(out: str, presets: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder of the per-row JSON results")
-    ap.add_argument("--preset", default="all", choices=("demo", "paper", "all"))
+    ap.add_argument("--preset", default="all", choices=(*PRESETS, "all"),
+                    help="demo, paper, torch (the rows with a PyTorch twin, needs --torch-python) or all")
     ap.add_argument("--only", default="", help="run only rows whose key contains this")
     ap.add_argument("--rerun", action="store_true", help="measure rows again even when their JSON exists")
     ap.add_argument("--torch-python", default=None, help="interpreter with torch for the rows marked torch")
@@ -175,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra", action="append", default=[], help="extra bench flag for every row (repeatable)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     args = ap.parse_args(argv)
-    presets = ["demo", "paper"] if args.preset == "all" else [args.preset]
+    presets = list(PRESETS) if args.preset == "all" else [args.preset]
     if args.table:
         print(table(args.out, presets))
         return 0

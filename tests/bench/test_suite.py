@@ -23,7 +23,19 @@ def _config(row):
     return module.get_config(arg or None)
 
 
-@pytest.mark.parametrize("preset", ["demo", "paper"])
+def _apply_overrides(c, row):
+    """Sets the row's `--config.a.b=v` overrides on `c` (each field must exist; tuples written as "(a, b)")."""
+    for flag in row.overrides:
+        dotted, value = flag.removeprefix("--config.").split("=")
+        *parents, last = dotted.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        assert last in node, (row.key, flag)
+        node[last] = eval(value) if value.startswith("(") else type(node[last])(value)  # noqa: S307
+
+
+@pytest.mark.parametrize("preset", ["demo", "paper", "torch"])
 def test_every_row_config_exists_and_names_a_stage_it_has(preset):
     from gazejax import methods
 
@@ -31,15 +43,8 @@ def test_every_row_config_exists_and_names_a_stage_it_has(preset):
     assert len(keys) == len(set(keys)) and all(preset in k for k in keys)
     for row in suite.ROWS[preset]:
         c = _config(row)
-        assert c.preset == preset
-        for flag in row.overrides:
-            dotted, value = flag.removeprefix("--config.").split("=")
-            *parents, last = dotted.split(".")
-            node = c
-            for p in parents:
-                node = node[p]
-            assert last in node, (row.key, flag)
-            node[last] = type(node[last])(value)
+        assert c.preset == preset or (preset == "torch" and row.torch)
+        _apply_overrides(c, row)
         if row.stage:
             names = [s.name for s in methods.get(c.method_family).stages(c)]
             assert row.stage in names, (row.key, names)
@@ -79,3 +84,25 @@ def test_table_shows_measured_and_failed_rows(tmp_path):
     assert "out of memory" in lines[3] and "timed out" in lines[4]  # the latest attempt wins over an older result
     os.utime(tmp_path / f"{third.key}.failed.json", (0, 0))
     assert "500 / 100 ms" in suite.table(str(tmp_path), ["demo"]).splitlines()[4]
+
+
+def test_torch_rows_each_have_a_torch_twin():
+    """Every `--preset=torch` row builds a PyTorch model (no skip, no narrowed torchvision backbone): EquiUnet at
+    widths 8/16/48 x crops 64/96/128, the seven torchvision backbones at 224^2, GG-CAM's two at the paper size."""
+    import numpy as np
+
+    from gazejax.bench import step
+
+    names = []
+    for row in suite.ROWS["torch"]:
+        c = _config(row)
+        _apply_overrides(c, row)
+        shape = ((1, *c.data.crop_size, 4) if "brats" in row.config else (int(c.batch_size), *c.data.image_size, 1))
+        spec = step.torch_spec(c, [np.zeros(shape, np.float32)])
+        assert "skip" not in spec and not spec.get("narrowed"), (row.key, spec)
+        names.append(spec.get("name") or f"equiunet_w{spec['width']}_{shape[1]}")
+    assert sorted(n for n in names if not n.startswith("equiunet")) == sorted(
+        ["resnet18", "mobilenet_v2", "efficientnet_b0", "resnet50", "vit_b_16", "efficientnet_v2_s", "densenet201",
+         "resnet50", "efficientnet_v2_s"])
+    assert sorted(n for n in names if n.startswith("equiunet")) == sorted(
+        f"equiunet_w{w}_{c}" for w in (8, 16, 48) for c in (64, 96, 128))
