@@ -259,7 +259,11 @@ def torch_spec(config, inputs: list[np.ndarray]) -> dict:
     if len(shape) == 5:
         if backbone != "equiunet":
             return {"skip": f"no torch equivalent of 3D backbone {backbone!r}"}
-        spec = {"kind": "equiunet", "width": int(model.get("width")), "shape": shape, "classes": 3}
+        from gazejax.models.layers import num_groups
+
+        width = int(model.get("width"))
+        spec = {"kind": "equiunet", "width": width, "shape": shape, "classes": 3,
+                "groups": {str(c): num_groups(c) for c in (width, 2 * width, 4 * width, 8 * width)}}
         if config.get("method") != "backbone":  # SAN, AAB and other heads have no torch twin here
             spec["note"] = "EquiUnet backbone only; the JAX step also runs the method's heads (method=backbone " \
                            "compares like with like)"
@@ -270,14 +274,14 @@ def torch_spec(config, inputs: list[np.ndarray]) -> dict:
     return {"kind": "torchvision", "name": backbone, "shape": shape, "classes": 3, "narrowed": narrowed}
 
 
-def _torch_equiunet(width: int, in_channels: int, classes: int):
+def _torch_equiunet(width: int, in_channels: int, classes: int, groups: dict[str, int]):
+    """open_brats2020's EquiUnet in torch; `groups`: GroupNorm groups by channel count (from the JAX side, so the
+    torch interpreter needs neither jax nor flax)."""
     import torch
     from torch import nn
 
-    from gazejax.models.layers import num_groups
-
     def cnr(cin, cout, dil=1):
-        return [nn.Conv3d(cin, cout, 3, padding=dil, dilation=dil, bias=False), nn.GroupNorm(num_groups(cout), cout),
+        return [nn.Conv3d(cin, cout, 3, padding=dil, dilation=dil, bias=False), nn.GroupNorm(groups[str(cout)], cout),
                 nn.ReLU(inplace=True)]
 
     def ublock(cin, mid, cout, dil=1):
@@ -314,7 +318,7 @@ def time_torch(spec: dict, steps: int) -> dict:
     shape = spec["shape"]
     x = torch.randn([shape[0], shape[-1], *shape[1:-1]])  # channels-first
     if spec["kind"] == "equiunet":
-        model = _torch_equiunet(spec["width"], shape[-1], spec["classes"])
+        model = _torch_equiunet(spec["width"], shape[-1], spec["classes"], spec["groups"])
     else:
         import torchvision
 

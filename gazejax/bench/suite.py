@@ -5,8 +5,8 @@ r"""Benchmark suite: `gazejax.bench` for every model of every method, demo and p
                                      [--torch-python=PATH] [--timeout=SECONDS] [--extra=--config.a.b=v ...]
   python -m gazejax.bench.suite --out=bench_runs --table      # markdown table of what is in bench_runs
 
-Rows already measured (their JSON exists) are skipped unless --rerun, so an interrupted suite continues. Paper rows
-time 2 steps, the others 5 (one warm-up step first). Rows marked `torch` also time the PyTorch twin (EquiUnet,
+Rows already measured (their JSON exists) are skipped unless --rerun, so an interrupted suite continues. Demo rows
+time 5 steps, torch rows 3, paper rows and the largest torch rows 2 (one warm-up step first). Rows marked `torch` also time the PyTorch twin (EquiUnet,
 torchvision) before and after the JAX steps when --torch-python names an interpreter that has torch; `--preset=torch`
 is every model that has one. Timings are only comparable when
 nothing else runs on the machine.
@@ -33,6 +33,7 @@ class Row:
     stage: str = ""
     torch: bool = False
     note: str = ""
+    steps: int = 0  # timed steps; 0 = the preset's (STEPS)
 
 
 # A benchmark times one batch: paper rows generate a small synthetic set (real volume / image sizes, fewer cases)
@@ -88,7 +89,8 @@ def _torch_rows() -> list[Row]:
     64/96/128 (batch 1), the seven torchvision backbones at 224^2 (batch 16), and GG-CAM's backbones at the paper's
     1536x1280 (batch 1; 4 does not fit)."""
     rows = [Row(f"torch_equiunet_w{w}_{c}", f"EquiUnet width {w}, {c}^3", "configs/brats.py:method=backbone",
-                (f"--config.model.width={w}", f"--config.data.crop_size=({c}, {c}, {c})"), torch=True)
+                (f"--config.model.width={w}", f"--config.data.crop_size=({c}, {c}, {c})"), torch=True,
+                steps=2 if w * c >= 48 * 128 else 0)
             for w in (8, 16, 48) for c in (64, 96, 128)]
     size, batch = ("--config.data.image_size=(224, 224)",), ("--config.batch_size=16",)
     for backbone in ("resnet18", "mobilenet_v2", "efficientnet_b0"):
@@ -106,7 +108,7 @@ def _torch_rows() -> list[Row]:
     for backbone in ("resnet50", "efficientnet_v2_s"):
         rows.append(Row(f"torch_ggcam_{backbone}_paper", f"ggcam: {backbone} + GG-CAM 1536x1280",
                         f"configs/ggcam.py:preset=paper,method=ggcam,backbone={backbone}", ("--config.batch_size=1",),
-                        torch=True, note="batch 1"))
+                        torch=True, note="batch 1", steps=2))
     return rows
 
 
@@ -115,13 +117,14 @@ def _with_small_data(rows: list[Row]) -> list[Row]:
             for r in rows]
 
 
+STEPS = {"demo": 5, "paper": 2, "torch": 3}
 ROWS = {"demo": _rows_of("demo"), "paper": _with_small_data(_rows_of("paper")), "torch": _with_small_data(_torch_rows())}
 PRESETS = tuple(ROWS)
 
 
 def command(row: Row, preset: str, out: str, torch_python: str | None, extra: list[str]) -> list[str]:
     """The `gazejax.bench` command line of `row`."""
-    cmd = [sys.executable, "-m", "gazejax.bench", f"--config={row.config}", f"--steps={2 if preset == 'paper' else 5}",
+    cmd = [sys.executable, "-m", "gazejax.bench", f"--config={row.config}", f"--steps={row.steps or STEPS[preset]}",
            f"--json={os.path.join(out, row.key + '.json')}", *row.overrides, *extra]
     if row.stage:
         cmd.append(f"--stage={row.stage}")

@@ -82,6 +82,7 @@ def test_torch_specs(tiny_brats_root, tmp_path):
     x = [np.zeros((2, 32, 32, 32, 4), np.float32)]
     spec = bench.torch_spec(cfg, x)
     assert (spec["kind"], spec["width"], spec["shape"]) == ("equiunet", 2, [2, 32, 32, 32, 4]) and "note" in spec
+    assert spec["groups"] == {"2": 2, "4": 4, "8": 8, "16": 16}  # torch needs no flax for open_brats2020's groups
     cfg.method = "backbone"
     assert "note" not in bench.torch_spec(cfg, x)
     cfg.model.backbone = "nnunet"
@@ -91,6 +92,12 @@ def test_torch_specs(tiny_brats_root, tmp_path):
     assert (spec["kind"], spec["name"], spec["narrowed"]) == ("torchvision", "resnet50", [])
     demo = {"backbone": "efficientnet_v2_s", "resnet_width": 8, "efficientnet_width_mult": 0.25}
     assert bench.torch_spec(_Config({"model": demo}), image)["narrowed"] == ["efficientnet_width_mult"]
+    dnet = {"method_family": "cxrgazelearn", "method": "dnet201",
+            "model": {"densenet_growth": 32, "densenet_blocks": [6, 12, 48, 32], "densenet_init_features": 64}}
+    assert bench.torch_spec(_Config(dnet), image)["name"] == "densenet201"
+    assert not bench.torch_spec(_Config(dnet), image)["narrowed"]
+    dnet["model"]["densenet_blocks"] = (3, 6, 12, 8)
+    assert bench.torch_spec(_Config(dnet), image)["narrowed"] == ["densenet_blocks"]
 
 
 def test_torch_comparison_without_torch_says_why():
