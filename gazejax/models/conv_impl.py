@@ -6,9 +6,10 @@ Inputs `[B, *S, C_in]`, kernels `[*K, C_in, C_out]`, outputs `[B, *S_out, C_out]
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -28,11 +29,28 @@ NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
 SLAB_DW_MIN_SLICE, SLAB_DW_ROWS = 1024, 3072
 
 
+_FORCED: list[str] = []  # set by `forced`, innermost last
+
+
 def resolve(impl: str) -> str:
-    """The concrete formulation for `impl` ("auto" -> by the default backend, `AUTO`, else "xla")."""
+    """The concrete formulation for `impl` ("auto" -> by the default backend, `AUTO`, else "xla"; inside
+    `forced(f)`, f whatever `impl` says)."""
     if impl not in IMPLS:
         raise ValueError(f"conv_impl.py: unknown conv_impl {impl!r}; expected one of {', '.join(IMPLS)}")
+    impl = _FORCED[-1] if _FORCED else impl
     return AUTO.get(jax.default_backend(), "xla") if impl == "auto" else impl
+
+
+@contextlib.contextmanager
+def forced(impl: str) -> Iterator[None]:
+    """Models traced inside the block use formulation `impl` whatever their `conv_impl` (gazejax.bench counts a
+    step's FLOPs on the native formulation: XLA's cost analysis counts a loop body once, not per iteration)."""
+    resolve(impl)
+    _FORCED.append(impl)
+    try:
+        yield
+    finally:
+        _FORCED.pop()
 
 
 def conv_general_dilated_for(impl: str) -> ConvFn:

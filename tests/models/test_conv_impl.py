@@ -134,6 +134,19 @@ def test_uncovered_cases_fall_back_to_lax():
     np.testing.assert_array_equal(fn(nchw, oihw, (1, 1), "VALID"), lax.conv_general_dilated(nchw, oihw, (1, 1), "VALID"))
 
 
+def test_forced_overrides_every_formulation_inside_the_block_only():
+    with conv_impl.forced("xla"):
+        assert conv_impl.resolve("mixed") == "xla" and conv_impl.conv_general_dilated_for("depth2d") is (
+            lax.conv_general_dilated)
+        with conv_impl.forced("taps"):
+            assert conv_impl.resolve("auto") == "taps"
+        assert conv_impl.resolve("auto") == "xla"
+    assert conv_impl.resolve("taps") == "taps" and not conv_impl._FORCED
+    with pytest.raises(ValueError, match="unknown conv_impl 'fast'"), conv_impl.forced("fast"):
+        pass
+    assert not conv_impl._FORCED
+
+
 def test_resolve():
     assert conv_impl.resolve("auto") == conv_impl.AUTO.get(jax.default_backend(), "xla")
     assert conv_impl.conv_general_dilated_for("xla") is lax.conv_general_dilated
