@@ -102,9 +102,11 @@ def _torch_rows() -> list[Row]:
                         f"configs/gazat.py:preset=paper,method=supervised,backbone={backbone}", size + batch,
                         torch=True))
     rows.append(Row("torch_efficientnet_v2_s_224", "efficientnet_v2_s 224^2 (ggcam plain)",
-                    "configs/ggcam.py:preset=paper,method=plain,backbone=efficientnet_v2_s", size + batch, torch=True))
+                    "configs/ggcam.py:preset=paper,method=plain,backbone=efficientnet_v2_s",
+                    size + batch + ("--config.data.gaze_grids.cam=(7, 7)",), torch=True))  # the CAM grid, 224 / 32
     rows.append(Row("torch_densenet201_224", "densenet201 224^2 (cxrgazelearn DNet201)",
-                    "configs/cxrgazelearn.py:preset=paper,method=dnet201", size + batch, torch=True))
+                    "configs/cxrgazelearn.py:preset=paper,method=dnet201",
+                    size + batch + ("--config.data.gaze_grids.saliency=(224, 224)",), torch=True))
     for backbone in ("resnet50", "efficientnet_v2_s"):
         rows.append(Row(f"torch_ggcam_{backbone}_paper", f"ggcam: {backbone} + GG-CAM 1536x1280",
                         f"configs/ggcam.py:preset=paper,method=ggcam,backbone={backbone}", ("--config.batch_size=1",),
