@@ -64,9 +64,12 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
       the batch (2D inputs go to "xla").
     - "mixed": per layer, what was fastest on XLA:CPU (2-core Zen 4): 1x1 kernels as one matmul ("taps"), 3D
       kernels as "depth2d", other 2D kernels native ("xla").
+    - "taps" and "mixed" compute depthwise convolutions (`feature_group_count` = C_in = C_out) as the sum over
+      kernel taps of the shifted input times the tap's per-channel weights.
     - "auto": one of the above by backend (`AUTO`), chosen when the function is built.
     Cases the formulations do not cover fall back to `lax.conv_general_dilated`: dimension numbers other than
-    channels-last/HWIO, input (transposed-conv) dilation, grouped convolutions and batch groups.
+    channels-last/HWIO, input (transposed-conv) dilation, grouped convolutions other than depthwise ones under
+    "taps" / "mixed", and batch groups.
     """
     impl = resolve(impl)
     if impl == "xla":
@@ -87,13 +90,19 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
     strides = tuple(window_strides) or (1,) * n
     dilation = tuple(rhs_dilation or (1,) * n)
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    # depthwise (one input channel per group, as many outputs as inputs): "taps" and "mixed" sum the taps elementwise
+    depthwise = (impl in ("taps", "mixed") and feature_group_count > 1 and rhs.shape[-2] == 1
+                 and feature_group_count == lhs.shape[-1] == rhs.shape[-1])
     covered = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))
-               and feature_group_count == 1 and batch_group_count == 1 and not (impl == "depth2d" and n != 3))
+               and (feature_group_count == 1 or depthwise) and batch_group_count == 1
+               and not (impl == "depth2d" and n != 3))
     if not covered:
         return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, dilation, dimension_numbers,
                                         feature_group_count, batch_group_count, precision, preferred_element_type)
     kernel = rhs.shape[:n]
-    if impl == "mixed":
+    if depthwise:
+        impl = "depthwise"
+    elif impl == "mixed":
         impl = "taps" if all(k == 1 for k in kernel) else "depth2d" if n == 3 else "xla"
     if impl == "xla":
         return lax.conv_general_dilated(lhs, rhs, strides, padding, None, dilation, dimension_numbers,
@@ -109,6 +118,9 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
         return _depth2d(x, rhs, out, strides, dilation, precision, out_dtype)
     views = [_view(x, tap, dilation, strides, out) for tap in itertools.product(*map(range, kernel))]
     acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype  # sum bf16 partial products in f32
+    if impl == "depthwise":  # elementwise work XLA:CPU fuses; 5-11x faster (fwd + bwd) than its grouped conv
+        w = rhs.reshape(-1, rhs.shape[-1]).astype(acc)
+        return sum(v.astype(acc) * w[i] for i, v in enumerate(views)).astype(out_dtype)
     if impl == "im2col":
         patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
         w = rhs.reshape(-1, rhs.shape[-1])

@@ -134,6 +134,34 @@ def test_uncovered_cases_fall_back_to_lax():
     np.testing.assert_array_equal(fn(nchw, oihw, (1, 1), "VALID"), lax.conv_general_dilated(nchw, oihw, (1, 1), "VALID"))
 
 
+DEPTHWISE = {  # (input shape, kernel shape, strides, padding, dilation); kernel [*K, 1, C]
+    "2d_stride2": ((2, 9, 8, 5), (3, 3, 1, 5), (2, 2), [(1, 1), (1, 1)], (1, 1)),
+    "2d_5x5_asym": ((1, 7, 9, 3), (5, 5, 1, 3), (1, 1), [(2, 1), (0, 2)], (1, 1)),
+    "3d_dil2": ((1, 6, 5, 6, 4), (3, 3, 3, 1, 4), (1, 1, 1), "SAME", (2, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("impl", ("taps", "mixed"))
+@pytest.mark.parametrize("case", sorted(DEPTHWISE))
+def test_depthwise_as_taps_matches_lax(impl, case, fast_compile):
+    """Depthwise convolutions (groups = C_in = C_out: MobileNet, EfficientNet) under taps / mixed: the elementwise
+    tap sum (no grouped conv in the jaxpr) with lax's values and gradients."""
+    x_shape, w_shape, strides, padding, dilation = DEPTHWISE[case]
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), w_shape)
+    groups = x_shape[-1]
+
+    def run(fn):
+        return _value_and_grads(functools.partial(fn, feature_group_count=groups), x, w, strides, padding, dilation)
+
+    fn = conv_impl.conv_general_dilated_for(impl)
+    for g, r in zip(run(fn), run(lax.conv_general_dilated)):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+    jaxpr = str(jax.make_jaxpr(lambda a, b: fn(a, b, strides, padding, None, dilation, _numbers(x.ndim),
+                                               feature_group_count=groups))(x, w))
+    assert "conv_general_dilated" not in jaxpr
+
+
 def test_forced_overrides_every_formulation_inside_the_block_only():
     with conv_impl.forced("xla"):
         assert conv_impl.resolve("mixed") == "xla" and conv_impl.conv_general_dilated_for("depth2d") is (
