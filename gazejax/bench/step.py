@@ -121,19 +121,17 @@ def _step_report(lowered_fn: Callable, args: tuple, steps: int, carry: bool, bat
             "xla_memory_estimate_bytes": cost.get("peak_bytes_estimate", float("nan"))}
 
 
-def _native_flops(report: dict, make: Callable, args: tuple, config, n_dev: int) -> None:
-    """Replaces `report`'s FLOPs by those of the same step with native convolutions when the config's formulation
-    is another: XLA's cost analysis counts a loop body (conv_impl's scanned filter gradient) once, not per trip."""
+def _counted_flops(report: dict, make: Callable, args: tuple, n_dev: int) -> None:
+    """Replaces `report`'s FLOPs by those of the same step traced under `conv_impl.counting()` (no scanned filter
+    gradient) when they differ: XLA's cost analysis counts a loop body once, not per trip."""
     from gazejax.engine import profiling
     from gazejax.models import conv_impl
 
-    model = config.get("model") or {}
-    if conv_impl.resolve(str(model.get("conv_impl", "auto")) if hasattr(model, "get") else "xla") == "xla":
-        return
-    with conv_impl.forced("xla"):
+    with conv_impl.counting():
         flops = profiling.cost_of(make().lower(*args).compile()).get("flops", 0.0) * n_dev
-    report.update(flops_per_step=flops, flops_per_s=flops / report["step_s_median"],
-                  flops_source="XLA cost analysis of the same step with native convolutions")
+    if flops > report["flops_per_step"]:
+        report.update(flops_per_step=flops, flops_per_s=flops / report["step_s_median"],
+                      flops_source="XLA cost analysis of the same step without conv_impl's scanned filter gradient")
 
 
 def _pick_stage(stages: list, name: str | None):
@@ -193,7 +191,8 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
             infer_variables = {"params": state.params, **state.collections}
             infer_report = _step_report(infer, (infer_variables, *inputs), steps, False, size, n_dev)
             train_report = _step_report(trainer.make_train_step(tx, st), (state, batch), steps, True, size, n_dev)
-            _native_flops(train_report, lambda: trainer.make_train_step(tx, st), (state, batch), config, n_dev)
+            if any(x.ndim == 5 for x in inputs):  # only 3D convolutions have the scanned filter gradient
+                _counted_flops(train_report, lambda: trainer.make_train_step(tx, st), (state, batch), n_dev)
         finally:
             trainer.close()
     result = _machine(config, n_dev)

@@ -29,28 +29,25 @@ NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
 SLAB_DW_MIN_SLICE, SLAB_DW_ROWS = 1024, 3072
 
 
-_FORCED: list[str] = []  # set by `forced`, innermost last
+_COUNTING: list[bool] = []  # set by `counting`
 
 
 def resolve(impl: str) -> str:
-    """The concrete formulation for `impl` ("auto" -> by the default backend, `AUTO`, else "xla"; inside
-    `forced(f)`, f whatever `impl` says)."""
+    """The concrete formulation for `impl` ("auto" -> by the default backend, `AUTO`, else "xla")."""
     if impl not in IMPLS:
         raise ValueError(f"conv_impl.py: unknown conv_impl {impl!r}; expected one of {', '.join(IMPLS)}")
-    impl = _FORCED[-1] if _FORCED else impl
     return AUTO.get(jax.default_backend(), "xla") if impl == "auto" else impl
 
 
 @contextlib.contextmanager
-def forced(impl: str) -> Iterator[None]:
-    """Models traced inside the block use formulation `impl` whatever their `conv_impl` (gazejax.bench counts a
-    step's FLOPs on the native formulation: XLA's cost analysis counts a loop body once, not per iteration)."""
-    resolve(impl)
-    _FORCED.append(impl)
+def counting() -> Iterator[None]:
+    """Models traced inside the block compute depth2d's filter gradient without the slab scan, the same math with
+    no loop: XLA's cost analysis counts a loop body once, not per trip (gazejax.bench counts a step's FLOPs so)."""
+    _COUNTING.append(True)
     try:
         yield
     finally:
-        _FORCED.pop()
+        _COUNTING.pop()
 
 
 def conv_general_dilated_for(impl: str) -> ConvFn:
@@ -147,7 +144,7 @@ def _matmul(x: jax.Array, w: jax.Array, precision: Any, acc: Any) -> jax.Array:
 def _depth2d(x: jax.Array, rhs: jax.Array, out: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
              precision: Any, out_dtype: Any) -> jax.Array:
     """Padded `[B, D, H, W, C]` conv as the sum over depth taps of 2D convs on `[B * D_out, H, W, C]`."""
-    y = _depth2d_vjp(x, rhs, tuple(out), tuple(strides), tuple(dilation), precision)
+    y = _depth2d_vjp(x, rhs, tuple(out), tuple(strides), tuple(dilation), precision, not _COUNTING)
     return y.astype(out_dtype)
 
 
@@ -165,22 +162,22 @@ def _depth2d_sum(x: jax.Array, rhs: jax.Array, out: tuple[int, ...], strides: tu
     return y.reshape(b, out[0], *y.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _depth2d_vjp(x, rhs, out, strides, dilation, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _depth2d_vjp(x, rhs, out, strides, dilation, precision, slab):
     return _depth2d_sum(x, rhs, out, strides, dilation, precision)
 
 
-def _depth2d_fwd(x, rhs, out, strides, dilation, precision):
+def _depth2d_fwd(x, rhs, out, strides, dilation, precision, slab):
     return _depth2d_sum(x, rhs, out, strides, dilation, precision), (x, rhs)
 
 
-def _depth2d_bwd(out, strides, dilation, precision, residuals, g):
+def _depth2d_bwd(out, strides, dilation, precision, slab, residuals, g):
     """dx through the 2D convs (fast on XLA:CPU); dW through the native 3D filter gradient when both channel
     counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices is slow there), else the 2D one."""
     x, rhs = residuals
     _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision), x)
     voxels = x.shape[0] * np.prod(out)
-    if all(s == 1 for s in strides) and out[1] * out[2] >= SLAB_DW_MIN_SLICE:
+    if all(s == 1 for s in strides) and out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab:
         return dx_fn(g)[0], _slab_filter_grad(x, g, rhs, out, dilation, precision)
     if min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS:
         def native(w):

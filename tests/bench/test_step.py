@@ -29,7 +29,7 @@ def test_tiny_brats_report(tiny_brats_root, tmp_path, fast_compile):
         assert s["mfu"] == pytest.approx(s["flops_per_s"] / r["peak_flops_per_s"])
     # a backward pass costs about twice the forward one: train-step FLOPs ~ 3x the inference step's
     assert 2.0 < r["train"]["flops_per_step"] / r["infer"]["flops_per_step"] < 4.5
-    assert "native convolutions" in r["train"]["flops_source"]  # mixed's scanned filter gradient is counted once
+    assert "scanned filter gradient" in r["train"]["flops_source"]  # XLA counts a loop body once
     assert r["memory"]["max_rss_bytes"] > 0
     text = bench.format_report(r)
     assert "train step" in text and "inference" in text and "MFU" in text and "GFLOP/step" in text

@@ -162,17 +162,21 @@ def test_depthwise_as_taps_matches_lax(impl, case, fast_compile):
     assert "conv_general_dilated" not in jaxpr
 
 
-def test_forced_overrides_every_formulation_inside_the_block_only():
-    with conv_impl.forced("xla"):
-        assert conv_impl.resolve("mixed") == "xla" and conv_impl.conv_general_dilated_for("depth2d") is (
-            lax.conv_general_dilated)
-        with conv_impl.forced("taps"):
-            assert conv_impl.resolve("auto") == "taps"
-        assert conv_impl.resolve("auto") == "xla"
-    assert conv_impl.resolve("taps") == "taps" and not conv_impl._FORCED
-    with pytest.raises(ValueError, match="unknown conv_impl 'fast'"), conv_impl.forced("fast"):
-        pass
-    assert not conv_impl._FORCED
+def test_counting_traces_the_filter_gradient_without_the_scan():
+    """Inside conv_impl.counting() depth2d's filter gradient has no loop (so XLA's cost analysis counts all of it),
+    with the same value; outside it the slab scan is back."""
+    side = int(np.ceil(np.sqrt(conv_impl.SLAB_DW_MIN_SLICE)))
+    x, w = jax.random.normal(jax.random.key(0), (1, 2, side, side, 1)), jnp.ones((3, 3, 3, 1, 2))
+    fn = conv_impl.conv_general_dilated_for("depth2d")
+
+    def grad():  # a new function each time: jax's trace caches are keyed on the function, not on counting()
+        return jax.grad(lambda b: jnp.sum(fn(x, b, (1, 1, 1), "SAME", None, None, _numbers(5)) ** 2))
+
+    with conv_impl.counting():
+        assert "scan" not in str(jax.make_jaxpr(grad())(w))
+        counted = grad()(w)
+    assert "scan" in str(jax.make_jaxpr(grad())(w)) and not conv_impl._COUNTING
+    np.testing.assert_allclose(counted, grad()(w), rtol=1e-5)
 
 
 def test_resolve():
