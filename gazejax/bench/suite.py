@@ -6,9 +6,9 @@ r"""Benchmark suite: `gazejax.bench` for every model of every method, demo and p
   python -m gazejax.bench.suite --out=bench_runs --table      # markdown table of what is in bench_runs
 
 Rows already measured (their JSON exists) are skipped unless --rerun, so an interrupted suite continues. Demo rows
-time 5 steps, torch rows 3, paper rows and the largest torch rows 2 (one warm-up step first). Rows marked `torch` also time the PyTorch twin (EquiUnet,
-torchvision) before and after the JAX steps when --torch-python names an interpreter that has torch; `--preset=torch`
-is every model that has one. Timings are only comparable when
+time 5 steps, torch rows 3, paper rows and the largest torch rows 2 (one warm-up step first). Rows marked `torch`
+also time the PyTorch twin (EquiUnet, torchvision) before and after the JAX steps when --torch-python names an
+interpreter that has torch; `--preset=torch` is every model that has one. Timings are only comparable when
 nothing else runs on the machine.
 """
 from __future__ import annotations
@@ -120,7 +120,8 @@ def _with_small_data(rows: list[Row]) -> list[Row]:
 
 
 STEPS = {"demo": 5, "paper": 2, "torch": 3}
-ROWS = {"demo": _rows_of("demo"), "paper": _with_small_data(_rows_of("paper")), "torch": _with_small_data(_torch_rows())}
+ROWS = {"demo": _rows_of("demo"), "paper": _with_small_data(_rows_of("paper")),
+        "torch": _with_small_data(_torch_rows())}
 PRESETS = tuple(ROWS)
 
 

@@ -59,8 +59,8 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
       matmul.
     - "depth2d": a 3D convolution as the sum over depth taps of native 2D convolutions with depth folded into
       the batch (2D inputs go to "xla").
-    - "mixed": per layer, what was fastest on XLA:CPU (2-core Zen 4): 1x1 kernels as one matmul ("taps"), 3D
-      kernels as "depth2d", other 2D kernels native ("xla").
+    - "mixed": per layer, what was fastest on XLA:CPU (2 cores of a Xeon with AMX): 1x1 kernels as one matmul
+      ("taps"), 3D kernels as "depth2d", other 2D kernels native ("xla").
     - "taps" and "mixed" compute depthwise convolutions (`feature_group_count` = C_in = C_out) as the sum over
       kernel taps of the shifted input times the tap's per-channel weights.
     - "auto": one of the above by backend (`AUTO`), chosen when the function is built.
