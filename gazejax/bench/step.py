@@ -123,7 +123,7 @@ def _step_report(lowered_fn: Callable, args: tuple, steps: int, carry: bool, bat
 
 def _counted_flops(report: dict, make: Callable, args: tuple, n_dev: int) -> None:
     """Replaces `report`'s FLOPs by those of the same step traced under `conv_impl.counting()` (no scanned filter
-    gradient) when they differ: XLA's cost analysis counts a loop body once, not per trip."""
+    gradient) when that count is larger: XLA's cost analysis counts a loop body once, not per trip."""
     from gazejax.engine import profiling
     from gazejax.models import conv_impl
 

@@ -172,8 +172,10 @@ def _depth2d_fwd(x, rhs, out, strides, dilation, precision, slab):
 
 
 def _depth2d_bwd(out, strides, dilation, precision, slab, residuals, g):
-    """dx through the 2D convs (fast on XLA:CPU); dW through the native 3D filter gradient when both channel
-    counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices is slow there), else the 2D one."""
+    """dx through the 2D convs (fast on XLA:CPU); dW as `_slab_filter_grad` for stride 1 and output depth slices of
+    >= SLAB_DW_MIN_SLICE voxels (`slab`: False under `counting`), else through the native 3D filter gradient when
+    both channel counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices is slow there), else
+    the 2D one."""
     x, rhs = residuals
     _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision), x)
     voxels = x.shape[0] * np.prod(out)
