@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
-import time
-from typing import Callable
+
+from gazejax.bench.step import median_seconds, run_repo_module
 
 PARTS = ("fwd", "dx", "dw")
 
@@ -35,16 +33,6 @@ def equiunet_layers(width: int, crop: int, in_channels: int = 4) -> list[tuple[i
                (crop >> 1, 4 * w, 2 * w, 1), (crop >> 1, 2 * w, w, 1),  # decoder2
                (crop, 2 * w, w, 1), (crop, w, w, 1)]  # decoder1
     return layers
-
-
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def time_jax(layers, impls, repeats: int) -> list[dict]:
@@ -68,7 +56,7 @@ def time_jax(layers, impls, repeats: int) -> list[dict]:
             fns = {"fwd": jax.jit(f), "dx": jax.jit(lambda a, b, c, f=f: jax.vjp(lambda t: f(t, b), a)[1](c)[0]),
                    "dw": jax.jit(lambda a, b, c, f=f: jax.vjp(lambda t: f(a, t), b)[1](c)[0])}
             args = {"fwd": (x, w), "dx": (x, w, g), "dw": (x, w, g)}
-            row[impl] = {p: _median_time(lambda p=p: jax.block_until_ready(fns[p](*args[p])), repeats)
+            row[impl] = {p: median_seconds(lambda p=p: jax.block_until_ready(fns[p](*args[p])), repeats)
                          for p in PARTS}
         rows.append(row)
     return rows
@@ -88,8 +76,8 @@ def time_torch(layers, repeats: int) -> list[dict]:
         fns = {"fwd": lambda: functional.conv3d(x, w, **kw), "dx": lambda: grad.conv3d_input(x.shape, w, g, **kw),
                "dw": lambda: grad.conv3d_weight(x, w.shape, g, **kw)}
         with torch.no_grad():
-            rows.append({"layer": [side, c_in, c_out, dil], "torch": {p: _median_time(fns[p], repeats) for p in PARTS},
-                         "torch_version": torch.__version__})
+            times = {p: median_seconds(fns[p], repeats) for p in PARTS}
+            rows.append({"layer": [side, c_in, c_out, dil], "torch": times, "torch_version": torch.__version__})
     return rows
 
 
@@ -136,11 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     impls = [i for i in args.impls.split(",") if i]
     rows = time_jax(layers, impls, args.repeats)
     if args.torch_python:
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run([args.torch_python, "-m", "gazejax.bench.convs", "--torch-only", f"--width={args.width}",
-                               f"--crop={args.crop}", f"--repeats={args.repeats}"], capture_output=True, text=True,
-                              env=env)
+        proc = run_repo_module(args.torch_python, ["gazejax.bench.convs", "--torch-only", f"--width={args.width}",
+                                                   f"--crop={args.crop}", f"--repeats={args.repeats}"])
         if proc.returncode:
             raise SystemExit(f"convs.py: {args.torch_python} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         for row, t in zip(rows, json.loads(proc.stdout.strip().splitlines()[-1])):

@@ -72,6 +72,20 @@ def _timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall seconds of `repeats` calls of `fn` after one warm-up call."""
+    fn()
+    return statistics.median(_timed(fn) for _ in range(repeats))
+
+
+def run_repo_module(python: str, args: list[str]) -> subprocess.CompletedProcess:
+    """`python -m *args` with this checkout first on PYTHONPATH, for an interpreter (e.g. one with torch) where
+    gazejax is not installed; output captured."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([python, "-m", *args], capture_output=True, text=True, env=env)
+
+
 def peak_memory() -> dict[str, float]:
     """Peak bytes in use on the busiest local device (where the backend reports it) and the process's max RSS."""
     import jax
@@ -354,8 +368,7 @@ def time_torch(spec: dict, steps: int) -> dict:
     out = {"spec": spec, "torch_version": torch.__version__, "threads": torch.get_num_threads()}
     for name, fn in (("train", train_step), ("infer", infer_step)):
         model.train(name == "train")
-        fn()
-        out[name] = statistics.median(_timed(fn) for _ in range(steps))
+        out[name] = median_seconds(fn, steps)
     return out
 
 
@@ -368,10 +381,7 @@ def compare_with_torch(config, inputs: list[np.ndarray], steps: int, torch_pytho
         return {"skip": f"the config narrows the backbone ({', '.join(spec['narrowed'])}); torchvision has no such "
                         f"model", "spec": spec}
     if torch_python:
-        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run([torch_python, "-m", "gazejax.bench", "--torch_spec", json.dumps(spec),
-                               "--steps", str(steps)], capture_output=True, text=True, env=env)
+        proc = run_repo_module(torch_python, ["gazejax.bench", "--torch_spec", json.dumps(spec), "--steps", str(steps)])
         if proc.returncode:
             return {"skip": f"{torch_python} failed: {proc.stderr.strip().splitlines()[-1:]}", "spec": spec}
         return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -122,3 +122,18 @@ def test_merge_torch_runs_before_and_after():
     assert (out["train"], out["infer"], out["train_runs"], out["infer_runs"]) == (3.0, 1.5, [2.0, 4.0], [1.0, 2.0])
     assert out["spec"] == {"kind": "equiunet"}
     assert bench.merge_torch_runs([{"skip": "no torch"}]) == {"skip": "no torch"}
+
+
+def test_run_repo_module_puts_this_checkout_on_pythonpath(monkeypatch):
+    """The torch interpreter has no gazejax installed: the folder holding the `gazejax` package goes first on its
+    PYTHONPATH (it was `gazejax/` itself, which only worked from the repository root)."""
+    import os
+    import subprocess
+
+    seen = {}
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: seen.update(cmd=cmd, env=kw["env"]))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    bench.run_repo_module("/x/python", ["gazejax.bench", "--steps", "1"])
+    first, rest = seen["env"]["PYTHONPATH"].split(os.pathsep)
+    assert os.path.isfile(os.path.join(first, "gazejax", "bench", "step.py")) and rest == "/elsewhere"
+    assert seen["cmd"] == ["/x/python", "-m", "gazejax.bench", "--steps", "1"]
