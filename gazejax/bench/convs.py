@@ -2,7 +2,7 @@ r"""Per-layer convolution benchmark of EquiUnet: forward, input gradient (dx) an
 distinct 3x3x3 convolution of the network at a width and crop, for each `model.conv_impl` formulation and, with
 --torch-python, PyTorch's `conv3d` (oneDNN) on the same shapes: where a train step's convolution time goes.
 
-  python -m gazejax.bench.convs [--width=16] [--crop=96] [--impls=xla,mixed] [--torch-python=PATH] [--repeats=3]
+  python -m gazejax.bench.convs [--width=16] [--crop=96] [--impls=xla,mixed,onednn] [--torch-python=PATH] [--repeats=3]
                                 [--json=FILE]
 
 Each row is one layer of the network (batch 1, float32); the totals are what one forward + backward pass of the
@@ -12,6 +12,7 @@ when nothing else runs on the machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -53,8 +54,9 @@ def time_jax(layers, impls, repeats: int) -> list[dict]:
             def f(a, b, conv=conv):
                 return conv(a, b, (1, 1, 1), [(dil, dil)] * 3, None, (dil,) * 3, ("NDHWC", "DHWIO", "NDHWC"))
 
-            fns = {"fwd": jax.jit(f), "dx": jax.jit(lambda a, b, c, f=f: jax.vjp(lambda t: f(t, b), a)[1](c)[0]),
-                   "dw": jax.jit(lambda a, b, c, f=f: jax.vjp(lambda t: f(a, t), b)[1](c)[0])}
+            jit = functools.partial(jax.jit, compiler_options=conv_impl.compiler_options(impl))
+            fns = {"fwd": jit(f), "dx": jit(lambda a, b, c, f=f: jax.vjp(lambda t: f(t, b), a)[1](c)[0]),
+                   "dw": jit(lambda a, b, c, f=f: jax.vjp(lambda t: f(a, t), b)[1](c)[0])}
             args = {"fwd": (x, w), "dx": (x, w, g), "dw": (x, w, g)}
             row[impl] = {p: median_seconds(lambda p=p: jax.block_until_ready(fns[p](*args[p])), repeats)
                          for p in PARTS}
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--crop", type=int, default=96)
-    ap.add_argument("--impls", default="xla,mixed", help="comma-separated conv_impl formulations")
+    ap.add_argument("--impls", default="xla,mixed,onednn", help="comma-separated conv_impl formulations")
     ap.add_argument("--torch-python", default=None, help="interpreter with torch: also time torch's conv3d")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the timings here")

@@ -137,7 +137,8 @@ def _step_report(lowered_fn: Callable, args: tuple, steps: int, carry: bool, bat
 
 def _counted_flops(report: dict, make: Callable, args: tuple, n_dev: int) -> None:
     """Replaces `report`'s FLOPs by those of the same step traced under `conv_impl.counting()` (no scanned filter
-    gradient) when that count is larger: XLA's cost analysis counts a loop body once, not per trip."""
+    gradient, no oneDNN custom calls) when that count is larger: XLA's cost analysis counts a loop body once, not
+    per trip, and nothing inside a custom call."""
     from gazejax.engine import profiling
     from gazejax.models import conv_impl
 
@@ -145,7 +146,8 @@ def _counted_flops(report: dict, make: Callable, args: tuple, n_dev: int) -> Non
         flops = profiling.cost_of(make().lower(*args).compile()).get("flops", 0.0) * n_dev
     if flops > report["flops_per_step"]:
         report.update(flops_per_step=flops, flops_per_s=flops / report["step_s_median"],
-                      flops_source="XLA cost analysis of the same step without conv_impl's scanned filter gradient")
+                      flops_source="XLA cost analysis of the same step without conv_impl's scanned filter "
+                                   "gradient and oneDNN custom calls")
 
 
 def _pick_stage(stages: list, name: str | None):
@@ -200,13 +202,18 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
             # torch, JAX, torch: a load change during the run shows as two different torch times
             torch_inputs = [np.asarray(jax.device_get(x)) for x in inputs] if compare_torch else None
             torch_runs = [compare_with_torch(config, torch_inputs, steps, torch_python)] if compare_torch else []
-            infer = jax.jit(lambda v, *x: trainer.model.apply(v, *x, train=False),
-                            out_shardings=parallel.replicated(trainer.mesh))
-            infer_variables = {"params": state.params, **state.collections}
-            infer_report = _step_report(infer, (infer_variables, *inputs), steps, False, size, n_dev)
+            def make_infer():
+                return jax.jit(lambda v, *x: trainer.model.apply(v, *x, train=False),
+                               out_shardings=parallel.replicated(trainer.mesh),
+                               compiler_options=trainer.compiler_options)
+
+            infer_args = ({"params": state.params, **state.collections}, *inputs)
+            infer_report = _step_report(make_infer(), infer_args, steps, False, size, n_dev)
             train_report = _step_report(trainer.make_train_step(tx, st), (state, batch), steps, True, size, n_dev)
-            if any(x.ndim == 5 for x in inputs):  # only 3D convolutions have the scanned filter gradient
+            # only 3D convolutions have the scanned filter gradient; oneDNN's custom calls count no FLOPs
+            if any(x.ndim == 5 for x in inputs) or trainer.compiler_options:
                 _counted_flops(train_report, lambda: trainer.make_train_step(tx, st), (state, batch), n_dev)
+                _counted_flops(infer_report, make_infer, infer_args, n_dev)
         finally:
             trainer.close()
     result = _machine(config, n_dev)

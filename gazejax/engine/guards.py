@@ -19,16 +19,17 @@ def tree_finite(tree: Any) -> jax.Array:
     return ok
 
 
-def make_state_check(loss_of: Callable, replicated) -> Callable:
+def make_state_check(loss_of: Callable, replicated, compiler_options: dict | None = None) -> Callable:
     """A jitted `(state, batch) -> (loss_finite, state_finite)` for a `loss_of(params, collections, batch, rng)`
-    that returns the training loss (the train step's forward pass, no gradient); nothing of the state changes."""
+    that returns the training loss (the train step's forward pass, no gradient); nothing of the state changes.
+    `compiler_options`: the train step's (`jax.jit`'s argument)."""
 
     def check(state, batch):
         _, rng = jax.random.split(state.rng)
         loss = loss_of(state.params, state.collections, batch, rng)
         return jnp.isfinite(loss), tree_finite((state.params, state.collections, state.opt_state))
 
-    return jax.jit(check, out_shardings=replicated)
+    return jax.jit(check, out_shardings=replicated, compiler_options=compiler_options)
 
 
 def describe(loss_ok: bool, state_ok: bool) -> str:

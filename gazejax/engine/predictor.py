@@ -14,11 +14,12 @@ from jax.sharding import Mesh
 from gazejax.engine import parallel
 
 
-def jitted_apply(model, mesh: Mesh) -> Callable:
+def jitted_apply(model, mesh: Mesh, compiler_options: dict | None = None) -> Callable:
     """`(variables, *inputs) -> outputs` of `model` in inference mode, jitted with replicated outputs (compiled once
-    per input shape: make it once per model and `bind` it to each set of weights)."""
+    per input shape: make it once per model and `bind` it to each set of weights). `compiler_options`: `jax.jit`'s,
+    `conv_impl.compiler_options` of the model's conv_impl."""
     return parallel.on_mesh(jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False),
-                                    out_shardings=parallel.replicated(mesh)), mesh)
+                                    out_shardings=parallel.replicated(mesh), compiler_options=compiler_options), mesh)
 
 
 def bind(apply_fn: Callable, variables: Any, mesh: Mesh) -> Callable:

@@ -27,6 +27,7 @@ from gazejax.engine.logs import MetricWriter, ProgressBar
 from gazejax.engine.pretrained import load_pretrained_into
 from gazejax.engine import workdir as workdirs
 from gazejax.engine.workdir import WorkdirLock
+from gazejax.models import conv_impl
 
 log = logging.getLogger("gazejax")
 
@@ -74,7 +75,13 @@ class Trainer:
         self.writer = MetricWriter(workdir)
         self.saved_config = workdirs.read_config(workdir)  # of the run that wrote the checkpoints, if any
         self.train_seconds = 0.0  # wall time of the training steps (with validation), summed over resumed runs
-        self._predict_jit = predictor.jitted_apply(self.model, self.mesh)
+        self._predict_jit = predictor.jitted_apply(self.model, self.mesh, self.compiler_options)
+
+    @property
+    def compiler_options(self) -> dict:
+        """`jax.jit`'s options for every function tracing the model (XLA:CPU's oneDNN convolutions under conv_impl
+        "onednn"; none under `conv_impl.counting`)."""
+        return conv_impl.compiler_options(str(self.config.model.get("conv_impl", "auto")))
 
     def close(self, after_error: bool = False) -> None:
         """Waits for pending checkpoint writes and closes the log files. `after_error`: the run is stopping on an
@@ -98,7 +105,7 @@ class Trainer:
         # The rbg generator: jit-compiling dozens of threefry-based initialisers takes minutes on XLA:CPU.
         rng = jax.random.key(self.config.seed, impl="rbg")
         init = jax.jit(lambda r, *x: self.model.init(r, *x, train=False),
-                       out_shardings=parallel.replicated(self.mesh))
+                       out_shardings=parallel.replicated(self.mesh), compiler_options=self.compiler_options)
         variables = flax.core.unfreeze(init(rng, *self.method.model_inputs(batch)))
         init_from = self.config.model.get("init_from", "")
         if init_from:
@@ -173,12 +180,13 @@ class Trainer:
             return new_state, metrics
 
         replicated, sharded = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
-        self.state_check = parallel.on_mesh(guards.make_state_check(lambda *a: loss_of(*a)[0], replicated), self.mesh)
+        self.state_check = parallel.on_mesh(guards.make_state_check(lambda *a: loss_of(*a)[0], replicated,
+                                                                            self.compiler_options), self.mesh)
         if parallel.spatial_size(self.mesh) > 1:  # batch leaves keep their own (per-leaf) shardings from to_global
-            return parallel.on_mesh(jax.jit(train_step, out_shardings=(replicated, replicated), donate_argnums=(0,)),
-                                    self.mesh)
+            return parallel.on_mesh(jax.jit(train_step, out_shardings=(replicated, replicated), donate_argnums=(0,),
+                                            compiler_options=self.compiler_options), self.mesh)
         return jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                       donate_argnums=(0,))
+                       donate_argnums=(0,), compiler_options=self.compiler_options)
 
     def predict_fn(self, state: TrainState) -> Callable:
         """numpy inputs [B, ...] -> numpy outputs (`gazejax.engine.predictor.bind`)."""

@@ -18,15 +18,22 @@ import numpy as np
 from jax import lax
 
 ConvFn = Callable[..., jax.Array]
-IMPLS = ("auto", "xla", "mixed", "taps", "im2col", "depth2d")
+IMPLS = ("auto", "xla", "onednn", "mixed", "taps", "im2col", "depth2d")
 # What "auto" resolves to per backend at trace time (see `resolve`); accelerators keep their native convolutions.
-AUTO = {"cpu": "mixed"}
+AUTO = {"cpu": "onednn"}
+# XLA:CPU compiler options under which "onednn" runs its native convolutions as oneDNN primitives (the library
+# PyTorch's CPU convolutions use; jaxlib ships it but rewrites convolutions only when asked): `compiler_options`.
+ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_custom_call": True}
 # _depth2d_bwd takes the native 3D filter gradient from this many channels (in and out) and output voxels on.
 NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
 # ... unless, for stride 1, an output depth slice has at least SLAB_DW_MIN_SLICE voxels: then the filter gradient is
 # one im2col matmul per block of at most SLAB_DW_ROWS output voxels of one slice (cache-sized; 1.3-1.8x faster than
 # either at 48^3 and up, measured in `gazejax.bench.convs`).
 SLAB_DW_MIN_SLICE, SLAB_DW_ROWS = 1024, 3072
+# Under "onednn" the slab filter gradient replaces oneDNN's (a forward convolution with the whole volume as its
+# window) for stride 1 from this many padded input elements on (8 MiB of float32): 1.3-3x faster there, 0.7-0.8x
+# below (e.g. 48^3 x 16 -> 16: 24 vs 30 ms; 64^3 x 16: 103 vs 69 ms; 128^3 x 48: 6.3 vs 4.0 s).
+SLAB_DW_ONEDNN_MIN_INPUT = 2 ** 21
 
 
 _COUNTING: list[bool] = []  # set by `counting`
@@ -39,10 +46,19 @@ def resolve(impl: str) -> str:
     return AUTO.get(jax.default_backend(), "xla") if impl == "auto" else impl
 
 
+def compiler_options(impl: str) -> dict[str, Any]:
+    """Options for `jax.jit(..., compiler_options=...)` of every function that traces a model built with `impl`:
+    `ONEDNN_OPTIONS` where `impl` resolves to "onednn", else none (without them "onednn" runs XLA's own native
+    convolutions: the same values, slower). None under `counting` either: XLA's cost analysis counts no FLOPs in
+    oneDNN's custom calls."""
+    return dict(ONEDNN_OPTIONS) if resolve(impl) == "onednn" and not _COUNTING else {}
+
+
 @contextlib.contextmanager
 def counting() -> Iterator[None]:
     """Models traced inside the block compute depth2d's filter gradient without the slab scan, the same math with
-    no loop: XLA's cost analysis counts a loop body once, not per trip (gazejax.bench counts a step's FLOPs so)."""
+    no loop, and `compiler_options` gives no oneDNN options: XLA's cost analysis counts a loop body once, not per
+    trip, and nothing inside oneDNN's custom calls (gazejax.bench counts a step's FLOPs so)."""
     _COUNTING.append(True)
     try:
         yield
@@ -54,6 +70,10 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
     """A function with `lax.conv_general_dilated`'s signature computing the convolution as `impl`:
 
     - "xla": the native `lax.conv_general_dilated`.
+    - "onednn": for jits compiled with `compiler_options` (XLA:CPU then hands native convolutions to oneDNN):
+      3D kernels native (forward and input gradient oneDNN's) with `_slab_filter_grad` as the filter gradient
+      of stride-1 layers on inputs of >= SLAB_DW_ONEDNN_MIN_INPUT elements, 1x1 kernels as one matmul ("taps"),
+      other 2D kernels native; 3-8x faster than "mixed" forwards at 3D, measured in `gazejax.bench.convs`.
     - "taps": one `[B*S_out, C_in] x [C_in, C_out]` matmul per kernel tap on a shifted (strided) view, summed.
     - "im2col": the k^n shifted views concatenated over channels, one `[B*S_out, k^n C_in] x [k^n C_in, C_out]`
       matmul.
@@ -61,12 +81,12 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
       the batch (2D inputs go to "xla").
     - "mixed": per layer, what was fastest on XLA:CPU (2 cores of a Xeon with AMX): 1x1 kernels as one matmul
       ("taps"), 3D kernels as "depth2d", other 2D kernels native ("xla").
-    - "taps" and "mixed" compute depthwise convolutions (`feature_group_count` = C_in = C_out) as the sum over
+    - "taps", "mixed" and "onednn" compute depthwise convolutions (`feature_group_count` = C_in = C_out) as the sum over
       kernel taps of the shifted input times the tap's per-channel weights.
     - "auto": one of the above by backend (`AUTO`), chosen when the function is built.
     Cases the formulations do not cover fall back to `lax.conv_general_dilated`: dimension numbers other than
     channels-last/HWIO, input (transposed-conv) dilation, grouped convolutions other than depthwise ones under
-    "taps" / "mixed", and batch groups.
+    "taps" / "mixed" / "onednn", and batch groups.
     """
     impl = resolve(impl)
     if impl == "xla":
@@ -88,7 +108,7 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
     dilation = tuple(rhs_dilation or (1,) * n)
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     # depthwise (one input channel per group, as many outputs as inputs): "taps" and "mixed" sum the taps elementwise
-    depthwise = (impl in ("taps", "mixed") and feature_group_count > 1 and rhs.shape[-2] == 1
+    depthwise = (impl in ("taps", "mixed", "onednn") and feature_group_count > 1 and rhs.shape[-2] == 1
                  and feature_group_count == lhs.shape[-1] == rhs.shape[-1])
     covered = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))
                and (feature_group_count == 1 or depthwise) and batch_group_count == 1
@@ -99,8 +119,9 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
     kernel = rhs.shape[:n]
     if depthwise:
         impl = "depthwise"
-    elif impl == "mixed":
-        impl = "taps" if all(k == 1 for k in kernel) else "depth2d" if n == 3 else "xla"
+    elif impl in ("mixed", "onednn"):
+        impl = ("taps" if all(k == 1 for k in kernel) else "xla" if n != 3
+                else "depth2d" if impl == "mixed" else "native3d")
     if impl == "xla":
         return lax.conv_general_dilated(lhs, rhs, strides, padding, None, dilation, dimension_numbers,
                                         precision=precision, preferred_element_type=preferred_element_type)
@@ -111,8 +132,8 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
     zero = jnp.zeros((), lhs.dtype)
     x = lax.pad(lhs, zero, [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
     out = [(s - (k - 1) * d - 1) // st + 1 for s, k, d, st in zip(x.shape[1:-1], kernel, dilation, strides)]
-    if impl == "depth2d":
-        return _depth2d(x, rhs, out, strides, dilation, precision, out_dtype)
+    if impl in ("depth2d", "native3d"):
+        return _depth2d(x, rhs, out, strides, dilation, precision, out_dtype, impl == "native3d")
     views = [_view(x, tap, dilation, strides, out) for tap in itertools.product(*map(range, kernel))]
     acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype  # sum bf16 partial products in f32
     if impl == "depthwise":  # elementwise work XLA:CPU fuses; 5-11x faster (fwd + bwd) than its grouped conv
@@ -142,15 +163,20 @@ def _matmul(x: jax.Array, w: jax.Array, precision: Any, acc: Any) -> jax.Array:
 
 
 def _depth2d(x: jax.Array, rhs: jax.Array, out: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
-             precision: Any, out_dtype: Any) -> jax.Array:
-    """Padded `[B, D, H, W, C]` conv as the sum over depth taps of 2D convs on `[B * D_out, H, W, C]`."""
-    y = _depth2d_vjp(x, rhs, tuple(out), tuple(strides), tuple(dilation), precision, not _COUNTING)
+             precision: Any, out_dtype: Any, native: bool = False) -> jax.Array:
+    """Padded `[B, D, H, W, C]` VALID conv as the sum over depth taps of 2D convs on `[B * D_out, H, W, C]`, or
+    (`native`) as one native 3D convolution, with `_depth2d_bwd`'s gradients."""
+    y = _depth2d_vjp(x, rhs, tuple(out), tuple(strides), tuple(dilation), precision, not _COUNTING, native)
     return y.astype(out_dtype)
 
 
 def _depth2d_sum(x: jax.Array, rhs: jax.Array, out: tuple[int, ...], strides: tuple[int, ...],
-                 dilation: tuple[int, ...], precision: Any) -> jax.Array:
-    """Sum over depth taps t of conv2d(x[:, t*dil_d :: stride_d] with depth folded into batch, rhs[t]), float32."""
+                 dilation: tuple[int, ...], precision: Any, native: bool = False) -> jax.Array:
+    """Sum over depth taps t of conv2d(x[:, t*dil_d :: stride_d] with depth folded into batch, rhs[t]), float32
+    (`native`: the 3D convolution itself)."""
+    if native:
+        return lax.conv_general_dilated(x, rhs, strides, "VALID", None, dilation, _channels_last(5),
+                                        precision=precision, preferred_element_type=jnp.float32)
     b = x.shape[0]
     y = 0
     for t in range(rhs.shape[0]):
@@ -162,26 +188,28 @@ def _depth2d_sum(x: jax.Array, rhs: jax.Array, out: tuple[int, ...], strides: tu
     return y.reshape(b, out[0], *y.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _depth2d_vjp(x, rhs, out, strides, dilation, precision, slab):
-    return _depth2d_sum(x, rhs, out, strides, dilation, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _depth2d_vjp(x, rhs, out, strides, dilation, precision, slab, native):
+    return _depth2d_sum(x, rhs, out, strides, dilation, precision, native)
 
 
-def _depth2d_fwd(x, rhs, out, strides, dilation, precision, slab):
-    return _depth2d_sum(x, rhs, out, strides, dilation, precision), (x, rhs)
+def _depth2d_fwd(x, rhs, out, strides, dilation, precision, slab, native):
+    return _depth2d_sum(x, rhs, out, strides, dilation, precision, native), (x, rhs)
 
 
-def _depth2d_bwd(out, strides, dilation, precision, slab, residuals, g):
-    """dx through the 2D convs (fast on XLA:CPU); dW as `_slab_filter_grad` for stride 1 and output depth slices of
-    >= SLAB_DW_MIN_SLICE voxels (`slab`: False under `counting`), else through the native 3D filter gradient when
-    both channel counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices is slow there), else
-    the 2D one."""
+def _depth2d_bwd(out, strides, dilation, precision, slab, native, residuals, g):
+    """dx through the forward's own convolutions (2D ones, fast on XLA:CPU, or `native` 3D ones, fast under
+    oneDNN); dW as `_slab_filter_grad` for stride 1 and output depth slices of >= SLAB_DW_MIN_SLICE voxels
+    (`native`: inputs of >= SLAB_DW_ONEDNN_MIN_INPUT elements; `slab`: False under `counting`), else the native
+    3D filter gradient when `native` or both channel counts are wide (XLA's 2D filter gradient over a batch of
+    B * D_out slices is slow there), else the 2D one."""
     x, rhs = residuals
-    _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision), x)
+    _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision, native), x)
     voxels = x.shape[0] * np.prod(out)
-    if all(s == 1 for s in strides) and out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab:
+    big = x.size >= SLAB_DW_ONEDNN_MIN_INPUT if native else out[1] * out[2] >= SLAB_DW_MIN_SLICE
+    if all(s == 1 for s in strides) and big and slab:
         return dx_fn(g)[0], _slab_filter_grad(x, g, rhs, out, dilation, precision)
-    if min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS:
+    if native or (min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS):
         def native(w):
             return lax.conv_general_dilated(x, w, strides, "VALID", None, dilation, _channels_last(5),
                                             precision=precision, preferred_element_type=jnp.float32)

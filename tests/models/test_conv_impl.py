@@ -15,7 +15,7 @@ from gazejax.models.resnet import resnet18
 from gazejax.models.unet3d import EquiUnet
 from tests.models.params import random_variables
 
-IMPLS = ("taps", "im2col", "depth2d", "mixed")
+IMPLS = ("taps", "im2col", "depth2d", "mixed", "onednn")
 # (input shape, kernel shape, strides, padding, dilation)
 CASES = {
     "3d_dil2_same": ((2, 6, 5, 6, 4), (3, 3, 3, 4, 2), (1, 1, 1), "SAME", (2, 2, 2)),
@@ -61,7 +61,8 @@ def test_matches_lax_forward_and_gradients(impl, case, fast_compile):
     args = _inputs(case)
     want = _lax_reference(case)
     fn = conv_impl.conv_general_dilated_for(impl)
-    got = jax.jit(lambda x, w: _value_and_grads(fn, x, w, *args[2:]))(*args[:2])
+    got = jax.jit(lambda x, w: _value_and_grads(fn, x, w, *args[2:]),
+                  compiler_options=conv_impl.compiler_options(impl))(*args[:2])
     for g, r, what in zip(got, want, ("y", "dx", "dw")):
         assert g.shape == r.shape and g.dtype == r.dtype, what
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))), err_msg=what)
@@ -108,12 +109,45 @@ def test_depth2d_slab_filter_gradient_only_for_wide_slices():
     assert not has_scan((1, 2, 2 * side, 2 * side, 1), (1, 2, 2))
 
 
-@pytest.mark.parametrize("impl", ("taps", "depth2d"))
+@pytest.mark.parametrize("case", ("3d_dil2_same", "3d_stride2_asym", "2d_mixed"))
+@pytest.mark.parametrize("slab", (False, True))
+def test_onednn_matches_lax_and_runs_in_onednn(monkeypatch, case, slab, fast_compile):
+    """conv_impl "onednn" under its compiler options: XLA:CPU hands the convolutions to oneDNN (custom calls in
+    the compiled step; without the options there are none) and outputs and gradients equal lax's, with the slab
+    filter gradient (`slab`: from any input size on; stride 2 keeps oneDNN's) and without."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("oneDNN custom calls are XLA:CPU's")
+    monkeypatch.setattr(conv_impl, "SLAB_DW_ONEDNN_MIN_INPUT", 1 if slab else 10**12)
+    x, w, *rest = _inputs(case)
+    want = _lax_reference(case)
+    fn = conv_impl.conv_general_dilated_for("onednn")
+    step = jax.jit(lambda a, b: _value_and_grads(fn, a, b, *rest),
+                   compiler_options=conv_impl.compiler_options("onednn"))
+    assert "__onednn$convolution" in step.lower(x, w).compile().as_text()
+    assert "__onednn$" not in jax.jit(lambda a, b: _value_and_grads(fn, a, b, *rest)).lower(x, w).compile().as_text()
+    assert ("scan" in str(jax.make_jaxpr(lambda a, b: _value_and_grads(fn, a, b, *rest))(x, w))) == (
+        slab and x.ndim == 5 and rest[0] == (1, 1, 1))
+    for g, r, what in zip(step(x, w), want, ("y", "dx", "dw")):
+        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))), err_msg=what)
+
+
+def test_onednn_compiler_options():
+    """Only "onednn" (and "auto" where it resolves to it) asks for oneDNN; never under `counting` (XLA's cost
+    analysis counts nothing inside its custom calls)."""
+    assert conv_impl.compiler_options("onednn") == conv_impl.ONEDNN_OPTIONS
+    assert conv_impl.compiler_options("xla") == conv_impl.compiler_options("mixed") == {}
+    assert bool(conv_impl.compiler_options("auto")) == (conv_impl.resolve("auto") == "onednn")
+    with conv_impl.counting():
+        assert conv_impl.compiler_options("onednn") == {}
+
+
+@pytest.mark.parametrize("impl", ("taps", "depth2d", "onednn"))
 def test_bfloat16_close_to_float32(impl, fast_compile):
     x, w, *rest = _inputs("3d_stride2_asym")
     want = _value_and_grads(lax.conv_general_dilated, x, w, *rest)
     fn = conv_impl.conv_general_dilated_for(impl)
-    got = jax.jit(lambda a, b: _value_and_grads(fn, a, b, *rest, dtype=jnp.bfloat16))(x, w)
+    got = jax.jit(lambda a, b: _value_and_grads(fn, a, b, *rest, dtype=jnp.bfloat16),
+                  compiler_options=conv_impl.compiler_options(impl))(x, w)
     assert got[0].dtype == jnp.bfloat16
     for g, r in zip(got, want):
         scale = float(jnp.max(jnp.abs(r)))
@@ -191,16 +225,17 @@ def test_resolve():
     (lambda impl: EquiUnet(num_classes=3, width=2, in_channels=4, conv_impl=impl), (1, 8, 8, 8, 4)),
     (lambda impl: resnet18(num_classes=3, width=4, conv_impl=impl), (2, 32, 32, 3)),
 ])
-def test_models_share_parameters_and_outputs(make, shape, fast_compile):
+@pytest.mark.parametrize("impl", ("mixed", "onednn"))
+def test_models_share_parameters_and_outputs(make, shape, impl, fast_compile):
     x = jax.random.normal(jax.random.key(0), shape)
-    ref, other = make("xla"), make("mixed")
+    ref, other = make("xla"), make(impl)
     shapes = jax.tree.map(lambda a: (a.shape, a.dtype), jax.eval_shape(ref.init, jax.random.key(1), x))
     assert jax.tree.map(lambda a: (a.shape, a.dtype), jax.eval_shape(other.init, jax.random.key(1), x)) == shapes
     rng = np.random.default_rng(0)  # any parameters will do (initialising under jit compiles for a minute)
     variables = jax.tree.map(lambda a: jnp.asarray(np.abs(rng.normal(0, 0.3, a.shape)) + 0.5, a.dtype),
                              jax.eval_shape(ref.init, jax.random.key(1), x))  # positive: BN variances are valid
     want = jax.tree.leaves(jax.jit(ref.apply)(variables, x))
-    got = jax.tree.leaves(jax.jit(other.apply)(variables, x))
+    got = jax.tree.leaves(jax.jit(other.apply, compiler_options=conv_impl.compiler_options(impl))(variables, x))
     assert len(got) == len(want)
     for g, r in zip(got, want):
         assert np.all(np.isfinite(r))
@@ -245,13 +280,13 @@ def _tiny_models():
 def test_backbones_share_parameters_and_outputs(name, fast_compile):
     make, shape = _tiny_models()[name]
     x = jax.random.normal(jax.random.key(0), shape)
-    ref, other = make("xla"), make("mixed")
+    ref, other = make("xla"), make("onednn")
     shapes = jax.eval_shape(ref.init, jax.random.key(1), x)
     assert jax.tree.structure(jax.eval_shape(other.init, jax.random.key(1), x)) == jax.tree.structure(shapes)
     assert jax.tree.leaves(jax.eval_shape(other.init, jax.random.key(1), x)) == jax.tree.leaves(shapes)
     variables = random_variables(shapes)
     want = jax.tree.leaves(jax.jit(ref.apply)(variables, x))
-    got = jax.tree.leaves(jax.jit(other.apply)(variables, x))
+    got = jax.tree.leaves(jax.jit(other.apply, compiler_options=conv_impl.compiler_options("onednn"))(variables, x))
     assert len(got) == len(want)
     for g, r in zip(got, want):
         assert np.all(np.isfinite(r)) and np.any(r != 0)
