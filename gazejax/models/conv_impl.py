@@ -27,13 +27,14 @@ ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_custo
 # _depth2d_bwd takes the native 3D filter gradient from this many channels (in and out) and output voxels on.
 NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
 # ... unless, for stride 1, an output depth slice has at least SLAB_DW_MIN_SLICE voxels: then the filter gradient is
-# one im2col matmul per block of at most SLAB_DW_ROWS output voxels of one slice (cache-sized; 1.3-1.8x faster than
-# either at 48^3 and up, measured in `gazejax.bench.convs`).
-SLAB_DW_MIN_SLICE, SLAB_DW_ROWS = 1024, 3072
-# Under "onednn" the slab filter gradient replaces oneDNN's (a forward convolution with the whole volume as its
-# window) for stride 1 from this many padded input elements on (8 MiB of float32): 1.3-3x faster there, 0.7-0.8x
-# below (e.g. 48^3 x 16 -> 16: 24 vs 30 ms; 64^3 x 16: 103 vs 69 ms; 128^3 x 48: 6.3 vs 4.0 s).
-SLAB_DW_ONEDNN_MIN_INPUT = 2 ** 21
+# one im2col matmul per block of whole rows of one slice whose patches hold at most SLAB_DW_PATCH elements (4 MiB of
+# float32, cache-sized): 1.3-1.8x faster than either of depth2d's at 48^3 and up, and than oneDNN's (a forward
+# convolution with the whole volume as its window) 1.3-3x from 64^3 on, 0.7-1.0x at 48^3 (96^3 x 16 -> 16: 232 vs
+# 548 ms, 128^3 x 48: 4.0 vs 6.3 s, 48^3 x 32 -> 16: 54 vs 41 ms; measured in `gazejax.bench.convs`).
+SLAB_DW_MIN_SLICE, SLAB_DW_PATCH = 1024, 2 ** 20
+# Under "onednn" the slab replaces oneDNN's filter gradient only from this many output voxels or this product of
+# the channel counts on (48^3 x 64 -> 64: 281 vs 586 ms; 48^3 x 64 -> 32: 137 vs 135 ms).
+SLAB_DW_ONEDNN_MIN_VOXELS, SLAB_DW_ONEDNN_MIN_CHANNELS2 = 2 ** 18, 4096
 
 
 _COUNTING: list[bool] = []  # set by `counting`
@@ -71,9 +72,9 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
 
     - "xla": the native `lax.conv_general_dilated`.
     - "onednn": for jits compiled with `compiler_options` (XLA:CPU then hands native convolutions to oneDNN):
-      3D kernels native (forward and input gradient oneDNN's) with `_slab_filter_grad` as the filter gradient
-      of stride-1 layers on inputs of >= SLAB_DW_ONEDNN_MIN_INPUT elements, 1x1 kernels as one matmul ("taps"),
-      other 2D kernels native; 3-8x faster than "mixed" forwards at 3D, measured in `gazejax.bench.convs`.
+      3D kernels native (forward and, at stride 1, input gradient oneDNN's; strided layers' gradients as
+      "depth2d"'s, stride-1 filter gradients as depth2d's or oneDNN's), 1x1 kernels as one matmul ("taps"), other 2D kernels native (XLA:CPU
+      keeps those); 3D forwards 3-8x faster than "mixed"'s, measured in `gazejax.bench.convs`.
     - "taps": one `[B*S_out, C_in] x [C_in, C_out]` matmul per kernel tap on a shifted (strided) view, summed.
     - "im2col": the k^n shifted views concatenated over channels, one `[B*S_out, k^n C_in] x [k^n C_in, C_out]`
       matmul.
@@ -199,15 +200,19 @@ def _depth2d_fwd(x, rhs, out, strides, dilation, precision, slab, native):
 
 def _depth2d_bwd(out, strides, dilation, precision, slab, native, residuals, g):
     """dx through the forward's own convolutions (2D ones, fast on XLA:CPU, or `native` 3D ones, fast under
-    oneDNN); dW as `_slab_filter_grad` for stride 1 and output depth slices of >= SLAB_DW_MIN_SLICE voxels
-    (`native`: inputs of >= SLAB_DW_ONEDNN_MIN_INPUT elements; `slab`: False under `counting`), else the native
-    3D filter gradient when `native` or both channel counts are wide (XLA's 2D filter gradient over a batch of
-    B * D_out slices is slow there), else the 2D one."""
+    oneDNN; a strided layer's through the 2D ones either way: oneDNN's input gradient of a strided convolution,
+    an input-dilated one, is 20-40x slower); dW as `_slab_filter_grad` for stride 1 and output depth slices of
+    >= SLAB_DW_MIN_SLICE voxels (`native`: and a volume or channel product past SLAB_DW_ONEDNN_MIN_*; `slab`:
+    False under `counting`), else the native 3D filter gradient when
+    `native` (stride 1) or both channel counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices
+    is slow there), else the 2D one."""
     x, rhs = residuals
+    stride1 = all(s == 1 for s in strides)
+    native = native and stride1
     _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision, native), x)
     voxels = x.shape[0] * np.prod(out)
-    big = x.size >= SLAB_DW_ONEDNN_MIN_INPUT if native else out[1] * out[2] >= SLAB_DW_MIN_SLICE
-    if all(s == 1 for s in strides) and big and slab:
+    big = voxels >= SLAB_DW_ONEDNN_MIN_VOXELS or np.prod(rhs.shape[-2:]) >= SLAB_DW_ONEDNN_MIN_CHANNELS2
+    if stride1 and out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab and (big or not native):
         return dx_fn(g)[0], _slab_filter_grad(x, g, rhs, out, dilation, precision)
     if native or (min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS):
         def native(w):
@@ -226,10 +231,12 @@ def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int
                       dilation: tuple[int, ...], precision: Any) -> jax.Array:
     """Filter gradient of a stride-1 VALID 3D conv of padded `x` `[B, D, H, W, C_in]` given the output cotangent
     `g` `[B, *out, C_out]`: a scan over blocks of `hb` rows of one output depth slice, each the im2col patches of
-    its voxels `[hb * W_out, k^3 C_in]` (transposed) times their cotangents `[hb * W_out, C_out]`, summed in f32."""
+    its voxels `[hb * W_out, k^3 C_in]` (transposed; at most SLAB_DW_PATCH elements unless one row has more) times
+    their cotangents `[hb * W_out, C_out]`, summed in f32."""
     kd, kh, kw, c_in, c_out = rhs.shape
     (d_out, h_out, w_out), (dd, dh, dw) = out, dilation
-    hb = max(h for h in range(1, h_out + 1) if h_out % h == 0 and h * w_out <= max(SLAB_DW_ROWS, w_out))
+    rows = max(w_out, SLAB_DW_PATCH // (kd * kh * kw * c_in))
+    hb = max(h for h in range(1, h_out + 1) if h_out % h == 0 and h * w_out <= rows)
     blocks = h_out // hb
     g = g.astype(x.dtype)
 

@@ -80,12 +80,13 @@ def test_depth2d_native_filter_gradient_path(monkeypatch, fast_compile):
 
 
 @pytest.mark.parametrize("case", ("3d_dil2_same", "3d_rect_kernel"))
-@pytest.mark.parametrize("rows", (1, 12, 10_000))
-def test_depth2d_slab_filter_gradient_path(monkeypatch, case, rows, fast_compile):
-    """depth2d's slab filter gradient (one im2col matmul per block of `rows` output voxels of a depth slice; batch 2,
-    dilation 2, a non-cubic kernel, one row per block up to whole slices) equals lax's, and dx is untouched."""
+@pytest.mark.parametrize("patch", (1, 12 * 27 * 4, 10**9))
+def test_depth2d_slab_filter_gradient_path(monkeypatch, case, patch, fast_compile):
+    """depth2d's slab filter gradient (one im2col matmul per block of output rows of a depth slice with at most
+    `patch` patch elements; batch 2, dilation 2, a non-cubic kernel, one row per block up to whole slices) equals
+    lax's, and dx is untouched."""
     monkeypatch.setattr(conv_impl, "SLAB_DW_MIN_SLICE", 1)
-    monkeypatch.setattr(conv_impl, "SLAB_DW_ROWS", rows)
+    monkeypatch.setattr(conv_impl, "SLAB_DW_PATCH", patch)
     args = _inputs(case)
     want = _value_and_grads(lax.conv_general_dilated, *args)
     got = _value_and_grads(conv_impl.conv_general_dilated_for("depth2d"), *args)
@@ -93,13 +94,13 @@ def test_depth2d_slab_filter_gradient_path(monkeypatch, case, rows, fast_compile
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(r))))
 
 
-def test_depth2d_slab_filter_gradient_only_for_wide_slices():
+def test_depth2d_slab_filter_gradient_only_for_wide_slices(monkeypatch):
     """The slab path is taken for stride-1 convs whose output depth slices have >= SLAB_DW_MIN_SLICE voxels only
-    (its jaxpr has a scan; the other paths do not)."""
-    fn = conv_impl.conv_general_dilated_for("depth2d")
-
-    def has_scan(shape, strides):
-        x, w = jnp.zeros(shape), jnp.zeros((3, 3, 3, shape[-1], 2))
+    (its jaxpr has a scan; the other paths do not); under "onednn" only from SLAB_DW_ONEDNN_MIN_VOXELS output
+    voxels or SLAB_DW_ONEDNN_MIN_CHANNELS2 channel products on."""
+    def has_scan(shape, strides, impl="depth2d", c_out=2):
+        x, w = jnp.zeros(shape), jnp.zeros((3, 3, 3, shape[-1], c_out))
+        fn = conv_impl.conv_general_dilated_for(impl)
         grad = jax.grad(lambda b: jnp.sum(fn(x, b, strides, "SAME", None, None, _numbers(5))))
         return "scan" in str(jax.make_jaxpr(grad)(w))
 
@@ -107,6 +108,11 @@ def test_depth2d_slab_filter_gradient_only_for_wide_slices():
     assert has_scan((1, 2, side, side, 1), (1, 1, 1))
     assert not has_scan((1, 2, side - 1, side - 1, 1), (1, 1, 1))
     assert not has_scan((1, 2, 2 * side, 2 * side, 1), (1, 2, 2))
+    assert not has_scan((1, 2, side, side, 1), (1, 1, 1), "onednn")  # 2 * side^2 voxels, 1 x 2 channels
+    assert has_scan((1, 2, side, side, 64), (1, 1, 1), "onednn", 64)
+    assert not has_scan((1, 2, side - 1, side - 1, 64), (1, 1, 1), "onednn", 64)
+    monkeypatch.setattr(conv_impl, "SLAB_DW_ONEDNN_MIN_VOXELS", 2 * side * side)
+    assert has_scan((1, 2, side, side, 1), (1, 1, 1), "onednn")
 
 
 @pytest.mark.parametrize("case", ("3d_dil2_same", "3d_stride2_asym", "2d_mixed"))
@@ -114,10 +120,11 @@ def test_depth2d_slab_filter_gradient_only_for_wide_slices():
 def test_onednn_matches_lax_and_runs_in_onednn(monkeypatch, case, slab, fast_compile):
     """conv_impl "onednn" under its compiler options: XLA:CPU hands the convolutions to oneDNN (custom calls in
     the compiled step; without the options there are none) and outputs and gradients equal lax's, with the slab
-    filter gradient (`slab`: from any input size on; stride 2 keeps oneDNN's) and without."""
+    filter gradient (`slab`: from any slice size on; stride 2 never takes it) and without."""
     if jax.default_backend() != "cpu":
         pytest.skip("oneDNN custom calls are XLA:CPU's")
-    monkeypatch.setattr(conv_impl, "SLAB_DW_ONEDNN_MIN_INPUT", 1 if slab else 10**12)
+    monkeypatch.setattr(conv_impl, "SLAB_DW_MIN_SLICE", 1 if slab else 10**12)
+    monkeypatch.setattr(conv_impl, "SLAB_DW_ONEDNN_MIN_VOXELS", 1)
     x, w, *rest = _inputs(case)
     want = _lax_reference(case)
     fn = conv_impl.conv_general_dilated_for("onednn")
