@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from gazejax.models.conv_impl import conv_general_dilated_for
+from gazejax.models.conv_impl import conv_general_dilated_for, resolve
 
 Dtype = Any
 
@@ -192,11 +193,13 @@ def _align_corners_source(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray
     return lo, hi, (src - lo).astype(np.float32)
 
 
-def resize_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Array:
+def resize_align_corners(x: jax.Array, size: Sequence[int], matmul: bool = False) -> jax.Array:
     """Separable (bi/tri)linear resize of `[B, *S, C]` to spatial `size` with align_corners=True semantics.
 
     Gathers the two neighbours per axis and blends them elementwise, so it is exact in float32 (no matmul
-    precision loss on TPU) and costs two gathers per axis.
+    precision loss on TPU) and costs two gathers per axis. `matmul`: per axis one product with the `[n_out, n_in]`
+    interpolation matrix at full float32 precision instead (the same values to rounding, ~1e-7 relative; on
+    XLA:CPU forward + backward 1.9x faster than the gathers, whose gradient is a scatter-add).
     """
     n = spatial_rank(x)
     if len(size) != n:
@@ -206,16 +209,24 @@ def resize_align_corners(x: jax.Array, size: Sequence[int]) -> jax.Array:
         if n_in == n_out:
             continue
         lo, hi, w = _align_corners_source(n_in, int(n_out))
+        if matmul:
+            m = np.zeros((n_out, n_in), np.float32)
+            np.add.at(m, (np.arange(n_out), lo), 1 - w)
+            np.add.at(m, (np.arange(n_out), hi), w)
+            y = jnp.tensordot(jnp.asarray(m, x.dtype), x, axes=((1,), (axis,)), precision=lax.Precision.HIGHEST)
+            x = jnp.moveaxis(y, 0, axis)
+            continue
         w = jnp.asarray(w, x.dtype).reshape((-1,) + (1,) * (x.ndim - axis - 1))
         x_lo, x_hi = jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis)
         x = x_lo + (x_hi - x_lo) * w
     return x
 
 
-def upsample_linear(x: jax.Array, factor: int = 2) -> jax.Array:
+def upsample_linear(x: jax.Array, factor: int = 2, conv_impl: str = "xla") -> jax.Array:
     """Align-corners (bi/tri)linear up-sampling of `[B, *S, C]` by an integer factor per spatial axis
-    (torch `nn.Upsample(scale_factor=factor, mode="trilinear", align_corners=True)`)."""
-    return resize_align_corners(x, [s * factor for s in x.shape[1:-1]])
+    (torch `nn.Upsample(scale_factor=factor, mode="trilinear", align_corners=True)`), as matrix products
+    (`resize_align_corners(matmul=True)`) where `conv_impl` resolves to one of the XLA:CPU formulations."""
+    return resize_align_corners(x, [s * factor for s in x.shape[1:-1]], matmul=resolve(conv_impl) != "xla")
 
 
 def upsample_nearest(x: jax.Array, factor: int | Sequence[int]) -> jax.Array:

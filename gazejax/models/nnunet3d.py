@@ -60,7 +60,7 @@ def deep_heads(
     nnU-Net itself down-samples the target instead.
     """
     return [
-        upsample_linear(conv1x1(feature, num_classes, dtype, name=name, conv_impl=conv_impl), factor)
+        upsample_linear(conv1x1(feature, num_classes, dtype, name=name, conv_impl=conv_impl), factor, conv_impl)
         .astype(jnp.float32)
         for name, (feature, factor) in features.items()
     ]

@@ -106,13 +106,12 @@ class EquiUnetDecoder(nn.Module):
             heads = {"deep_bottom": (bottom, 8), "deep_bottom2": (bottom_2, 8), "deep3": (d3, 4), "deep2": (d2, 2)}
             for name, (feature, factor) in heads.items():
                 logits = conv1x1(feature, self.num_classes, self.dtype, name=name, conv_impl=ci)
-                deep.append(upsample_linear(logits, factor).astype(jnp.float32))
+                deep.append(upsample_linear(logits, factor, ci).astype(jnp.float32))
             chex.assert_equal_shape([seg, *deep])
         return DecoderOutput(seg, deep, d1)
 
-    @staticmethod
-    def _skip(skip: jax.Array, x: jax.Array) -> jax.Array:
-        return jnp.concatenate([skip, upsample_linear(x, 2).astype(skip.dtype)], axis=-1)
+    def _skip(self, skip: jax.Array, x: jax.Array) -> jax.Array:
+        return jnp.concatenate([skip, upsample_linear(x, 2, self.conv_impl).astype(skip.dtype)], axis=-1)
 
 
 class EquiUnet(nn.Module):

@@ -50,26 +50,36 @@ def _flat_params(variables) -> dict:
 # ----------------------------------------------------------------------------------------------------- layers
 
 
-def test_align_corners_hand_1d_and_2d():
+@pytest.mark.parametrize("impl", ("xla", "onednn"))
+def test_align_corners_hand_1d_and_2d(impl):
     x = jnp.asarray([0.0, 1.0, 3.0]).reshape(1, 3, 1)
     # sources i * 2/5 = 0, .4, .8, 1.2, 1.6, 2
-    np.testing.assert_allclose(upsample_linear(x, 2)[0, :, 0], [0, 0.4, 0.8, 1.4, 2.2, 3], atol=1e-6)
+    np.testing.assert_allclose(upsample_linear(x, 2, impl)[0, :, 0], [0, 0.4, 0.8, 1.4, 2.2, 3], atol=1e-6)
     x2 = jnp.asarray([[0.0, 1.0], [2.0, 3.0]]).reshape(1, 2, 2, 1)
     expected = np.array(
         [[0, 1 / 3, 2 / 3, 1], [2 / 3, 1, 4 / 3, 5 / 3], [4 / 3, 5 / 3, 2, 7 / 3], [2, 7 / 3, 8 / 3, 3]]
     )
-    np.testing.assert_allclose(upsample_linear(x2, 2)[0, :, :, 0], expected, atol=1e-6)
+    np.testing.assert_allclose(upsample_linear(x2, 2, impl)[0, :, :, 0], expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("matmul", (False, True))
 @pytest.mark.parametrize("out_size", [(10, 8, 12), (7, 9, 3)])
-def test_align_corners_matches_scipy_zoom(out_size):
+def test_align_corners_matches_scipy_zoom(out_size, matmul):
     rng = np.random.default_rng(0)
     vol = rng.standard_normal((5, 4, 6)).astype(np.float32)
     zoom = [o / i for o, i in zip(out_size, vol.shape)]
     ref = scipy.ndimage.zoom(vol.astype(np.float64), zoom, order=1, grid_mode=False, mode="nearest")
     assert ref.shape == out_size
-    got = resize_align_corners(jnp.asarray(vol)[None, ..., None], out_size)[0, ..., 0]
+    got = resize_align_corners(jnp.asarray(vol)[None, ..., None], out_size, matmul)[0, ..., 0]
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_align_corners_matmul_gradient_matches_gathers():
+    """The matrix form's gradient (a product with the transposed matrix) equals the gathers' scatter-add."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 5, 4, 2))
+    c = jax.random.normal(jax.random.key(1), (2, 6, 10, 8, 2))
+    grads = [jax.grad(lambda a, m=m: jnp.sum(resize_align_corners(a, (6, 10, 8), m) * c))(x) for m in (False, True)]
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
 def test_init_is_torch_kaiming_fan_out_and_default_bias():
