@@ -98,11 +98,11 @@ def test_san_aab_and_grad_accum_agree_over_meshes(tmp_path):
 @pytest.mark.skipif(not FULL, reason="the whole mesh matrix takes ~35 min on 2 cores: GAZEJAX_FULL_SPATIAL_TESTS=1")
 def test_every_backbone_and_engine_option_agree_over_meshes(tmp_path):
     """SAN+AAB on nnU-Net (InstanceNorm, transposed convs) and DMFNet (BatchNorm over the split batch and volume) on
-    every mesh; EquiUnet alone, with remat and with each conv_impl formulation (`auto` is `mixed` on CPU, covered
+    every mesh; EquiUnet alone, with remat and with each conv_impl formulation (`auto` is `onednn` on CPU, covered
     above) on meshes 1x4 and 2x2 against 1x1. Native XLA convolutions compiled with JAX_DISABLE_MOST_OPTIMIZATIONS
     give 2x2 kernel gradients 1e-4 off (rel. norm 7e-4; the optimised programs of a real run agree to 2e-7), so that
     case compiles as training does."""
-    worst = _compare(_run_worker(tmp_path, "nnunet,dmfnet,backbone,remat,taps,im2col,depth2d", timeout=3600))
+    worst = _compare(_run_worker(tmp_path, "nnunet,dmfnet,backbone,remat,mixed,taps,im2col,depth2d", timeout=3600))
     worst.update(_compare(_run_worker(tmp_path, "xla", timeout=1200, optimize=True)))
     print("worst relative error:", worst)
 
@@ -193,6 +193,7 @@ CASES = {  # name -> (method, backbone, config overrides, meshes)
     "remat": ("ours", "equiunet", {"remat": True}, OPTION_MESHES),
     "accum": ("ours", "equiunet", {"grad_accum_steps": 2}, OPTION_MESHES),
     "xla": ("backbone", "equiunet", {"model.conv_impl": "xla"}, OPTION_MESHES),
+    "mixed": ("backbone", "equiunet", {"model.conv_impl": "mixed"}, OPTION_MESHES),
     "taps": ("backbone", "equiunet", {"model.conv_impl": "taps"}, OPTION_MESHES),
     "im2col": ("backbone", "equiunet", {"model.conv_impl": "im2col"}, OPTION_MESHES),
     "depth2d": ("backbone", "equiunet", {"model.conv_impl": "depth2d"}, OPTION_MESHES),
