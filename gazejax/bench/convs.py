@@ -2,8 +2,8 @@ r"""Per-layer convolution benchmark of EquiUnet: forward, input gradient (dx) an
 distinct 3x3x3 convolution of the network at a width and crop, for each `model.conv_impl` formulation and, with
 --torch-python, PyTorch's `conv3d` (oneDNN) on the same shapes: where a train step's convolution time goes.
 
-  python -m gazejax.bench.convs [--width=16] [--crop=96] [--impls=xla,mixed,onednn] [--torch-python=PATH] [--repeats=3]
-                                [--json=FILE]
+  python -m gazejax.bench.convs [--width=16] [--crop=96] [--impls=xla,mixed,onednn] [--torch-python=PATH]
+                                [--repeats=3] [--json=FILE]
 
 Each row is one layer of the network (batch 1, float32); the totals are what one forward + backward pass of the
 backbone's 3x3x3 convolutions costs (the first layer's dx included, which a train step skips). Only comparable

@@ -202,6 +202,7 @@ def run(config, steps: int = 5, stage: str | None = None, compare_torch: bool = 
             # torch, JAX, torch: a load change during the run shows as two different torch times
             torch_inputs = [np.asarray(jax.device_get(x)) for x in inputs] if compare_torch else None
             torch_runs = [compare_with_torch(config, torch_inputs, steps, torch_python)] if compare_torch else []
+
             def make_infer():
                 return jax.jit(lambda v, *x: trainer.model.apply(v, *x, train=False),
                                out_shardings=parallel.replicated(trainer.mesh),

@@ -73,8 +73,8 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
     - "xla": the native `lax.conv_general_dilated`.
     - "onednn": for jits compiled with `compiler_options` (XLA:CPU then hands native convolutions to oneDNN):
       3D kernels native (forward and, at stride 1, input gradient oneDNN's; strided layers' gradients as
-      "depth2d"'s, stride-1 filter gradients as depth2d's or oneDNN's), 1x1 kernels as one matmul ("taps"), other 2D kernels native (XLA:CPU
-      keeps those); 3D forwards 3-8x faster than "mixed"'s, measured in `gazejax.bench.convs`.
+      "depth2d"'s, stride-1 filter gradients as depth2d's or oneDNN's), 1x1 kernels as one matmul ("taps"), other
+      2D kernels native (XLA:CPU keeps those); 3D forwards 3-8x faster than "mixed"'s (`gazejax.bench.convs`).
     - "taps": one `[B*S_out, C_in] x [C_in, C_out]` matmul per kernel tap on a shifted (strided) view, summed.
     - "im2col": the k^n shifted views concatenated over channels, one `[B*S_out, k^n C_in] x [k^n C_in, C_out]`
       matmul.
@@ -82,8 +82,8 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
       the batch (2D inputs go to "xla").
     - "mixed": per layer, what was fastest on XLA:CPU (2 cores of a Xeon with AMX): 1x1 kernels as one matmul
       ("taps"), 3D kernels as "depth2d", other 2D kernels native ("xla").
-    - "taps", "mixed" and "onednn" compute depthwise convolutions (`feature_group_count` = C_in = C_out) as the sum over
-      kernel taps of the shifted input times the tap's per-channel weights.
+    - "taps", "mixed" and "onednn" compute depthwise convolutions (`feature_group_count` = C_in = C_out) as the
+      sum over kernel taps of the shifted input times the tap's per-channel weights.
     - "auto": one of the above by backend (`AUTO`), chosen when the function is built.
     Cases the formulations do not cover fall back to `lax.conv_general_dilated`: dimension numbers other than
     channels-last/HWIO, input (transposed-conv) dilation, grouped convolutions other than depthwise ones under
@@ -108,7 +108,7 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
     strides = tuple(window_strides) or (1,) * n
     dilation = tuple(rhs_dilation or (1,) * n)
     numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    # depthwise (one input channel per group, as many outputs as inputs): "taps" and "mixed" sum the taps elementwise
+    # depthwise (one input channel per group, as many outputs as inputs): taps, mixed, onednn sum taps elementwise
     depthwise = (impl in ("taps", "mixed", "onednn") and feature_group_count > 1 and rhs.shape[-2] == 1
                  and feature_group_count == lhs.shape[-1] == rhs.shape[-1])
     covered = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))

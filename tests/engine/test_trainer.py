@@ -13,6 +13,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from gazejax.engine import checkpoint, trainer as train
@@ -182,3 +183,29 @@ def test_run_json_counts_parameters_and_training_time_over_a_resume(tmp_path, mo
     assert run["params"] == toy.DIM + 2 * toy.DIM  # Dense kernel [3, 1] + BatchNorm scale and bias [3] each
     assert before < run["train_seconds"] <= before + resumed  # the time before SIGTERM counts too
     assert "run" not in json.load(open(os.path.join(workdir, "results.json")))
+
+
+@pytest.mark.parametrize("impl, want", [("onednn", "onednn"), ("xla", None), ("auto", "auto")])
+def test_every_jit_tracing_the_model_gets_the_conv_impl_compiler_options(tmp_path, monkeypatch, impl, want):
+    """The model's init, the train step, the state check and the predictor are compiled with
+    `conv_impl.compiler_options(model.conv_impl)` (XLA:CPU's oneDNN convolutions under "onednn"), none with "xla"."""
+    from gazejax.models import conv_impl
+
+    seen = []
+    real_jit = jax.jit
+
+    def spy(fun, *args, **kwargs):
+        seen.append(kwargs.get("compiler_options"))
+        return real_jit(fun, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "jit", spy)
+    cfg = toy.config(**{"model.conv_impl": impl})
+    trainer = train.Trainer(cfg, str(tmp_path / "run"), toy.make_method())
+    try:
+        trainer.init_variables()
+        trainer.make_train_step(optax.adam(1e-3))
+    finally:
+        trainer.close()
+    expected = conv_impl.compiler_options(want) if want else {}
+    assert len(seen) >= 4 and all(o == expected for o in seen), seen
+    assert (expected == conv_impl.ONEDNN_OPTIONS) == (conv_impl.resolve(impl) == "onednn")
