@@ -130,11 +130,13 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
         dilated = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
         padding = lax.padtype_to_pads(lhs.shape[1:-1], dilated, strides, padding)
     out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
-    zero = jnp.zeros((), lhs.dtype)
-    x = lax.pad(lhs, zero, [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if impl == "native3d":  # padded by the convolution itself: no padded copy, no slice of dx
+        return _native3d(lhs, rhs, padding, strides, dilation, precision, not _COUNTING).astype(out_dtype)
+    x = _pad(lhs, padding)
     out = [(s - (k - 1) * d - 1) // st + 1 for s, k, d, st in zip(x.shape[1:-1], kernel, dilation, strides)]
-    if impl in ("depth2d", "native3d"):
-        return _depth2d(x, rhs, out, strides, dilation, precision, out_dtype, impl == "native3d")
+    if impl == "depth2d":
+        return _depth2d(x, rhs, out, strides, dilation, precision, out_dtype)
     views = [_view(x, tap, dilation, strides, out) for tap in itertools.product(*map(range, kernel))]
     acc = jnp.float32 if jnp.dtype(out_dtype).itemsize < 4 else out_dtype  # sum bf16 partial products in f32
     if impl == "depthwise":  # elementwise work XLA:CPU fuses; 5-11x faster (fwd + bwd) than its grouped conv
@@ -163,21 +165,21 @@ def _matmul(x: jax.Array, w: jax.Array, precision: Any, acc: Any) -> jax.Array:
                            preferred_element_type=acc)
 
 
+def _pad(x: jax.Array, padding: Sequence[tuple[int, int]]) -> jax.Array:
+    """`[B, *S, C]` zero-padded by `padding` per spatial axis."""
+    return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+
+
 def _depth2d(x: jax.Array, rhs: jax.Array, out: Sequence[int], strides: Sequence[int], dilation: Sequence[int],
-             precision: Any, out_dtype: Any, native: bool = False) -> jax.Array:
-    """Padded `[B, D, H, W, C]` VALID conv as the sum over depth taps of 2D convs on `[B * D_out, H, W, C]`, or
-    (`native`) as one native 3D convolution, with `_depth2d_bwd`'s gradients."""
-    y = _depth2d_vjp(x, rhs, tuple(out), tuple(strides), tuple(dilation), precision, not _COUNTING, native)
+             precision: Any, out_dtype: Any) -> jax.Array:
+    """Padded `[B, D, H, W, C]` VALID conv as the sum over depth taps of 2D convs on `[B * D_out, H, W, C]`."""
+    y = _depth2d_vjp(x, rhs, tuple(out), tuple(strides), tuple(dilation), precision, not _COUNTING)
     return y.astype(out_dtype)
 
 
 def _depth2d_sum(x: jax.Array, rhs: jax.Array, out: tuple[int, ...], strides: tuple[int, ...],
-                 dilation: tuple[int, ...], precision: Any, native: bool = False) -> jax.Array:
-    """Sum over depth taps t of conv2d(x[:, t*dil_d :: stride_d] with depth folded into batch, rhs[t]), float32
-    (`native`: the 3D convolution itself)."""
-    if native:
-        return lax.conv_general_dilated(x, rhs, strides, "VALID", None, dilation, _channels_last(5),
-                                        precision=precision, preferred_element_type=jnp.float32)
+                 dilation: tuple[int, ...], precision: Any) -> jax.Array:
+    """Sum over depth taps t of conv2d(x[:, t*dil_d :: stride_d] with depth folded into batch, rhs[t]), float32."""
     b = x.shape[0]
     y = 0
     for t in range(rhs.shape[0]):
@@ -189,32 +191,26 @@ def _depth2d_sum(x: jax.Array, rhs: jax.Array, out: tuple[int, ...], strides: tu
     return y.reshape(b, out[0], *y.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
-def _depth2d_vjp(x, rhs, out, strides, dilation, precision, slab, native):
-    return _depth2d_sum(x, rhs, out, strides, dilation, precision, native)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _depth2d_vjp(x, rhs, out, strides, dilation, precision, slab):
+    return _depth2d_sum(x, rhs, out, strides, dilation, precision)
 
 
-def _depth2d_fwd(x, rhs, out, strides, dilation, precision, slab, native):
-    return _depth2d_sum(x, rhs, out, strides, dilation, precision, native), (x, rhs)
+def _depth2d_fwd(x, rhs, out, strides, dilation, precision, slab):
+    return _depth2d_sum(x, rhs, out, strides, dilation, precision), (x, rhs)
 
 
-def _depth2d_bwd(out, strides, dilation, precision, slab, native, residuals, g):
-    """dx through the forward's own convolutions (2D ones, fast on XLA:CPU, or `native` 3D ones, fast under
-    oneDNN; a strided layer's through the 2D ones either way: oneDNN's input gradient of a strided convolution,
-    an input-dilated one, is 20-40x slower); dW as `_slab_filter_grad` for stride 1 and output depth slices of
-    >= SLAB_DW_MIN_SLICE voxels (`native`: and a volume or channel product past SLAB_DW_ONEDNN_MIN_*; `slab`:
-    False under `counting`), else the native 3D filter gradient when
-    `native` (stride 1) or both channel counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices
-    is slow there), else the 2D one."""
+def _depth2d_bwd(out, strides, dilation, precision, slab, residuals, g):
+    """dx through the 2D convs (fast on XLA:CPU); dW as `_slab_filter_grad` for stride 1 and output depth slices of
+    >= SLAB_DW_MIN_SLICE voxels (`slab`: False under `counting`), else through the native 3D filter gradient when
+    both channel counts are wide (XLA's 2D filter gradient over a batch of B * D_out slices is slow there), else
+    the 2D one."""
     x, rhs = residuals
-    stride1 = all(s == 1 for s in strides)
-    native = native and stride1
-    _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision, native), x)
+    _, dx_fn = jax.vjp(lambda a: _depth2d_sum(a, rhs, out, strides, dilation, precision), x)
     voxels = x.shape[0] * np.prod(out)
-    big = voxels >= SLAB_DW_ONEDNN_MIN_VOXELS or np.prod(rhs.shape[-2:]) >= SLAB_DW_ONEDNN_MIN_CHANNELS2
-    if stride1 and out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab and (big or not native):
+    if all(s == 1 for s in strides) and out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab:
         return dx_fn(g)[0], _slab_filter_grad(x, g, rhs, out, dilation, precision)
-    if native or (min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS):
+    if min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS:
         def native(w):
             return lax.conv_general_dilated(x, w, strides, "VALID", None, dilation, _channels_last(5),
                                             precision=precision, preferred_element_type=jnp.float32)
@@ -225,6 +221,45 @@ def _depth2d_bwd(out, strides, dilation, precision, slab, native, residuals, g):
 
 
 _depth2d_vjp.defvjp(_depth2d_fwd, _depth2d_bwd)
+
+
+def _native3d_conv(x, rhs, padding, strides, dilation, precision):
+    return lax.conv_general_dilated(x, rhs, strides, padding, None, dilation, _channels_last(5),
+                                    precision=precision, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _native3d(x, rhs, padding, strides, dilation, precision, slab):
+    """The native 3D convolution of unpadded `x` (float32 out; oneDNN's under `compiler_options`) with
+    `_native3d_bwd`'s gradients."""
+    return _native3d_conv(x, rhs, padding, strides, dilation, precision)
+
+
+def _native3d_fwd(x, rhs, padding, strides, dilation, precision, slab):
+    return _native3d_conv(x, rhs, padding, strides, dilation, precision), (x, rhs)
+
+
+def _native3d_bwd(padding, strides, dilation, precision, slab, residuals, g):
+    """A strided layer's gradients through depth2d (oneDNN's input gradient of a strided convolution, an
+    input-dilated one, is 20-40x slower); at stride 1 dx is the native one (oneDNN's) and dW `_slab_filter_grad`
+    for output depth slices of >= SLAB_DW_MIN_SLICE voxels and a volume or channel product past
+    SLAB_DW_ONEDNN_MIN_* (`slab`: False under `counting`), else the native one."""
+    x, rhs = residuals
+    out = g.shape[1:-1]
+    if any(s != 1 for s in strides):
+        _, vjp = jax.vjp(lambda a, w: _depth2d(_pad(a, padding), w, out, strides, dilation, precision, jnp.float32),
+                         x, rhs)
+        return vjp(g)
+    _, dx_fn = jax.vjp(lambda a: _native3d_conv(a, rhs, padding, strides, dilation, precision), x)
+    big = (x.shape[0] * np.prod(out) >= SLAB_DW_ONEDNN_MIN_VOXELS
+           or np.prod(rhs.shape[-2:]) >= SLAB_DW_ONEDNN_MIN_CHANNELS2)
+    if out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab and big:
+        return dx_fn(g)[0], _slab_filter_grad(_pad(x, padding), g, rhs, out, dilation, precision)
+    _, dw_fn = jax.vjp(lambda w: _native3d_conv(x, w, padding, strides, dilation, precision), rhs)
+    return dx_fn(g)[0], dw_fn(g)[0]
+
+
+_native3d.defvjp(_native3d_fwd, _native3d_bwd)
 
 
 def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int, ...],
