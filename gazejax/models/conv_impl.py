@@ -1,6 +1,7 @@
 """Alternative formulations of `jax.lax.conv_general_dilated` for channels-last convolutions (XLA:CPU runs its
-native convolutions well below its matmul rate), selected by name and passed to `nn.Conv(conv_general_dilated=...)`
-so that parameter names, shapes and checkpoints are identical whichever formulation runs.
+own native convolutions well below its matmul rate), selected by name and passed to
+`nn.Conv(conv_general_dilated=...)` so that parameter names, shapes and checkpoints are identical whichever
+formulation runs. "onednn" (the CPU default) also needs `compiler_options` on every jit that traces the model.
 
 Inputs `[B, *S, C_in]`, kernels `[*K, C_in, C_out]`, outputs `[B, *S_out, C_out]` (flax's NHWC/HWIO numbers).
 """
