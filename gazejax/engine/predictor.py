@@ -12,6 +12,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from gazejax.engine import parallel
+from gazejax.models import conv_impl
+
+
+def compiler_options(config) -> dict:
+    """`jax.jit`'s options for every function tracing the model of `config` (`conv_impl.compiler_options` of
+    `config.model.conv_impl`: XLA:CPU's oneDNN convolutions under "onednn")."""
+    return conv_impl.compiler_options(str(config.model.get("conv_impl", "auto")))
 
 
 def jitted_apply(model, mesh: Mesh, compiler_options: dict | None = None) -> Callable:

@@ -27,7 +27,6 @@ from gazejax.engine.logs import MetricWriter, ProgressBar
 from gazejax.engine.pretrained import load_pretrained_into
 from gazejax.engine import workdir as workdirs
 from gazejax.engine.workdir import WorkdirLock
-from gazejax.models import conv_impl
 
 log = logging.getLogger("gazejax")
 
@@ -81,7 +80,7 @@ class Trainer:
     def compiler_options(self) -> dict:
         """`jax.jit`'s options for every function tracing the model (XLA:CPU's oneDNN convolutions under conv_impl
         "onednn"; none under `conv_impl.counting`)."""
-        return conv_impl.compiler_options(str(self.config.model.get("conv_impl", "auto")))
+        return predictor.compiler_options(self.config)
 
     def close(self, after_error: bool = False) -> None:
         """Waits for pending checkpoint writes and closes the log files. `after_error`: the run is stopping on an

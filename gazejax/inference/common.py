@@ -34,7 +34,6 @@ def load_models(paths: list[str], mesh=None, spatial: int = 1) -> list[LoadedMod
     preprocessing spec (error naming the first that differs)."""
     from gazejax import methods
     from gazejax.engine import model_dir, parallel, predictor
-    from gazejax.models import conv_impl
 
     if not paths:
         raise ValueError("--model: give at least one model folder (written by python -m gazejax.export)")
@@ -49,9 +48,8 @@ def load_models(paths: list[str], mesh=None, spatial: int = 1) -> list[LoadedMod
             raise model_dir.ModelDirError(f"{path}: stage {meta['stage']!r} is not a stage of {meta['method_family']}"
                                           f" / {meta['method']} ({', '.join(stages)})")
         model = method.build_model(config)
-        options = conv_impl.compiler_options(str(config.model.get("conv_impl", "auto")))
-        predict = predictor.bind(predictor.jitted_apply(model, mesh, options), parallel.replicate(variables, mesh),
-                                 mesh)
+        predict = predictor.bind(predictor.jitted_apply(model, mesh, predictor.compiler_options(config)),
+                                 parallel.replicate(variables, mesh), mesh)
         loaded.append(LoadedModel(os.path.abspath(path), config, meta, method, stages[meta["stage"]], predict))
     first = loaded[0]
     for other in loaded[1:]:
