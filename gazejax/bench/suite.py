@@ -172,7 +172,7 @@ def table(out: str, presets: list[str]) -> str:
     """Markdown table of the rows measured in `out` (failed rows say why)."""
     lines = ["| preset | model (config) | conv | batch, input | compile train / infer | median step train / infer | "
              "samples/s train / infer | GFLOP/step train | GFLOP/s train / infer | MFU train / infer | max RSS | "
-             "JAX/torch time train / infer |", "|" + "---|" * 12]
+             "JAX/torch time train / infer | input (x step demand) |", "|" + "---|" * 13]
     for preset in presets:
         for row in ROWS[preset]:
             path = os.path.join(out, row.key + ".json")
@@ -180,7 +180,7 @@ def table(out: str, presets: list[str]) -> str:
             if os.path.exists(failed) and (not os.path.exists(path)
                                            or os.path.getmtime(failed) >= os.path.getmtime(path)):
                 with open(failed) as f:  # the latest attempt failed (an older result stays on disk, not shown)
-                    lines.append(f"| {preset} | {_label(row)} | | {json.load(f)['failed']} |" + " |" * 8)
+                    lines.append(f"| {preset} | {_label(row)} | | {json.load(f)['failed']} |" + " |" * 9)
             elif os.path.exists(path):
                 with open(path) as f:
                     r = json.load(f)
@@ -188,6 +188,9 @@ def table(out: str, presets: list[str]) -> str:
                 ratio = ("{:.2f} / {:.2f}".format(tr["jax_over_torch_time"], inf["jax_over_torch_time"])
                          if "jax_over_torch_time" in tr else "")
                 shape = "x".join(str(s) for s in r["input_shapes"][0][1:-1])
+                pipe = r.get("pipeline")
+                feed = (f"{_num(pipe['samples_per_s'])}/s ({pipe['over_demand']:.1f}x"
+                        + (f", {pipe['num_workers']} workers)" if pipe["num_workers"] else ")")) if pipe else ""
                 lines.append(
                     f"| {preset} | {_label(row)} | {r.get('conv_impl', 'n/r')} | {r['batch_size']}, {shape} | "
                     f"{tr['compile_s']:.1f} / "
@@ -195,7 +198,7 @@ def table(out: str, presets: list[str]) -> str:
                     f"{_num(inf['samples_per_s'])} | {_num(tr['flops_per_step'] / 1e9)} | "
                     f"{_num(tr['flops_per_s'] / 1e9)} / {_num(inf['flops_per_s'] / 1e9)} | "
                     f"{100 * tr['mfu']:.1f} / {100 * inf['mfu']:.1f} % | "
-                    f"{r['memory']['max_rss_bytes'] / 2**30:.1f} GiB | {ratio} |")
+                    f"{r['memory']['max_rss_bytes'] / 2**30:.1f} GiB | {ratio} | {feed} |")
     return "\n".join(lines)
 
 

@@ -72,18 +72,21 @@ def test_table_shows_measured_and_failed_rows(tmp_path):
     first, second, third = suite.ROWS["demo"][:3]
     (tmp_path / f"{first.key}.json").write_text(json.dumps(_result(1000.0, 250.0, 8e9)))
     (tmp_path / f"{second.key}.failed.json").write_text(json.dumps({"failed": "out of memory (killed)"}))
-    (tmp_path / f"{third.key}.json").write_text(json.dumps(_result(500.0, 100.0, 1e9)))
+    fed = {**_result(500.0, 100.0, 1e9), "pipeline": {"samples_per_s": 12.0, "over_demand": 3.0, "num_workers": 2}}
+    (tmp_path / f"{third.key}.json").write_text(json.dumps(fed))
     time.sleep(0.01)
     (tmp_path / f"{third.key}.failed.json").write_text(json.dumps({"failed": "timed out after 60 s"}))
     lines = suite.table(str(tmp_path), ["demo"]).splitlines()
     assert len(lines) == 5  # header, rule, three rows
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]
     # 8 GFLOP in 1 s = 8 GFLOP/s = 4.0 % of 0.2 TFLOP/s; 8 GFLOP in 0.25 s = 32 GFLOP/s = 16.0 %
-    assert cells[2:11] == ["n/r", "2, 48x48x48", "2.0 / 2.0 s", "1000 / 250 ms", "2 / 8", "8", "8 / 32",
-                           "4.0 / 16.0 %", "3.0 GiB"]  # n/r: a result that does not record its conv formulation
+    assert cells[2:13] == ["n/r", "2, 48x48x48", "2.0 / 2.0 s", "1000 / 250 ms", "2 / 8", "8", "8 / 32",
+                           "4.0 / 16.0 %", "3.0 GiB", "", ""]  # n/r: a result without its conv formulation
+    assert all(len(line.split("|")) == len(lines[0].split("|")) for line in lines)  # failed rows too
     assert "out of memory" in lines[3] and "timed out" in lines[4]  # the latest attempt wins over an older result
     os.utime(tmp_path / f"{third.key}.failed.json", (0, 0))
-    assert "500 / 100 ms" in suite.table(str(tmp_path), ["demo"]).splitlines()[4]
+    row = suite.table(str(tmp_path), ["demo"]).splitlines()[4]
+    assert "500 / 100 ms" in row and row.endswith("| 12/s (3.0x, 2 workers) |")
 
 
 def test_torch_rows_each_have_a_torch_twin():
