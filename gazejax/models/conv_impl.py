@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -76,6 +77,7 @@ def conv_general_dilated_for(impl: str) -> ConvFn:
       3D kernels native (forward and, at stride 1, input gradient oneDNN's; strided layers' gradients as
       "depth2d"'s, stride-1 filter gradients as depth2d's or oneDNN's), 1x1 kernels as one matmul ("taps"), other
       2D kernels native (XLA:CPU keeps those); 3D forwards 3-8x faster than "mixed"'s (`gazejax.bench.convs`).
+      Grouped convolutions (not depthwise): native forward, gradients as `_grouped_bwd`'s.
     - "taps": one `[B*S_out, C_in] x [C_in, C_out]` matmul per kernel tap on a shifted (strided) view, summed.
     - "im2col": the k^n shifted views concatenated over channels, one `[B*S_out, k^n C_in] x [k^n C_in, C_out]`
       matmul.
@@ -112,9 +114,16 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
     # depthwise (one input channel per group, as many outputs as inputs): taps, mixed, onednn sum taps elementwise
     depthwise = (impl in ("taps", "mixed", "onednn") and feature_group_count > 1 and rhs.shape[-2] == 1
                  and feature_group_count == lhs.shape[-1] == rhs.shape[-1])
-    covered = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))
-               and (feature_group_count == 1 or depthwise) and batch_group_count == 1
-               and not (impl == "depth2d" and n != 3))
+    plain = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))
+             and batch_group_count == 1)
+    if impl == "onednn" and plain and feature_group_count > 1 and not depthwise:
+        if isinstance(padding, str):
+            padding = lax.padtype_to_pads(lhs.shape[1:-1], [(k - 1) * d + 1 for k, d in zip(rhs.shape, dilation)],
+                                          strides, padding)
+        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+        y = _grouped(lhs, rhs, padding, strides, dilation, feature_group_count, precision, not _COUNTING)
+        return y.astype(preferred_element_type or jnp.result_type(lhs, rhs))
+    covered = plain and (feature_group_count == 1 or depthwise) and not (impl == "depth2d" and n != 3)
     if not covered:
         return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, dilation, dimension_numbers,
                                         feature_group_count, batch_group_count, precision, preferred_element_type)
@@ -289,3 +298,93 @@ def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int
     acc, _ = lax.scan(body, jnp.zeros((kd * kh * kw * c_in, c_out), jnp.float32),
                       jnp.arange(x.shape[0] * d_out * blocks))
     return acc.reshape(rhs.shape).astype(rhs.dtype)
+
+
+# ---- grouped convolutions (onednn) --------------------------------------------------------------------------------
+# oneDNN runs a grouped convolution's forward fast (48^3 32 -> 64 in 16 groups, stride 2: 8 ms) but not XLA's
+# gradients of it: the input gradient of a strided one (an input-dilated convolution) takes 3.5 s there, the
+# filter gradient (the whole volume as a window) 130-1600 ms. `_grouped_bwd` computes them from stride-1
+# convolutions oneDNN runs well and from matmuls.
+# Filter gradients take the dense slab (all C_in x C_out pairs, the groups' blocks kept; groups x the FLOPs, but
+# one large matmul) from this many voxels per output depth slice on, else one einsum per tap (24^3 x 64 in 16
+# groups: 55 vs 116 ms; 12^3 x 128: 24 vs 16 ms; native 421 / 160 ms).
+GROUPED_DENSE_MIN_SLICE = 256
+
+
+def _grouped_conv(x, rhs, padding, strides, dilation, groups, precision):
+    return lax.conv_general_dilated(x, rhs, strides, padding, None, dilation, _channels_last(x.ndim),
+                                    feature_group_count=groups, precision=precision,
+                                    preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _grouped(x, rhs, padding, strides, dilation, groups, precision, slab):
+    """The native grouped convolution of unpadded `x` (float32 out) with `_grouped_bwd`'s gradients."""
+    return _grouped_conv(x, rhs, padding, strides, dilation, groups, precision)
+
+
+def _grouped_fwd(x, rhs, padding, strides, dilation, groups, precision, slab):
+    return _grouped_conv(x, rhs, padding, strides, dilation, groups, precision), (x, rhs)
+
+
+def _grouped_bwd(padding, strides, dilation, groups, precision, slab, residuals, g):
+    """dx: the native (oneDNN) one at stride 1, else through `_phase_sum` (stride-1 convolutions); dW:
+    `_grouped_filter_grad`."""
+    x, rhs = residuals
+    if all(s == 1 for s in strides):
+        _, dx_fn = jax.vjp(lambda a: _grouped_conv(a, rhs, padding, strides, dilation, groups, precision), x)
+    else:
+        out = g.shape[1:-1]
+        _, dx_fn = jax.vjp(lambda a: _phase_sum(_pad(a, padding), rhs, out, strides, dilation, groups, precision), x)
+    dw = _grouped_filter_grad(_pad(x, padding), g, rhs, strides, dilation, groups, precision, slab)
+    return dx_fn(g)[0], dw
+
+
+_grouped.defvjp(_grouped_fwd, _grouped_bwd)
+
+
+def _phase_sum(x: jax.Array, rhs: jax.Array, out: Sequence[int], strides: Sequence[int],
+               dilation: Sequence[int], groups: int, precision: Any) -> jax.Array:
+    """Padded `x`'s strided VALID convolution as a sum of stride-1 ones, one per stride phase q (per axis, the taps
+    t with t * dilation = m * stride + q read `x[q::stride]` at offset m): the same values, and a gradient made of
+    stride-1 convolutions."""
+    per_axis = []
+    for k, d, s in zip(rhs.shape, dilation, strides):
+        phases = []
+        for q in range(s):
+            taps = [t for t in range(k) if (t * d) % s == q]
+            if taps:  # consecutive taps of one phase are d / gcd(d, s) apart in the phase's own grid
+                phases.append((q, taps, (taps[0] * d) // s, d // math.gcd(d, s)))
+        per_axis.append(phases)
+    y = 0
+    for combo in itertools.product(*per_axis):
+        start = [q + s * m0 for (q, _, m0, _), s in zip(combo, strides)]
+        limit = [st + s * (o - 1 + (len(t) - 1) * dd) + 1
+                 for st, (_, t, _, dd), s, o in zip(start, combo, strides, out)]
+        xs = lax.slice(x, [0, *start, 0], [x.shape[0], *limit, x.shape[-1]], [1, *strides, 1])
+        w = rhs[np.ix_(*[t for _, t, _, _ in combo])]
+        y = y + lax.conv_general_dilated(xs, w, (1,) * len(out), "VALID", None, [dd for *_, dd in combo],
+                                         _channels_last(x.ndim), feature_group_count=groups, precision=precision,
+                                         preferred_element_type=jnp.float32)
+    return y
+
+
+def _grouped_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, strides: Sequence[int],
+                         dilation: Sequence[int], groups: int, precision: Any, slab: bool) -> jax.Array:
+    """Filter gradient `[*K, C_in / G, C_out]` of padded `x`'s VALID grouped convolution given its output cotangent
+    `g`: the block diagonal of `_slab_filter_grad`'s dense one for 3D, stride 1 and output slices of
+    >= GROUPED_DENSE_MIN_SLICE voxels (`slab`: not under `counting`), else one `[N, G, C_in/G] x [N, G, C_out/G]`
+    einsum per kernel tap (strided views)."""
+    out = g.shape[1:-1]
+    kernel, (ci, co) = rhs.shape[:-2], rhs.shape[-2:]
+    cg, og = ci, co // groups
+    if len(out) == 3 and all(s == 1 for s in strides) and slab and out[1] * out[2] >= GROUPED_DENSE_MIN_SLICE:
+        dense = _slab_filter_grad(x, g, jnp.zeros((*kernel, groups * ci, co), rhs.dtype), tuple(out),
+                                  tuple(dilation), precision)
+        blocks = jnp.diagonal(dense.reshape(-1, groups, cg, groups, og), axis1=1, axis2=3)  # [T, cg, og, G]
+        return blocks.transpose(0, 1, 3, 2).reshape(rhs.shape).astype(rhs.dtype)
+    gg = g.astype(x.dtype).reshape(-1, groups, og)
+    taps = [jnp.einsum("ngi,ngo->igo", _view(x, tap, dilation, strides, out).reshape(-1, groups, cg), gg,
+                       precision=precision, preferred_element_type=jnp.float32)
+            for tap in itertools.product(*map(range, kernel))]
+    return jnp.stack(taps).reshape(rhs.shape).astype(rhs.dtype)

@@ -1,6 +1,7 @@
 """Convolution formulations of gazejax.models.conv_impl against lax.conv_general_dilated (outputs and gradients),
 and models built with different conv_impl sharing parameters and outputs."""
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -173,6 +174,41 @@ def test_uncovered_cases_fall_back_to_lax():
     nchw = jnp.moveaxis(x, -1, 1)
     oihw = jax.random.normal(jax.random.key(2), (3, 4, 3, 3))
     np.testing.assert_array_equal(fn(nchw, oihw, (1, 1), "VALID"), lax.conv_general_dilated(nchw, oihw, (1, 1), "VALID"))
+
+
+GROUPED = {  # (input shape, kernel shape, strides, padding, dilation, groups); kernel [*K, C_in / G, C_out]
+    "3d_stride2_same": ((1, 9, 8, 7, 8), (3, 3, 3, 2, 12), (2, 2, 2), "SAME", (1, 1, 1), 4),
+    "3d_stride2_dil2": ((1, 10, 9, 8, 8), (3, 3, 3, 2, 12), (2, 2, 2), [(2, 2)] * 3, (2, 2, 2), 4),
+    "3d_stride3_dil2": ((1, 12, 11, 12, 8), (3, 3, 3, 1, 16), (3, 3, 3), "VALID", (2, 2, 2), 8),
+    "3d_331_dense_slab": ((2, 3, 16, 17, 8), (3, 3, 1, 4, 6), (1, 1, 1), [(1, 1), (1, 1), (0, 0)], (1, 1, 1), 2),
+    "3d_dil3_taps": ((1, 8, 8, 8, 8), (3, 3, 3, 2, 12), (1, 1, 1), [(3, 3)] * 3, (3, 3, 3), 4),
+    "2d_stride23_asym": ((2, 9, 10, 6), (3, 3, 3, 4), (2, 3), [(1, 0), (2, 1)], (1, 2), 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GROUPED))
+def test_onednn_grouped_matches_lax_without_input_dilated_convs(case, fast_compile):
+    """Grouped (not depthwise) convolutions under "onednn": lax's values and gradients, and no convolution in the
+    gradient is input-dilated (a strided layer's input gradient goes through stride-1 phase convolutions; oneDNN's
+    input-dilated one took 3.5 s at 48^3); the dense slab filter gradient for wide 3D slices, else per-tap einsums."""
+    x_shape, w_shape, strides, padding, dilation, groups = GROUPED[case]
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    w = jax.random.normal(jax.random.key(1), w_shape)
+
+    def run(fn):
+        return _value_and_grads(functools.partial(fn, feature_group_count=groups), x, w, strides, padding, dilation)
+
+    fn = conv_impl.conv_general_dilated_for("onednn")
+    got = jax.jit(lambda: run(fn), compiler_options=conv_impl.compiler_options("onednn"))()
+    for g, r, what in zip(got, run(lax.conv_general_dilated), ("y", "dx", "dw")):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(r))), err_msg=what)
+    jaxpr = str(jax.make_jaxpr(lambda a, b: run(fn))(x, w))
+    assert "conv_general_dilated" in jaxpr and "lhs_dilation=(1, 1" in jaxpr
+    assert all(set(d.split(", ")) == {"1"} for d in re.findall(r"lhs_dilation=\(([^)]*)\)", jaxpr))
+    dense = x.ndim == 5 and strides == (1, 1, 1)  # stride 1 and slices of >= GROUPED_DENSE_MIN_SLICE voxels
+    assert ("scan" in jaxpr) == (dense and x_shape[2] * x_shape[3] >= conv_impl.GROUPED_DENSE_MIN_SLICE)
+    with conv_impl.counting():  # the einsums, the grouped FLOPs (the dense slab does groups x as many)
+        assert "scan" not in str(jax.make_jaxpr(lambda a, b: run(fn))(x, w))
 
 
 DEPTHWISE = {  # (input shape, kernel shape, strides, padding, dilation); kernel [*K, 1, C]
