@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gazejax.models import conv_impl as conv_impl_lib
 from gazejax.models.conv_impl import conv_general_dilated_for
 from gazejax.models.layers import constrain_spatial, conv1x1, spatial_rank, upsample_linear
 from gazejax.models.unet3d import DecoderOutput, check_spatial
@@ -66,12 +67,40 @@ def deep_heads(
     ]
 
 
+class BlockConvTranspose(nn.Module):
+    """`nn.ConvTranspose(features, (k,) * n, strides=k, padding="VALID")` (its parameters, initialisers and values)
+    computed as one `[..., C_in] x [C_in, k^n C_out]` matmul and a depth-to-space reshape: with kernel = stride each
+    input voxel paints its own k^n output block, output voxel k*i + r = x[i] . kernel[k - 1 - r] + bias (lax's
+    transposed convolution does not flip the kernel). XLA:CPU runs the input-dilated native convolution far below
+    its matmul rate (`_conv` keeps it where the conv_impl resolves to "xla")."""
+
+    features: int
+    kernel: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        n, k = x.ndim - 2, self.kernel
+        kernel = self.param("kernel", he_normal_transposed, (k,) * n + (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        w = jnp.flip(kernel, tuple(range(n)))  # tap r of the output block is kernel[k - 1 - r]
+        w = jnp.moveaxis(w, n, 0).reshape(x.shape[-1], -1)  # [C_in, (r_1, ..., r_n, C_out)]
+        y = (x @ w).reshape(*x.shape[:-1], *(k,) * n, self.features)  # [B, *S, *(k,) * n, C_out]
+        order = [0] + [a for i in range(n) for a in (1 + i, 1 + n + i)] + [1 + 2 * n]  # interleave S_i, r_i
+        y = y.transpose(order).reshape(x.shape[0], *(s * k for s in x.shape[1:-1]), self.features)
+        return y + bias
+
+
 def _conv(features: int, n: int, kernel: int, stride: int, dtype: Dtype, name: str, transposed: bool = False,
           conv_impl: str = "auto"):
-    # nn.ConvTranspose has no conv_general_dilated hook: the (kernel = stride) up-sampling stays native.
     common = dict(strides=(stride,) * n, use_bias=True, dtype=dtype, param_dtype=jnp.float32,
                   bias_init=nn.initializers.zeros, name=name)
-    if transposed:  # kernel == stride: each input voxel paints its own 2^n output block
+    if transposed:  # kernel == stride: each input voxel paints its own k^n output block
+        if kernel != stride:
+            raise ValueError(f"nnunet3d.py: transposed conv with kernel {kernel} != stride {stride}")
+        if conv_impl_lib.resolve(conv_impl) != "xla":  # a matmul (the same parameters and values)
+            return BlockConvTranspose(features, kernel, dtype, name=name)
         return nn.ConvTranspose(features, (kernel,) * n, padding="VALID", kernel_init=he_normal_transposed, **common)
     return nn.Conv(features, (kernel,) * n, padding=[(kernel // 2,) * 2] * n, kernel_init=he_normal,
                    conv_general_dilated=conv_general_dilated_for(conv_impl), **common)
@@ -143,7 +172,7 @@ class NNUNetDecoder(nn.Module):
     num_stages: int = 5
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
-    conv_impl: str = "auto"  # conv_impl.IMPLS (the transposed convs stay native)
+    conv_impl: str = "auto"  # conv_impl.IMPLS (transposed convs: BlockConvTranspose unless it resolves to xla)
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array], train: bool = False) -> DecoderOutput:
@@ -160,7 +189,7 @@ class NNUNetDecoder(nn.Module):
         skips.pop()  # the deepest stage is the decoder's input, not a skip
         levels = []
         for i, s in enumerate(reversed(range(len(skips)))):
-            up = _conv(widths[s], n, 2, 2, self.dtype, f"transp{i}", transposed=True)(x)
+            up = _conv(widths[s], n, 2, 2, self.dtype, f"transp{i}", transposed=True, conv_impl=ci)(x)
             x = NNUNetStage(widths[s], 1, self.dtype, ci, name=f"up_stage{i}")(jnp.concatenate([up, skips[s]], -1))
             levels.append((x, 2**s))
         seg = _conv(self.num_classes, n, 1, 1, self.dtype, "seg", conv_impl=ci)(x).astype(jnp.float32)
@@ -188,7 +217,7 @@ class NNUNet3D(nn.Module):
     max_width: int = MAX_WIDTH
     deep_supervision: bool = False
     dtype: Dtype = jnp.float32
-    conv_impl: str = "auto"  # conv_impl.IMPLS (the transposed convs stay native)
+    conv_impl: str = "auto"  # conv_impl.IMPLS (transposed convs: BlockConvTranspose unless it resolves to xla)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> dict[str, Any]:

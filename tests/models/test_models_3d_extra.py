@@ -14,6 +14,7 @@ import scipy.ndimage
 from gazejax.models import build
 from gazejax.models.attention3d import ChannelAttention, SpatialAttention, TrilinearAttention, trilinear_attention
 from gazejax.models.dmfnet import DMFNetEncoder, fiber_groups, upsample_half_pixel
+from gazejax.models import nnunet3d
 from gazejax.models.nnunet3d import NNUNetEncoder, he_normal_transposed, stage_widths
 from gazejax.models.segmenter import ATTENTION_METHODS, BACKBONES
 from gazejax.models.unet3d import EquiUnetEncoder
@@ -137,6 +138,32 @@ def test_nnunet_transposed_init_uses_torch_fan_in():
     # torch's fan_in of a ConvTranspose3d(320 -> 256, k=2) weight is 256 * 8 (its dim 1), not 320 * 8
     kernel = he_normal_transposed(jax.random.key(0), (2, 2, 2, 320, 256), jnp.float32)
     np.testing.assert_allclose(np.std(np.asarray(kernel)), np.sqrt(2 / (1 + 1e-4) / (256 * 8)), rtol=0.02)
+
+
+@pytest.mark.parametrize("shape, dtype", [((2, 3, 4, 5, 3), jnp.float32), ((2, 5, 3, 6), jnp.float32),
+                                          ((1, 2, 3, 2, 4), jnp.bfloat16)])
+def test_block_conv_transpose_is_flax_conv_transpose(shape, dtype):
+    """The matmul + depth-to-space transposed conv has nn.ConvTranspose's parameters (same names, shapes, init) and
+    its outputs and gradients (input and parameters), 2D and 3D, float32 and bfloat16 compute."""
+    x = jax.random.normal(jax.random.key(1), shape)
+    n = len(shape) - 2
+    ours = nnunet3d._conv(5, n, 2, 2, dtype, "up", transposed=True, conv_impl="onednn")
+    flax_ = nnunet3d._conv(5, n, 2, 2, dtype, "up", transposed=True, conv_impl="xla")
+    assert isinstance(ours, nnunet3d.BlockConvTranspose) and isinstance(flax_, flax.linen.ConvTranspose)
+    p_ours, p_flax = ours.init(jax.random.key(0), x), flax_.init(jax.random.key(0), x)
+    chex.assert_trees_all_equal(p_ours, p_flax)
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), p_flax)  # bias != 0
+    y = flax_.apply(params, x)
+    assert y.shape == (shape[0], *(2 * s for s in shape[1:-1]), 5) and y.dtype == dtype
+    tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
+    np.testing.assert_allclose(np.float32(ours.apply(params, x)), np.float32(y), atol=tol, rtol=tol)
+    g = jax.random.normal(jax.random.key(3), y.shape)
+
+    def grads(model):
+        return jax.grad(lambda p, a: jnp.sum(model.apply(p, a).astype(jnp.float32) * g), argnums=(0, 1))(params, x)
+
+    for a, b in zip(jax.tree.leaves(grads(ours)), jax.tree.leaves(grads(flax_))):
+        np.testing.assert_allclose(np.float32(a), np.float32(b), atol=20 * tol, rtol=tol)
 
 
 def test_nnunet_needs_16_divisible_input_even_as_backbone():
