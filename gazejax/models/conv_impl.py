@@ -114,22 +114,16 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
     # depthwise (one input channel per group, as many outputs as inputs): taps, mixed, onednn sum taps elementwise
     depthwise = (impl in ("taps", "mixed", "onednn") and feature_group_count > 1 and rhs.shape[-2] == 1
                  and feature_group_count == lhs.shape[-1] == rhs.shape[-1])
-    plain = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))
-             and batch_group_count == 1)
-    if impl == "onednn" and plain and feature_group_count > 1 and not depthwise:
-        if isinstance(padding, str):
-            padding = lax.padtype_to_pads(lhs.shape[1:-1], [(k - 1) * d + 1 for k, d in zip(rhs.shape, dilation)],
-                                          strides, padding)
-        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-        y = _grouped(lhs, rhs, padding, strides, dilation, feature_group_count, precision, not _COUNTING)
-        return y.astype(preferred_element_type or jnp.result_type(lhs, rhs))
-    covered = plain and (feature_group_count == 1 or depthwise) and not (impl == "depth2d" and n != 3)
+    grouped = impl == "onednn" and feature_group_count > 1 and not depthwise  # `_grouped`
+    covered = (numbers == _channels_last(lhs.ndim) and all(d == 1 for d in (lhs_dilation or (1,)))
+               and (feature_group_count == 1 or depthwise or grouped) and batch_group_count == 1
+               and not (impl == "depth2d" and n != 3))
     if not covered:
         return lax.conv_general_dilated(lhs, rhs, strides, padding, lhs_dilation, dilation, dimension_numbers,
                                         feature_group_count, batch_group_count, precision, preferred_element_type)
     kernel = rhs.shape[:n]
-    if depthwise:
-        impl = "depthwise"
+    if depthwise or grouped:
+        impl = "depthwise" if depthwise else "grouped"
     elif impl in ("mixed", "onednn"):
         impl = ("taps" if all(k == 1 for k in kernel) else "xla" if n != 3
                 else "depth2d" if impl == "mixed" else "native3d")
@@ -141,6 +135,9 @@ def _conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding
         padding = lax.padtype_to_pads(lhs.shape[1:-1], dilated, strides, padding)
     out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if impl == "grouped":
+        return _grouped(lhs, rhs, padding, strides, dilation, feature_group_count, precision,
+                        not _COUNTING).astype(out_dtype)
     if impl == "native3d":  # padded by the convolution itself: no padded copy, no slice of dx
         return _native3d(lhs, rhs, padding, strides, dilation, precision, not _COUNTING).astype(out_dtype)
     x = _pad(lhs, padding)
