@@ -373,11 +373,11 @@ def _grouped_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, strides: Se
     >= GROUPED_DENSE_MIN_SLICE voxels (`slab`: not under `counting`), else one `[N, G, C_in/G] x [N, G, C_out/G]`
     einsum per kernel tap (strided views)."""
     out = g.shape[1:-1]
-    kernel, (ci, co) = rhs.shape[:-2], rhs.shape[-2:]
-    cg, og = ci, co // groups
+    kernel, (cg, co) = rhs.shape[:-2], rhs.shape[-2:]
+    og = co // groups
     if len(out) == 3 and all(s == 1 for s in strides) and slab and out[1] * out[2] >= GROUPED_DENSE_MIN_SLICE:
-        dense = _slab_filter_grad(x, g, jnp.zeros((*kernel, groups * ci, co), rhs.dtype), tuple(out),
-                                  tuple(dilation), precision)
+        dense_shape = jax.ShapeDtypeStruct((*kernel, groups * cg, co), rhs.dtype)
+        dense = _slab_filter_grad(x, g, dense_shape, tuple(out), tuple(dilation), precision)
         blocks = jnp.diagonal(dense.reshape(-1, groups, cg, groups, og), axis1=1, axis2=3)  # [T, cg, og, G]
         return blocks.transpose(0, 1, 3, 2).reshape(rhs.shape).astype(rhs.dtype)
     gg = g.astype(x.dtype).reshape(-1, groups, og)
