@@ -83,7 +83,7 @@ class PreActConv(nn.Module):
     dilation: int = 1
     norm: str = "bn"
     dtype: Dtype = jnp.float32
-    conv_impl: str = "auto"  # conv_impl.IMPLS (grouped convs always run natively)
+    conv_impl: str = "auto"  # conv_impl.IMPLS (grouped convs: native forward; under onednn `_grouped`'s gradients)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
