@@ -218,10 +218,7 @@ def _depth2d_bwd(out, strides, dilation, precision, slab, residuals, g):
     if all(s == 1 for s in strides) and out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab:
         return dx_fn(g)[0], _slab_filter_grad(x, g, rhs, out, dilation, precision)
     if min(rhs.shape[-2:]) >= NATIVE_DW_MIN_CHANNELS and voxels >= NATIVE_DW_MIN_VOXELS:
-        def native(w):
-            return lax.conv_general_dilated(x, w, strides, "VALID", None, dilation, _channels_last(5),
-                                            precision=precision, preferred_element_type=jnp.float32)
-        _, dw_fn = jax.vjp(native, rhs)
+        _, dw_fn = jax.vjp(lambda w: _native_conv(x, w, "VALID", strides, dilation, precision), rhs)
     else:
         _, dw_fn = jax.vjp(lambda w: _depth2d_sum(x, w, out, strides, dilation, precision), rhs)
     return dx_fn(g)[0], dw_fn(g)[0]
@@ -230,20 +227,22 @@ def _depth2d_bwd(out, strides, dilation, precision, slab, residuals, g):
 _depth2d_vjp.defvjp(_depth2d_fwd, _depth2d_bwd)
 
 
-def _native3d_conv(x, rhs, padding, strides, dilation, precision):
-    return lax.conv_general_dilated(x, rhs, strides, padding, None, dilation, _channels_last(5),
-                                    precision=precision, preferred_element_type=jnp.float32)
+def _native_conv(x, rhs, padding, strides, dilation, precision, groups=1):
+    """The native channels-last convolution, float32 out (oneDNN's for 3D under `compiler_options`)."""
+    return lax.conv_general_dilated(x, rhs, strides, padding, None, dilation, _channels_last(x.ndim),
+                                    feature_group_count=groups, precision=precision,
+                                    preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _native3d(x, rhs, padding, strides, dilation, precision, slab):
     """The native 3D convolution of unpadded `x` (float32 out; oneDNN's under `compiler_options`) with
     `_native3d_bwd`'s gradients."""
-    return _native3d_conv(x, rhs, padding, strides, dilation, precision)
+    return _native_conv(x, rhs, padding, strides, dilation, precision)
 
 
 def _native3d_fwd(x, rhs, padding, strides, dilation, precision, slab):
-    return _native3d_conv(x, rhs, padding, strides, dilation, precision), (x, rhs)
+    return _native_conv(x, rhs, padding, strides, dilation, precision), (x, rhs)
 
 
 def _native3d_bwd(padding, strides, dilation, precision, slab, residuals, g):
@@ -257,12 +256,12 @@ def _native3d_bwd(padding, strides, dilation, precision, slab, residuals, g):
         _, vjp = jax.vjp(lambda a, w: _depth2d(_pad(a, padding), w, out, strides, dilation, precision, jnp.float32),
                          x, rhs)
         return vjp(g)
-    _, dx_fn = jax.vjp(lambda a: _native3d_conv(a, rhs, padding, strides, dilation, precision), x)
+    _, dx_fn = jax.vjp(lambda a: _native_conv(a, rhs, padding, strides, dilation, precision), x)
     big = (x.shape[0] * np.prod(out) >= SLAB_DW_ONEDNN_MIN_VOXELS
            or np.prod(rhs.shape[-2:]) >= SLAB_DW_ONEDNN_MIN_CHANNELS2)
     if out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab and big:
         return dx_fn(g)[0], _slab_filter_grad(_pad(x, padding), g, rhs, out, dilation, precision)
-    _, dw_fn = jax.vjp(lambda w: _native3d_conv(x, w, padding, strides, dilation, precision), rhs)
+    _, dw_fn = jax.vjp(lambda w: _native_conv(x, w, padding, strides, dilation, precision), rhs)
     return dx_fn(g)[0], dw_fn(g)[0]
 
 
@@ -311,20 +310,14 @@ def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int
 GROUPED_DENSE_MIN_SLICE = 256
 
 
-def _grouped_conv(x, rhs, padding, strides, dilation, groups, precision):
-    return lax.conv_general_dilated(x, rhs, strides, padding, None, dilation, _channels_last(x.ndim),
-                                    feature_group_count=groups, precision=precision,
-                                    preferred_element_type=jnp.float32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
 def _grouped(x, rhs, padding, strides, dilation, groups, precision, slab):
     """The native grouped convolution of unpadded `x` (float32 out) with `_grouped_bwd`'s gradients."""
-    return _grouped_conv(x, rhs, padding, strides, dilation, groups, precision)
+    return _native_conv(x, rhs, padding, strides, dilation, precision, groups)
 
 
 def _grouped_fwd(x, rhs, padding, strides, dilation, groups, precision, slab):
-    return _grouped_conv(x, rhs, padding, strides, dilation, groups, precision), (x, rhs)
+    return _native_conv(x, rhs, padding, strides, dilation, precision, groups), (x, rhs)
 
 
 def _grouped_bwd(padding, strides, dilation, groups, precision, slab, residuals, g):
@@ -332,7 +325,7 @@ def _grouped_bwd(padding, strides, dilation, groups, precision, slab, residuals,
     `_grouped_filter_grad`."""
     x, rhs = residuals
     if all(s == 1 for s in strides):
-        _, dx_fn = jax.vjp(lambda a: _grouped_conv(a, rhs, padding, strides, dilation, groups, precision), x)
+        _, dx_fn = jax.vjp(lambda a: _native_conv(a, rhs, padding, strides, dilation, precision, groups), x)
     else:
         out = g.shape[1:-1]
         _, dx_fn = jax.vjp(lambda a: _phase_sum(_pad(a, padding), rhs, out, strides, dilation, groups, precision), x)

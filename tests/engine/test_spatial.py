@@ -95,7 +95,7 @@ def test_san_aab_and_grad_accum_agree_over_meshes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="the whole mesh matrix takes ~35 min on 2 cores: GAZEJAX_FULL_SPATIAL_TESTS=1")
+@pytest.mark.skipif(not FULL, reason="the whole mesh matrix takes ~17 min on 2 cores: GAZEJAX_FULL_SPATIAL_TESTS=1")
 def test_every_backbone_and_engine_option_agree_over_meshes(tmp_path):
     """SAN+AAB on nnU-Net (InstanceNorm, transposed convs) and DMFNet (BatchNorm over the split batch and volume) on
     every mesh; EquiUnet alone, with remat and with each conv_impl formulation (`auto` is `onednn` on CPU, covered
