@@ -1,6 +1,7 @@
 """Fault injection for chest X-ray gaze files (EGD-CXR fixations.csv, REFLACX per-reading fixations.csv) and an
-undecodable CSV: bad rows are dropped with one warning per file giving the count and first bad row, a file with no
-usable fixation is a one-line error naming it, and nothing on disk is altered."""
+undecodable CSV: bad rows are dropped with one warning giving the count and first bad row (per file for EGD-CXR's one
+file, per data set for REFLACX's one file per reading), a file with no usable fixation is a one-line error naming
+it, and nothing on disk is altered."""
 from __future__ import annotations
 
 import csv
@@ -97,8 +98,27 @@ def _reading_file(root) -> str:
     return sorted(glob.glob(os.path.join(root, "main_data", "*", "fixations.csv")))[0]
 
 
-def test_reflacx_bad_rows_dropped_and_all_bad_is_an_error(pristine, tmp_path, caplog):
+def _fixation_count(root, mimic, outside) -> int:
+    return sum(len(r.fixations) for r in REFLACX(root, mimic, group_by="reading", outside=outside).records())
+
+
+def test_reflacx_drops_are_one_warning_for_the_data_set(pristine, tmp_path, caplog):
+    """One warning for all ~3,000 reading files, not one per file, with counts that add up (the synthetic set has
+    gaze outside the shown region in every reading, as the real one has gaze on the interface)."""
     root, mimic = _copy(pristine, "reflacx", tmp_path)
+    readings = len(REFLACX(root, mimic, group_by="reading", outside="keep").records())
+    total = _fixation_count(root, mimic, "keep")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gazejax"):
+        kept = _fixation_count(root, mimic, "drop")
+    messages = _warnings(caplog)
+    outside = total - kept
+    assert readings > 1 and outside > 0
+    assert messages == [f"{os.path.join(root, 'main_data')}: dropped {outside} of {total} fixations in {readings} of "
+                        f"{readings} fixation files (outside the image region shown: {outside}; first: "
+                        + messages[0].split("; first: ")[1]], messages
+    assert "/fixations.csv row " in messages[0]
+
     path = _reading_file(root)
 
     def spoil_two(header, body):
@@ -107,10 +127,18 @@ def test_reflacx_bad_rows_dropped_and_all_bad_is_an_error(pristine, tmp_path, ca
         return body
 
     _edit_rows(path, spoil_two)
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="gazejax"):
-        REFLACX(root, mimic).records()
-    messages = [m for m in _warnings(caplog) if m.startswith(path)]
-    assert len(messages) == 1 and "(first: row 2: x_position or y_position is not a finite number)" in messages[0]
+        assert _fixation_count(root, mimic, "drop") == kept - 2
+    messages = _warnings(caplog)
+    assert len(messages) == 1 and f"dropped {outside + 2} of {total} fixations" in messages[0], messages
+    assert "x_position or y_position is not a finite number: 1" in messages[0]
+    assert "fixation duration (end - start) is not > 0: 1" in messages[0]
+
+
+def test_reflacx_file_without_usable_fixations_is_an_error(pristine, tmp_path):
+    root, mimic = _copy(pristine, "reflacx", tmp_path)
+    path = _reading_file(root)
 
     def spoil_all(header, body):
         for row in body:

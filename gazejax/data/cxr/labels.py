@@ -151,14 +151,48 @@ class RowChecks:
         i = int(np.argmax(self.bad))
         return f"row {int(self.rows[i])}: " + next(r for ok, r in self.reasons if not ok[i])
 
-    def report(self, path: str) -> np.ndarray:
-        """The keep mask; warns once or raises (see the class docstring)."""
+    def report(self, path: str, tally: DropTally | None = None) -> np.ndarray:
+        """The keep mask; warns once or raises (see the class docstring). With `tally` (a data set of one fixation
+        file per reading) the drops are added to it instead, for its one warning over all files."""
         if len(self.rows) and self.bad.all():
             raise DataError(f"{path}: no usable fixation: all {len(self.rows)} rows are bad (first: {self.first()})")
-        if self.bad.any():
+        if tally is not None:
+            tally.add(path, self)
+        elif self.bad.any():
             log.warning("%s: dropped %d of %d fixations (first: %s)", path, int(self.bad.sum()), len(self.rows),
                         self.first())
         return ~self.bad
+
+
+class DropTally:
+    """Dropped fixation rows summed over the many files of one data set (REFLACX has one fixations.csv per reading,
+    ~3,000): `warn(source)` logs one warning with the totals, the rows per reason (a row failing several checks
+    counts under each) and the first bad file and row, instead of one warning per file."""
+
+    def __init__(self):
+        self.files = self.files_with_drops = self.rows = self.dropped = 0
+        self.reasons: dict[str, int] = {}
+        self.first: str | None = None
+
+    def add(self, path: str, checks: RowChecks) -> None:
+        self.files += 1
+        self.rows += len(checks.rows)
+        if not checks.bad.any():
+            return
+        self.files_with_drops += 1
+        self.dropped += int(checks.bad.sum())
+        for ok, reason in checks.reasons:
+            if (~ok).any():
+                self.reasons[reason] = self.reasons.get(reason, 0) + int((~ok).sum())
+        if self.first is None:
+            self.first = f"{path} {checks.first()}"
+
+    def warn(self, source: str) -> None:
+        """One warning naming `source` (the data set's root), or nothing when no row was dropped."""
+        if self.dropped:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in self.reasons.items())
+            log.warning("%s: dropped %d of %d fixations in %d of %d fixation files (%s; first: %s)", source,
+                        self.dropped, self.rows, self.files_with_drops, self.files, reasons, self.first)
 
 
 def parse_float(value: str) -> float:

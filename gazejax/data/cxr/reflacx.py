@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from gazejax.data import dicom
-from gazejax.data.cxr.labels import CXRRecord, Fixations, RowChecks, parse_float, read_csv
+from gazejax.data.cxr.labels import CXRRecord, DropTally, Fixations, RowChecks, parse_float, read_csv
 from gazejax.data.errors import DataError
 
 META_COLUMNS = ("id", "split", "eye_tracking_data_discarded", "image", "dicom_id", "subject_id", "image_size_x",
@@ -54,8 +54,10 @@ BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 _IMAGE_TAIL = re.compile(r"(files/p\d+/p\d+/s(\d+)/[^/\\]+\.dcm)$")
 
 
-def _fixations(path: str, reading_id: str, size: tuple[int, int], outside: str, degrees: float) -> Fixations:
-    """One reading's fixations.csv -> Fixations (sigma = `degrees` * pixels per degree, x and y)."""
+def _fixations(path: str, reading_id: str, size: tuple[int, int], outside: str, degrees: float,
+               tally: DropTally | None = None) -> Fixations:
+    """One reading's fixations.csv -> Fixations (sigma = `degrees` * pixels per degree, x and y); dropped rows are
+    added to `tally` (else warned about for this file)."""
     header, rows = read_csv(path, _FIX_NEEDED)
     col = [header.index(c) for c in _FIX_NEEDED]
     try:
@@ -73,7 +75,7 @@ def _fixations(path: str, reading_id: str, size: tuple[int, int], outside: str, 
                "angular resolution (pixels per degree) is not > 0")
     if outside == "drop":
         checks.add(((points >= lo) & (points <= hi)).all(axis=1) | ~finite, "outside the image region shown")
-    keep = checks.report(path)
+    keep = checks.report(path, tally)
     if outside == "clip":
         points = np.clip(points, lo, hi)
     fix = Fixations(points=points.astype(np.float32), durations=(v[:, 1] - v[:, 0]).astype(np.float32),
@@ -129,7 +131,9 @@ class REFLACX:
     def records(self) -> list[CXRRecord]:
         """Records in metadata order (phase 1, 2, 3), parsed once and cached."""
         if self._records is None:
-            readings = [r for p in self.phases for r in self._read_phase(p)]
+            tally = DropTally()
+            readings = [r for p in self.phases for r in self._read_phase(p, tally)]
+            tally.warn(os.path.join(self.root, "main_data"))
             if not readings and not any(os.path.isfile(self._meta_path(p)) for p in self.phases):
                 raise DataError(f"{self.root}: no main_data/metadata_phase_*.csv for phases {self.phases}")
             if self.group_by == "reading":
@@ -148,7 +152,7 @@ class REFLACX:
     def _meta_path(self, phase: int) -> str:
         return os.path.join(self.root, "main_data", f"metadata_phase_{phase}.csv")
 
-    def _read_phase(self, phase: int) -> list[CXRRecord]:
+    def _read_phase(self, phase: int, tally: DropTally) -> list[CXRRecord]:
         path = self._meta_path(phase)
         if not os.path.isfile(path):
             return []
@@ -170,7 +174,7 @@ class REFLACX:
             except ValueError as err:
                 raise DataError(f"{path}: reading {rid}: bad number ({err})") from err
             folder = os.path.join(self.root, "main_data", rid)
-            fix = _fixations(os.path.join(folder, "fixations.csv"), rid, size, self.outside, self.degrees)
+            fix = _fixations(os.path.join(folder, "fixations.csv"), rid, size, self.outside, self.degrees, tally)
             boxes = {k: np.asarray(v, np.float32) for k, v in _boxes(folder, self.positive).items()}
             out.append(CXRRecord(
                 dicom_id=get("dicom_id"), patient_id=get("subject_id"), study_id=match.group(2),
