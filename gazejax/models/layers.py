@@ -161,11 +161,54 @@ class UBlock(nn.Module):
 
 
 def max_pool(x: jax.Array, factor: int | Sequence[int] = 2) -> jax.Array:
-    """Non-overlapping max pooling of `[B, *S, C]` by `factor` per spatial axis (an int applies to all axes)."""
+    """Non-overlapping max pooling of `[B, *S, C]` by `factor` per spatial axis (an int applies to all axes; a
+    remainder is dropped, as VALID pooling does). On CPU `_window_max` (XLA:CPU's gradient of a max reduce-window
+    builds an int32 index volume per axis: 96^3 x 16 fwd + bwd 243 -> 44 ms, 48^3 x 32 62 -> 4 ms), elsewhere
+    `nn.max_pool`; the same values and gradients."""
     window = _per_axis(factor, spatial_rank(x))
     if all(f == 1 for f in window):
         return x
+    if jax.default_backend() == "cpu":
+        return _window_max(x, window)
     return nn.max_pool(x, window, strides=window)
+
+
+def _windows(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    """`[B, *S, C]` -> `[B, S_1 // w_1, w_1, ..., S_n // w_n, w_n, C]` (remainders cropped)."""
+    out = [n // w for n, w in zip(x.shape[1:-1], window)]
+    x = x[(slice(None), *(slice(0, o * w) for o, w in zip(out, window)))]
+    return x.reshape(x.shape[0], *[v for o, w in zip(out, window) for v in (o, w)], x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    """Max over non-overlapping `window`s as a reshape and a reduction; the gradient goes to each window's first
+    maximum in row-major order (XLA's select-and-scatter, which `nn.max_pool`'s gradient is, picks the same)."""
+    return _windows(x, window).max(axis=tuple(range(2, 2 * len(window) + 1, 2)))
+
+
+def _window_max_fwd(x, window):
+    y = _window_max(x, window)
+    return y, (x, y)
+
+
+def _window_max_bwd(window, residuals, g):
+    x, y = residuals
+    axes = tuple(range(2, 2 * len(window) + 1, 2))
+    xw = _windows(x, window)
+    shape = [1] * xw.ndim
+    for a, w in zip(axes, window):
+        shape[a] = w
+    offset, size = jnp.zeros(shape, jnp.int32), 1  # each element's row-major position inside its window
+    for a, w in reversed(list(zip(axes, window))):
+        offset, size = offset + lax.broadcasted_iota(jnp.int32, shape, a) * size, size * w
+    first = jnp.where(xw == jnp.expand_dims(y, axes), offset, size).min(axis=axes, keepdims=True)
+    dx = jnp.where(offset == first, jnp.expand_dims(g, axes), 0).astype(x.dtype)
+    dx = dx.reshape(x.shape[0], *[s // w * w for s, w in zip(x.shape[1:-1], window)], x.shape[-1])
+    return (jnp.pad(dx, [(0, 0)] + [(0, s % w) for s, w in zip(x.shape[1:-1], window)] + [(0, 0)]),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
 def avg_pool(x: jax.Array, factor: int | Sequence[int]) -> jax.Array:

@@ -12,7 +12,8 @@ import scipy.ndimage
 
 from gazejax.models import build
 from gazejax.models.aab import AAB, positional_encoding
-from gazejax.models.layers import ConvNormAct, group_norm, num_groups, resize_align_corners, upsample_linear
+from gazejax.models.layers import (ConvNormAct, group_norm, max_pool, num_groups, resize_align_corners,
+                                   upsample_linear)
 from gazejax.models.san import SAN
 from gazejax.models.segmenter import METHODS, gaze_modulated_logits
 
@@ -121,6 +122,35 @@ def _equiunet_param_count(w: int, c_in: int, k: int, deep: bool) -> int:
     if deep:
         total += sum(c * k + k for c in (f[3], f[2], f[1], f[0]))
     return total
+
+
+def _numpy_max_pool_and_grad(x: np.ndarray, w: tuple[int, ...], g: np.ndarray):
+    """Pooled values and the gradient of sum(pooled * g), sent to each window's first maximum (row-major)."""
+    y, dx = np.zeros(g.shape, x.dtype), np.zeros_like(x)
+    for b, *o, c in np.ndindex(*g.shape):
+        corner = tuple(i * k for i, k in zip(o, w))
+        window = x[(b, *(slice(s, s + k) for s, k in zip(corner, w)), c)]
+        first = np.unravel_index(np.argmax(window), w)  # argmax: the first maximum in row-major order
+        y[(b, *o, c)] = window[first]
+        dx[(b, *(s + f for s, f in zip(corner, first)), c)] += g[(b, *o, c)]
+    return y, dx
+
+
+@pytest.mark.parametrize("shape,factor", [((2, 5, 6, 7, 3), 2), ((2, 7, 5, 3), (3, 2))])
+def test_max_pool_values_and_first_max_gradient(shape, factor):
+    """Against numpy (ties from quantised inputs, remainders cropped) and lax's reduce-window pooling; on CPU the
+    pooling is the reshape-and-max formulation (no reduce-window in forward or gradient)."""
+    x = np.round(np.random.default_rng(0).normal(size=shape) * 2).astype(np.float32) / 2  # many ties
+    w = (factor,) * (len(shape) - 2) if isinstance(factor, int) else factor
+    g = np.random.default_rng(1).normal(size=(shape[0], *[s // k for s, k in zip(shape[1:-1], w)], shape[-1]))
+    y_ref, dx_ref = _numpy_max_pool_and_grad(x, w, g.astype(np.float32))
+    y, vjp = jax.vjp(lambda t: max_pool(t, factor), jnp.asarray(x))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], dx_ref, rtol=1e-6)
+    lax_dx = jax.vjp(lambda t: flax.linen.max_pool(t, w, strides=w), jnp.asarray(x))[1](jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], lax_dx[0], rtol=1e-6)
+    hlo = jax.jit(jax.value_and_grad(lambda t: max_pool(t, factor).sum())).lower(jnp.asarray(x)).as_text()
+    assert jax.default_backend() != "cpu" or not ("reduce_window" in hlo or "select_and_scatter" in hlo)
 
 
 @pytest.mark.parametrize("deep", [False, True])
