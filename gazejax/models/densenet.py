@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from gazejax.models.backbone_utils import (batch_norm, classifier_head, global_avg_pool,
                                            outputs, prepare_input, torch_conv)
+from gazejax.models.layers import max_pool_window
 
 
 class DenseLayer(nn.Module):
@@ -123,7 +124,7 @@ class DenseNetFeatures(nn.Module):
         x = nn.relu(batch_norm(train, self.dtype, name="norm0")(x))
         if keep("stem", x):
             return x, feats
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_window(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for i, num_layers in enumerate(self.block_config):
             x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.drop_rate, self.dtype,
                            self.conv_impl, name=f"denseblock{i + 1}")(x, train)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from gazejax.models.backbone_utils import (batch_norm, classifier_head, global_avg_pool,
                                            outputs, prepare_input, torch_conv)
+from gazejax.models.layers import max_pool_window
 
 
 class BasicBlock(nn.Module):
@@ -139,7 +140,7 @@ class ResNet(nn.Module):
         x = torch_conv(self.width, 7, 2, dtype=self.dtype, conv_impl=self.conv_impl, name="conv1")(x)
         x = nn.relu(batch_norm(train, self.dtype, name="bn1")(x))
         features = {"stem": x}
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_window(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for i, num_blocks in enumerate(self.stage_sizes):
             x = ResNetStage(self.block, self.width * 2**i, num_blocks, 1 if i == 0 else 2, self.dtype,
                             self.remat, self.conv_impl, name=f"layer{i + 1}")(x, train)

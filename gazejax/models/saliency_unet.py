@@ -20,6 +20,7 @@ from gazejax.analysis.gradcam import grad_cam_from_head
 from gazejax.models.backbone_utils import batch_norm, global_avg_pool, prepare_input
 from gazejax.models.conv_impl import conv_general_dilated_for
 from gazejax.models.densenet import DenseNetFeatures
+from gazejax.models.layers import max_pool
 
 ENCODER_BLOCKS = ("res_se", "plain")
 ENCODER_CUTS = ("transition3", "denseblock4")  # paper ("before the last dense block") | reference code
@@ -161,7 +162,7 @@ class SaliencyUNet(nn.Module):
         h = x.astype(self.dtype)
         for i, width in enumerate(w):
             if i:
-                h = nn.max_pool(h, (2, 2), strides=(2, 2))
+                h = max_pool(h, 2)
             block = (ResSEBlock(width, self.se_reduction, self.dtype, ci, name=f"enc{i + 1}")
                      if self.encoder == "res_se" else DoubleConv(width, self.dtype, ci, name=f"enc{i + 1}"))
             h = block(h, train)

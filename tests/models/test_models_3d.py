@@ -12,8 +12,8 @@ import scipy.ndimage
 
 from gazejax.models import build
 from gazejax.models.aab import AAB, positional_encoding
-from gazejax.models.layers import (ConvNormAct, group_norm, max_pool, num_groups, resize_align_corners,
-                                   upsample_linear)
+from gazejax.models.layers import (ConvNormAct, group_norm, max_pool, max_pool_window, num_groups,
+                                   resize_align_corners, upsample_linear)
 from gazejax.models.san import SAN
 from gazejax.models.segmenter import METHODS, gaze_modulated_logits
 
@@ -150,6 +150,34 @@ def test_max_pool_values_and_first_max_gradient(shape, factor):
     lax_dx = jax.vjp(lambda t: flax.linen.max_pool(t, w, strides=w), jnp.asarray(x))[1](jnp.asarray(g, jnp.float32))
     np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], lax_dx[0], rtol=1e-6)
     hlo = jax.jit(jax.value_and_grad(lambda t: max_pool(t, factor).sum())).lower(jnp.asarray(x)).as_text()
+    assert jax.default_backend() != "cpu" or not ("reduce_window" in hlo or "select_and_scatter" in hlo)
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 9, 10, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((1, 7, 6, 5, 2), (3, 2, 3), (2, 1, 2), ((1, 0), (0, 1), (2, 1)))])
+def test_max_pool_window_overlapping_values_and_first_max_gradient(shape, window, strides, padding):
+    """The stem pool (3x3, stride 2, padding 1; windows overlap) against numpy on the -inf padded input and lax's
+    reduce-window pooling, with ties; on CPU no reduce-window or select-and-scatter in its forward or gradient."""
+    x = np.round(np.random.default_rng(0).normal(size=shape) * 2).astype(np.float32) / 2
+    xp = np.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-np.inf)
+    out = [(n - w) // s + 1 for n, w, s in zip(xp.shape[1:-1], window, strides)]
+    g = np.random.default_rng(1).normal(size=(shape[0], *out, shape[-1])).astype(np.float32)
+    y_ref, dxp = np.zeros(g.shape, np.float32), np.zeros_like(xp)
+    for b, *o, c in np.ndindex(*g.shape):
+        corner = [i * s for i, s in zip(o, strides)]
+        win = xp[(b, *(slice(a, a + w) for a, w in zip(corner, window)), c)]
+        first = np.unravel_index(np.argmax(win), window)
+        y_ref[(b, *o, c)] = win[first]
+        dxp[(b, *(a + f for a, f in zip(corner, first)), c)] += g[(b, *o, c)]
+    dx_ref = dxp[(slice(None), *(slice(lo, lo + n) for (lo, _), n in zip(padding, shape[1:-1])))]
+    y, vjp = jax.vjp(lambda t: max_pool_window(t, window, strides, padding), jnp.asarray(x))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_allclose(vjp(jnp.asarray(g))[0], dx_ref, rtol=1e-6)
+    lax_dx = jax.vjp(lambda t: flax.linen.max_pool(t, window, strides=strides, padding=padding), jnp.asarray(x))[1]
+    np.testing.assert_allclose(vjp(jnp.asarray(g))[0], lax_dx(jnp.asarray(g))[0], rtol=1e-6)
+    hlo = jax.jit(jax.value_and_grad(lambda t: max_pool_window(t, window, strides, padding).sum())).lower(
+        jnp.asarray(x)).as_text()
     assert jax.default_backend() != "cpu" or not ("reduce_window" in hlo or "select_and_scatter" in hlo)
 
 
