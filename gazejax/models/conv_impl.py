@@ -34,9 +34,11 @@ NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
 # convolution with the whole volume as its window) 1.3-3x from 64^3 on, 0.7-1.0x at 48^3 (96^3 x 16 -> 16: 232 vs
 # 548 ms, 128^3 x 48: 4.0 vs 6.3 s, 48^3 x 32 -> 16: 54 vs 41 ms; measured in `gazejax.bench.convs`).
 SLAB_DW_MIN_SLICE, SLAB_DW_PATCH = 1024, 2 ** 20
-# Under "onednn" the slab replaces oneDNN's filter gradient only from this many output voxels or this product of
-# the channel counts on (48^3 x 64 -> 64: 281 vs 586 ms; 48^3 x 64 -> 32: 137 vs 135 ms).
-SLAB_DW_ONEDNN_MIN_VOXELS, SLAB_DW_ONEDNN_MIN_CHANNELS2 = 2 ** 18, 4096
+# Under "onednn" the slab replaces oneDNN's filter gradient only from this many output voxels, or this product of
+# output voxels and C_in x C_out, on (median ms oneDNN vs slab, 2026-12-07: 48^3 x 32 -> 32 110 vs 83, 64 -> 32
+# 215 vs 173, 16 -> 32 58 vs 48, 32 -> 16 56 vs 59 (below); 32^3 x 96 -> 192 792 vs 222, 64 -> 64 69 vs 75-107;
+# 24^3 and 16^3 slices are below SLAB_DW_MIN_SLICE, where oneDNN's is faster: 24^3 x 128 -> 128 84 vs 123).
+SLAB_DW_ONEDNN_MIN_VOXELS, SLAB_DW_ONEDNN_MIN_WORK = 2 ** 18, 2 ** 26
 
 
 _COUNTING: list[bool] = []  # set by `counting`
@@ -248,7 +250,7 @@ def _native3d_fwd(x, rhs, padding, strides, dilation, precision, slab):
 def _native3d_bwd(padding, strides, dilation, precision, slab, residuals, g):
     """A strided layer's gradients through depth2d (oneDNN's input gradient of a strided convolution, an
     input-dilated one, is 20-40x slower); at stride 1 dx is the native one (oneDNN's) and dW `_slab_filter_grad`
-    for output depth slices of >= SLAB_DW_MIN_SLICE voxels and a volume or channel product past
+    for output depth slices of >= SLAB_DW_MIN_SLICE voxels and an output volume, or volume x C_in x C_out, past
     SLAB_DW_ONEDNN_MIN_* (`slab`: False under `counting`), else the native one."""
     x, rhs = residuals
     out = g.shape[1:-1]
@@ -257,8 +259,8 @@ def _native3d_bwd(padding, strides, dilation, precision, slab, residuals, g):
                          x, rhs)
         return vjp(g)
     _, dx_fn = jax.vjp(lambda a: _native_conv(a, rhs, padding, strides, dilation, precision), x)
-    big = (x.shape[0] * np.prod(out) >= SLAB_DW_ONEDNN_MIN_VOXELS
-           or np.prod(rhs.shape[-2:]) >= SLAB_DW_ONEDNN_MIN_CHANNELS2)
+    voxels = x.shape[0] * np.prod(out)
+    big = voxels >= SLAB_DW_ONEDNN_MIN_VOXELS or voxels * np.prod(rhs.shape[-2:]) >= SLAB_DW_ONEDNN_MIN_WORK
     if out[1] * out[2] >= SLAB_DW_MIN_SLICE and slab and big:
         return dx_fn(g)[0], _slab_filter_grad(_pad(x, padding), g, rhs, out, dilation, precision)
     _, dw_fn = jax.vjp(lambda w: _native_conv(x, w, padding, strides, dilation, precision), rhs)

@@ -98,7 +98,7 @@ def test_depth2d_slab_filter_gradient_path(monkeypatch, case, patch, fast_compil
 def test_depth2d_slab_filter_gradient_only_for_wide_slices(monkeypatch):
     """The slab path is taken for stride-1 convs whose output depth slices have >= SLAB_DW_MIN_SLICE voxels only
     (its jaxpr has a scan; the other paths do not); under "onednn" only from SLAB_DW_ONEDNN_MIN_VOXELS output
-    voxels or SLAB_DW_ONEDNN_MIN_CHANNELS2 channel products on."""
+    voxels or SLAB_DW_ONEDNN_MIN_WORK output voxels x C_in x C_out on."""
     def has_scan(shape, strides, impl="depth2d", c_out=2):
         x, w = jnp.zeros(shape), jnp.zeros((3, 3, 3, shape[-1], c_out))
         fn = conv_impl.conv_general_dilated_for(impl)
@@ -110,7 +110,8 @@ def test_depth2d_slab_filter_gradient_only_for_wide_slices(monkeypatch):
     assert not has_scan((1, 2, side - 1, side - 1, 1), (1, 1, 1))
     assert not has_scan((1, 2, 2 * side, 2 * side, 1), (1, 2, 2))
     assert not has_scan((1, 2, side, side, 1), (1, 1, 1), "onednn")  # 2 * side^2 voxels, 1 x 2 channels
-    assert has_scan((1, 2, side, side, 64), (1, 1, 1), "onednn", 64)
+    assert has_scan((1, 16, side, side, 64), (1, 1, 1), "onednn", 64)  # 16 side^2 x 64 x 64 >= 2^26
+    assert not has_scan((1, 15, side, side, 64), (1, 1, 1), "onednn", 64)
     assert not has_scan((1, 2, side - 1, side - 1, 64), (1, 1, 1), "onednn", 64)
     monkeypatch.setattr(conv_impl, "SLAB_DW_ONEDNN_MIN_VOXELS", 2 * side * side)
     assert has_scan((1, 2, side, side, 1), (1, 1, 1), "onednn")
