@@ -251,12 +251,8 @@ def _window_max_bwd(window, residuals, g):
     x, y = residuals
     axes = tuple(range(2, 2 * len(window) + 1, 2))
     xw = _windows(x, window)
-    shape = [1] * xw.ndim
-    for a, w in zip(axes, window):
-        shape[a] = w
-    offset, size = jnp.zeros(shape, jnp.int32), 1  # each element's row-major position inside its window
-    for a, w in reversed(list(zip(axes, window))):
-        offset, size = offset + lax.broadcasted_iota(jnp.int32, shape, a) * size, size * w
+    size = int(np.prod(window))  # each element's row-major position inside its window, on the window axes
+    offset = jnp.asarray(np.arange(size, dtype=np.int32).reshape([1] + [v for w in window for v in (1, w)] + [1]))
     first = jnp.where(xw == jnp.expand_dims(y, axes), offset, size).min(axis=axes, keepdims=True)
     dx = jnp.where(offset == first, jnp.expand_dims(g, axes), 0).astype(x.dtype)
     dx = dx.reshape(x.shape[0], *[s // w * w for s, w in zip(x.shape[1:-1], window)], x.shape[-1])

@@ -55,9 +55,9 @@ _IMAGE_TAIL = re.compile(r"(files/p\d+/p\d+/s(\d+)/[^/\\]+\.dcm)$")
 
 
 def _fixations(path: str, reading_id: str, size: tuple[int, int], outside: str, degrees: float,
-               tally: DropTally | None = None) -> Fixations:
+               tally: DropTally) -> Fixations:
     """One reading's fixations.csv -> Fixations (sigma = `degrees` * pixels per degree, x and y); dropped rows are
-    added to `tally` (else warned about for this file)."""
+    added to `tally` (the data set's one warning)."""
     header, rows = read_csv(path, _FIX_NEEDED)
     col = [header.index(c) for c in _FIX_NEEDED]
     try:
