@@ -29,16 +29,16 @@ ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_custo
 # _depth2d_bwd takes the native 3D filter gradient from this many channels (in and out) and output voxels on.
 NATIVE_DW_MIN_CHANNELS, NATIVE_DW_MIN_VOXELS = 48, 4096
 # ... unless, for stride 1, an output depth slice has at least SLAB_DW_MIN_SLICE voxels: then the filter gradient is
-# one im2col matmul per block of whole rows of one slice whose patches hold at most SLAB_DW_PATCH elements (4 MiB of
-# float32, cache-sized): 1.3-1.8x faster than either of depth2d's at 48^3 and up, and than oneDNN's (a forward
-# convolution with the whole volume as its window) 1.3-3x from 64^3 on, 0.7-1.0x at 48^3 (96^3 x 16 -> 16: 232 vs
-# 548 ms, 128^3 x 48: 4.0 vs 6.3 s, 48^3 x 32 -> 16: 54 vs 41 ms; measured in `gazejax.bench.convs`).
+# `_slab_filter_grad`'s scan of matmuls over blocks of flattened positions whose operands hold at most SLAB_DW_PATCH
+# elements (4 MiB of float32, cache-sized; 2^19 and 2^21 measured slower): faster than either of depth2d's at 48^3
+# and up, and than oneDNN's (a forward convolution with the whole volume as its window) from 48^3 on (median ms,
+# 2026-12-07, oneDNN vs slab: 96^3 x 16 -> 16 564 vs 215, 32 -> 16 1071 vs 431, 64^3 x 48 -> 48 1056 vs 344).
 SLAB_DW_MIN_SLICE, SLAB_DW_PATCH = 1024, 2 ** 20
 # Under "onednn" the slab replaces oneDNN's filter gradient only from this many output voxels, or this product of
-# output voxels and C_in x C_out, on (median ms oneDNN vs slab, 2026-12-07: 48^3 x 32 -> 32 110 vs 83, 64 -> 32
-# 215 vs 173, 16 -> 32 58 vs 48, 32 -> 16 56 vs 59 (below); 32^3 x 96 -> 192 792 vs 222, 64 -> 64 69 vs 75-107;
-# 24^3 and 16^3 slices are below SLAB_DW_MIN_SLICE, where oneDNN's is faster: 24^3 x 128 -> 128 84 vs 123).
-SLAB_DW_ONEDNN_MIN_VOXELS, SLAB_DW_ONEDNN_MIN_WORK = 2 ** 18, 2 ** 26
+# output voxels and C_in x C_out, on (median ms oneDNN vs slab, 2026-12-07: 48^3 x 16 -> 32 45 vs 36, 32 -> 16 49
+# vs 40, 32 -> 32 87 vs 72, 64 -> 32 139 vs 125; 32^3 x 96 -> 192 777 vs 309, 64 -> 64 66 vs 67; 24^3 and 16^3
+# slices are below SLAB_DW_MIN_SLICE, where oneDNN's is faster: 24^3 x 128 -> 128 75 vs 84).
+SLAB_DW_ONEDNN_MIN_VOXELS, SLAB_DW_ONEDNN_MIN_WORK = 2 ** 18, 2 ** 25
 
 
 _COUNTING: list[bool] = []  # set by `counting`
@@ -273,32 +273,44 @@ _native3d.defvjp(_native3d_fwd, _native3d_bwd)
 def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int, ...],
                       dilation: tuple[int, ...], precision: Any) -> jax.Array:
     """Filter gradient of a stride-1 VALID 3D conv of padded `x` `[B, D, H, W, C_in]` given the output cotangent
-    `g` `[B, *out, C_out]`: a scan over blocks of `hb` rows of one output depth slice, each the transposed
-    cotangents of its voxels `[C_out, hb * W_out]` times their im2col patches `[hb * W_out, k^3 C_in]` (at most
-    SLAB_DW_PATCH elements unless one row has more), summed in f32. `rhs`: the kernel (its shape and dtype)."""
+    `g` `[B, *out, C_out]`, as a scan of matmuls over blocks of output positions. Positions are flattened with the
+    padded input's strides (output voxel (d, h, w) at d H W + h W + w; the positions past a row's or a slice's
+    end get a zero cotangent), so that kernel tap (a, b, c) reads the input at the constant offset
+    a d_d H W + b d_h W + c d_w: for a block of `L` positions the depth taps are `k_d` slices of the flattened
+    input side by side `[L, k_d C_in]`, the in-plane taps `k_h k_w` shifted slices of the cotangent
+    `[L, k_h k_w C_out]` (the cotangent shifted by -o against the input equals the input shifted by +o against
+    the cotangent), and their product over the block sums into `[k_d C_in, k_h k_w C_out]` in f32. Blocks hold
+    at most SLAB_DW_PATCH elements of both (unless one padded row is longer). `rhs`: the kernel (shape, dtype).
+    Splitting the taps between the two sides keeps both copies and the matmul's output small: 96^3 x 16 -> 16
+    190 ms, 32 -> 16 330 ms, 48^3 x 64 -> 32 115 ms, against 230-270 / 400-460 / 125-130 ms with all 27 taps as
+    im2col patches of the input per block of rows of one depth slice (`gazejax.bench.convs` layers)."""
     kd, kh, kw, c_in, c_out = rhs.shape
+    b, dp, hp, wp, _ = x.shape
     (d_out, h_out, w_out), (dd, dh, dw) = out, dilation
-    rows = max(w_out, SLAB_DW_PATCH // (kd * kh * kw * c_in))
-    hb = max(h for h in range(1, h_out + 1) if h_out % h == 0 and h * w_out <= rows)
-    blocks = h_out // hb
-    g = g.astype(x.dtype)
+    x_offs = [a * dd * hp * wp for a in range(kd)]
+    g_offs = [i * dh * wp + j * dw for i, j in itertools.product(range(kh), range(kw))]
+    g_max = g_offs[-1]
+    span = d_out * hp * wp + g_max  # flattened positions whose products can be nonzero
+    size = max(wp, SLAB_DW_PATCH // (kd * c_in + kh * kw * c_out))
+    blocks = -(-span // size)
+    # the cotangent at padded-stride positions, g_max zeros in front (position p + g_max holds output position p)
+    gf = jnp.pad(g.astype(x.dtype), ((0, 0), (0, 0), (0, hp - h_out), (0, wp - w_out), (0, 0)))
+    gf = jnp.pad(gf.reshape(b, -1, c_out), ((0, 0), (g_max, blocks * size - d_out * hp * wp), (0, 0)))
+    xf = x.reshape(b, -1, c_in)
+    xf = jnp.pad(xf, ((0, 0), (0, blocks * size + x_offs[-1] - xf.shape[1]), (0, 0)))
 
     def body(acc, i):
-        n, d, h = i // (d_out * blocks), (i // blocks) % d_out, (i % blocks) * hb
-        xs = lax.dynamic_slice(x, (n, d, h, 0, 0), (1, (kd - 1) * dd + 1, hb + (kh - 1) * dh, x.shape[3], c_in))
-        gs = lax.dynamic_slice(g, (n, d, h, 0, 0), (1, 1, hb, w_out, c_out)).reshape(-1, c_out).T
-        cols = [xs[:, a * dd:a * dd + 1, b * dh:b * dh + hb, c * dw:c * dw + w_out]
-                for a, b, c in itertools.product(range(kd), range(kh), range(kw))]
-        patches = (cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)).reshape(-1, len(cols) * c_in)
-        # [C_out, rows] x [rows, k^3 C_in]: the contraction on the left operand's minor axis (the block of
-        # cotangents transposed) runs 1.05-1.15x faster on XLA:CPU than patches^T x cotangents (128^3 x 48 -> 48:
-        # 2493 vs 2716 ms, 96^3 x 32 -> 16: 438 vs 506 ms)
-        return acc + lax.dot_general(gs, patches, (((1,), (0,)), ((), ())), precision=precision,
+        n, p = i // blocks, (i % blocks) * size
+        xs = [lax.dynamic_slice(xf, (n, p + o, 0), (1, size, c_in)).reshape(size, c_in) for o in x_offs]
+        gs = lax.dynamic_slice(gf, (n, p, 0), (1, size + g_max, c_out)).reshape(size + g_max, c_out)
+        gs = [gs[g_max - o:g_max - o + size] for o in g_offs]
+        xs, gs = (v[0] if len(v) == 1 else jnp.concatenate(v, axis=1) for v in (xs, gs))
+        return acc + lax.dot_general(xs, gs, (((0,), (0,)), ((), ())), precision=precision,
                                      preferred_element_type=jnp.float32), None
 
-    acc, _ = lax.scan(body, jnp.zeros((c_out, kd * kh * kw * c_in), jnp.float32),
-                      jnp.arange(x.shape[0] * d_out * blocks))
-    return acc.T.reshape(rhs.shape).astype(rhs.dtype)
+    acc, _ = lax.scan(body, jnp.zeros((kd * c_in, kh * kw * c_out), jnp.float32), jnp.arange(b * blocks))
+    acc = jnp.moveaxis(acc.reshape(kd, c_in, kh, kw, c_out), 1, 3)
+    return acc.reshape(rhs.shape).astype(rhs.dtype)
 
 
 # ---- grouped convolutions (onednn) --------------------------------------------------------------------------------
