@@ -285,7 +285,7 @@ def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int
     190 ms, 32 -> 16 330 ms, 48^3 x 64 -> 32 115 ms, against 230-270 / 400-460 / 125-130 ms with all 27 taps as
     im2col patches of the input per block of rows of one depth slice (`gazejax.bench.convs` layers)."""
     kd, kh, kw, c_in, c_out = rhs.shape
-    b, dp, hp, wp, _ = x.shape
+    b, _, hp, wp, _ = x.shape
     (d_out, h_out, w_out), (dd, dh, dw) = out, dilation
     x_offs = [a * dd * hp * wp for a in range(kd)]
     g_offs = [i * dh * wp + j * dw for i, j in itertools.product(range(kh), range(kw))]
@@ -294,7 +294,7 @@ def _slab_filter_grad(x: jax.Array, g: jax.Array, rhs: jax.Array, out: tuple[int
     size = max(wp, SLAB_DW_PATCH // (kd * c_in + kh * kw * c_out))
     blocks = -(-span // size)
     # the cotangent at padded-stride positions, g_max zeros in front (position p + g_max holds output position p)
-    gf = jnp.pad(g.astype(x.dtype), ((0, 0), (0, 0), (0, hp - h_out), (0, wp - w_out), (0, 0)))
+    gf = _pad(g.astype(x.dtype), ((0, 0), (0, hp - h_out), (0, wp - w_out)))
     gf = jnp.pad(gf.reshape(b, -1, c_out), ((0, 0), (g_max, blocks * size - d_out * hp * wp), (0, 0)))
     xf = x.reshape(b, -1, c_in)
     xf = jnp.pad(xf, ((0, 0), (0, blocks * size + x_offs[-1] - xf.shape[1]), (0, 0)))
